@@ -1,0 +1,99 @@
+//! The one mapping from what went wrong to what a client sees: a JSON
+//! `error` message on a WebSocket, a status code and JSON body over HTTP.
+//! Causes are logged once here; clients get a plain message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// What a client did wrong, or what failed on its behalf.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidMessage(String),
+    #[error("unknown action {0:?}; expected one of: stop, reset, stats")]
+    UnknownAction(String),
+    #[error("binary messages are not supported; send JSON text")]
+    BinaryMessage,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{service} service unavailable: {detail}")]
+    Unavailable {
+        service: &'static str,
+        detail: String,
+    },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ClientError {
+    /// A stable, machine-readable name for the error's kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::InvalidJson(_) => "invalid_json",
+            ClientError::InvalidMessage(_) => "invalid_message",
+            ClientError::UnknownAction(_) => "unknown_action",
+            ClientError::BinaryMessage => "unsupported_message",
+            ClientError::NotFound(_) => "not_found",
+            ClientError::Unavailable { .. } => "service_unavailable",
+            ClientError::Internal(_) => "internal",
+        }
+    }
+
+    /// Maps a failed call to `service` onto what the client should see.
+    pub fn from_status(service: &'static str, status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::NotFound => ClientError::NotFound(status.message().to_owned()),
+            Code::InvalidArgument => ClientError::InvalidMessage(status.message().to_owned()),
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown => {
+                tracing::warn!(service, code = ?status.code(), message = status.message(), "service call failed");
+                ClientError::Unavailable {
+                    service,
+                    detail: status.message().to_owned(),
+                }
+            }
+            _ => {
+                tracing::error!(service, code = ?status.code(), message = status.message(), "service call failed");
+                ClientError::Internal(status.message().to_owned())
+            }
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self {
+            ClientError::InvalidJson(_)
+            | ClientError::InvalidMessage(_)
+            | ClientError::UnknownAction(_)
+            | ClientError::BinaryMessage => StatusCode::BAD_REQUEST,
+            ClientError::NotFound(_) => StatusCode::NOT_FOUND,
+            ClientError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ClientError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The JSON body of an HTTP error: FastAPI's `detail`, which the seed
+/// systems' clients read, plus a machine-readable `code`.
+#[derive(Serialize)]
+struct HttpErrorBody {
+    detail: String,
+    code: &'static str,
+}
+
+impl IntoResponse for ClientError {
+    fn into_response(self) -> Response {
+        let body = HttpErrorBody {
+            detail: self.to_string(),
+            code: self.code(),
+        };
+        (self.http_status(), axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,145 @@
+//! The WebSocket edge: where clients connect.
+//!
+//! The edge is stateless: it holds sockets and their timers, validates and
+//! size-limits every inbound message, turns each JSON action into a gRPC
+//! call to the session, detection or statistics service, and writes the
+//! result back. Anything another instance must know travels through the
+//! services or NATS, so any edge can serve any client and an edge can be
+//! killed at any time.
+//!
+//! - [`settings`]: limits, deadlines and service URLs; the gRPC clients.
+//! - [`realtime`]: `/ws/realtime`, seed 000's step-detection sessions.
+//! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
+//! - [`control`]: closing a socket held here when the cluster says so.
+//! - [`error`]: the one mapping from failures to what a client sees.
+
+pub mod control;
+pub mod error;
+pub mod realtime;
+pub mod rest;
+pub mod settings;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::routing::get;
+use axum::Router;
+use switchboard_bus::{subjects, Bus, BusError};
+use tokio::net::TcpListener;
+
+pub use settings::{Backends, EdgeSettings, ServiceUrls};
+
+/// Bytes tungstenite reads from a socket at a time. Its default allocates
+/// 128 KiB per connection up front; messages larger than this still arrive
+/// whole (the buffer grows for them, up to the message limit).
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Outbound bytes a socket may have queued while its client does not read;
+/// past this the write fails and the connection ends instead of growing.
+pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Why the edge could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    InvalidUrl(#[from] settings::InvalidUrl),
+    #[error("message bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// What every handler shares: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EdgeState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// This instance's id: the registry records it so control messages for
+    /// a session reach the edge holding its socket.
+    edge_id: String,
+    settings: EdgeSettings,
+    backends: Backends,
+    bus: Bus,
+    sockets: Arc<control::Sockets>,
+}
+
+impl EdgeState {
+    pub fn new(settings: EdgeSettings, backends: Backends, bus: Bus) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                edge_id: uuid::Uuid::new_v4().simple().to_string(),
+                settings,
+                backends,
+                bus,
+                sockets: Arc::default(),
+            }),
+        }
+    }
+
+    pub fn edge_id(&self) -> &str {
+        &self.inner.edge_id
+    }
+
+    pub fn settings(&self) -> &EdgeSettings {
+        &self.inner.settings
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    pub fn sockets(&self) -> &Arc<control::Sockets> {
+        &self.inner.sockets
+    }
+
+    /// Applies the edge's WebSocket limits and buffer sizes to an upgrade.
+    pub fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        let limit = self.settings().max_message_bytes;
+        upgrade
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0)
+            .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES.max(limit * 2))
+            .max_message_size(limit)
+            .max_frame_size(limit)
+    }
+}
+
+/// Every route of the edge.
+pub fn app(state: EdgeState) -> Router {
+    Router::new()
+        .route("/ws/realtime", get(realtime::upgrade))
+        .route("/sessions", get(rest::list_sessions))
+        .route(
+            "/sessions/{session_id}",
+            get(rest::get_session).delete(rest::terminate_session),
+        )
+        .route("/health", get(rest::health))
+        .with_state(state)
+}
+
+/// Serves the edge on `listener` until `shutdown` completes.
+pub async fn serve(
+    settings: EdgeSettings,
+    urls: ServiceUrls,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
+    let backends = Backends::connect_lazy(&urls, &settings)?;
+    let state = EdgeState::new(settings, backends, bus.clone());
+    // Subscribe before accepting, so no control message can miss a socket.
+    let control = bus.subscribe(subjects::edge_control(state.edge_id())).await?;
+    let router = tokio::spawn(control::route(control, Arc::clone(state.sockets())));
+    tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %state.edge_id(), "edge listening");
+    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    router.abort();
+    Ok(served?)
+}

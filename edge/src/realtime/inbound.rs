@@ -1,0 +1,278 @@
+//! What a `/ws/realtime` client may send, and its validation.
+//!
+//! The seed leaves the sensor format open; Switchboard's is (see the message
+//! reference in `docs/websocket.md`):
+//!
+//! - one sample: `{"x": 0.1, "y": 9.7, "z": 0.3, "timestamp": 1700000000.02}`
+//! - a batch: `{"samples": [sample, ...]}` or a bare JSON array of samples
+//! - an action: `{"action": "stop" | "reset" | "stats"}`
+//!
+//! Accepted variants of a sample: `ax`/`ay`/`az` for `x`/`y`/`z`; the three
+//! axes nested under `accelerometer`, `acceleration`, `accel` or `acc`;
+//! `t` for `timestamp`; `[t, x, y, z]` arrays inside a batch. Timestamps are
+//! Unix seconds, or milliseconds when larger than 10^11 (a millisecond clock
+//! reads above that since 1973); without one the edge stamps the sample on
+//! arrival, which costs accuracy when the network jitters.
+//!
+//! Every number must be a finite JSON number; an axis beyond
+//! ±[`MAX_ACCELERATION`] or a batch beyond [`MAX_BATCH_SAMPLES`] is refused.
+
+use serde_json::{Map, Value};
+use switchboard_proto::v1::AccelSample;
+
+use crate::error::ClientError;
+
+/// Largest accepted acceleration on one axis, m/s^2 (about 100 g: beyond
+/// any phone's sensor range, so only garbage is refused).
+pub const MAX_ACCELERATION: f64 = 1000.0;
+
+/// Most samples in one batch (20 s at 50 Hz).
+pub const MAX_BATCH_SAMPLES: usize = 1000;
+
+/// Timestamps above this are milliseconds.
+const MILLISECONDS_ABOVE: f64 = 1e11;
+
+/// A control action of seed 000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Stop,
+    Reset,
+    Stats,
+}
+
+/// One parsed client message.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    Action(Action),
+    Samples(Vec<AccelSample>),
+}
+
+fn invalid(message: impl Into<String>) -> ClientError {
+    ClientError::InvalidMessage(message.into())
+}
+
+/// Parses one text message; `now` stamps samples that carry no timestamp.
+pub fn parse(text: &str, now: f64) -> Result<Inbound, ClientError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
+    match value {
+        Value::Array(items) => parse_batch(&items, now).map(Inbound::Samples),
+        Value::Object(object) => parse_object(&object, now),
+        other => Err(invalid(format!(
+            "expected a JSON object or array, got {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+fn parse_object(object: &Map<String, Value>, now: f64) -> Result<Inbound, ClientError> {
+    if let Some(action) = object.get("action") {
+        let action = action
+            .as_str()
+            .ok_or_else(|| invalid(format!("\"action\" must be a string, got {}", kind_of(action))))?;
+        return match action {
+            "stop" => Ok(Inbound::Action(Action::Stop)),
+            "reset" => Ok(Inbound::Action(Action::Reset)),
+            "stats" => Ok(Inbound::Action(Action::Stats)),
+            other => Err(ClientError::UnknownAction(other.to_owned())),
+        };
+    }
+    if let Some(samples) = object.get("samples") {
+        let items = samples.as_array().ok_or_else(|| {
+            invalid(format!("\"samples\" must be an array, got {}", kind_of(samples)))
+        })?;
+        return parse_batch(items, now).map(Inbound::Samples);
+    }
+    if has_axes(object) {
+        return parse_sample_object(object, now).map(|sample| Inbound::Samples(vec![sample]));
+    }
+    Err(invalid(
+        "expected {\"action\": ...}, an accelerometer sample {\"x\",\"y\",\"z\"} or {\"samples\": [...]}",
+    ))
+}
+
+const NESTED_AXES: [&str; 4] = ["accelerometer", "acceleration", "accel", "acc"];
+
+fn has_axes(object: &Map<String, Value>) -> bool {
+    ["x", "ax"].iter().any(|key| object.contains_key(*key))
+        || NESTED_AXES.iter().any(|key| object.contains_key(*key))
+}
+
+fn parse_batch(items: &[Value], now: f64) -> Result<Vec<AccelSample>, ClientError> {
+    if items.is_empty() {
+        return Err(invalid("a batch must hold at least one sample"));
+    }
+    if items.len() > MAX_BATCH_SAMPLES {
+        return Err(invalid(format!(
+            "a batch holds at most {MAX_BATCH_SAMPLES} samples, got {}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            parse_batch_item(item, now)
+                .map_err(|error| invalid(format!("sample {index}: {error}")))
+        })
+        .collect()
+}
+
+fn parse_batch_item(item: &Value, now: f64) -> Result<AccelSample, ClientError> {
+    match item {
+        Value::Object(object) => parse_sample_object(object, now),
+        Value::Array(values) if values.len() == 4 => {
+            let field = |index: usize, name: &str| number(&values[index], name);
+            sample(
+                Some(field(0, "t")?),
+                field(1, "x")?,
+                field(2, "y")?,
+                field(3, "z")?,
+                now,
+            )
+        }
+        other => Err(invalid(format!(
+            "expected a sample object or [t, x, y, z], got {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn parse_sample_object(object: &Map<String, Value>, now: f64) -> Result<AccelSample, ClientError> {
+    let axes = NESTED_AXES
+        .iter()
+        .find_map(|key| object.get(*key))
+        .map(|nested| {
+            nested.as_object().ok_or_else(|| {
+                invalid(format!("accelerometer axes must be an object, got {}", kind_of(nested)))
+            })
+        })
+        .transpose()?
+        .unwrap_or(object);
+    let axis = |name: &str, alias: &str| -> Result<f64, ClientError> {
+        match axes.get(name).or_else(|| axes.get(alias)) {
+            Some(value) => number(value, name),
+            None => Err(invalid(format!("missing \"{name}\""))),
+        }
+    };
+    let timestamp = match object.get("timestamp").or_else(|| object.get("t")) {
+        Some(value) => Some(number(value, "timestamp")?),
+        None => None,
+    };
+    sample(timestamp, axis("x", "ax")?, axis("y", "ay")?, axis("z", "az")?, now)
+}
+
+fn number(value: &Value, name: &str) -> Result<f64, ClientError> {
+    let number = value
+        .as_f64()
+        .ok_or_else(|| invalid(format!("\"{name}\" must be a number, got {}", kind_of(value))))?;
+    if number.is_finite() {
+        Ok(number)
+    } else {
+        Err(invalid(format!("\"{name}\" must be finite")))
+    }
+}
+
+fn sample(timestamp: Option<f64>, x: f64, y: f64, z: f64, now: f64) -> Result<AccelSample, ClientError> {
+    for (name, value) in [("x", x), ("y", y), ("z", z)] {
+        if value.abs() > MAX_ACCELERATION {
+            return Err(invalid(format!(
+                "\"{name}\" = {value} is beyond ±{MAX_ACCELERATION} m/s^2"
+            )));
+        }
+    }
+    let t = match timestamp {
+        Some(t) if t < 0.0 => return Err(invalid("\"timestamp\" must not be negative")),
+        Some(t) if t > MILLISECONDS_ABOVE => t / 1000.0,
+        Some(t) => t,
+        None => now,
+    };
+    Ok(AccelSample { t, x, y, z })
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: f64 = 1_700_000_000.0;
+
+    fn one(t: f64, x: f64, y: f64, z: f64) -> Inbound {
+        Inbound::Samples(vec![AccelSample { t, x, y, z }])
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text, NOW).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(parse(r#"{"action":"stop"}"#, NOW).unwrap(), Inbound::Action(Action::Stop));
+        assert_eq!(parse(r#"{"action":"reset"}"#, NOW).unwrap(), Inbound::Action(Action::Reset));
+        assert_eq!(parse(r#"{"action":"stats"}"#, NOW).unwrap(), Inbound::Action(Action::Stats));
+        assert!(matches!(
+            parse(r#"{"action":"dance"}"#, NOW),
+            Err(ClientError::UnknownAction(action)) if action == "dance"
+        ));
+        assert_eq!(error_of(r#"{"action":7}"#), "\"action\" must be a string, got a number");
+    }
+
+    #[test]
+    fn single_sample_and_its_variants() {
+        let expected = one(12.5, 0.1, 9.8, -0.3);
+        for text in [
+            r#"{"x":0.1,"y":9.8,"z":-0.3,"timestamp":12.5}"#,
+            r#"{"ax":0.1,"ay":9.8,"az":-0.3,"t":12.5}"#,
+            r#"{"accelerometer":{"x":0.1,"y":9.8,"z":-0.3},"timestamp":12.5}"#,
+            r#"{"acc":{"ax":0.1,"ay":9.8,"az":-0.3},"timestamp":12500000000000}"#,
+        ] {
+            let parsed = parse(text, NOW).unwrap();
+            if text.contains("12500000000000") {
+                assert_eq!(parsed, one(12_500_000_000.0, 0.1, 9.8, -0.3), "{text}");
+            } else {
+                assert_eq!(parsed, expected, "{text}");
+            }
+        }
+        assert_eq!(parse(r#"{"x":1,"y":2,"z":3}"#, NOW).unwrap(), one(NOW, 1.0, 2.0, 3.0));
+    }
+
+    #[test]
+    fn batches() {
+        let expected = Inbound::Samples(vec![
+            AccelSample { t: 1.0, x: 1.0, y: 2.0, z: 3.0 },
+            AccelSample { t: 1.02, x: 4.0, y: 5.0, z: 6.0 },
+        ]);
+        for text in [
+            r#"{"samples":[{"t":1,"x":1,"y":2,"z":3},{"t":1.02,"x":4,"y":5,"z":6}]}"#,
+            r#"[{"t":1,"x":1,"y":2,"z":3},[1.02,4,5,6]]"#,
+        ] {
+            assert_eq!(parse(text, NOW).unwrap(), expected, "{text}");
+        }
+        assert_eq!(error_of(r#"{"samples":[]}"#), "a batch must hold at least one sample");
+        let too_many = format!("[{}]", vec!["[1,1,1,1]"; MAX_BATCH_SAMPLES + 1].join(","));
+        assert_eq!(error_of(&too_many), "a batch holds at most 1000 samples, got 1001");
+    }
+
+    #[test]
+    fn bad_input_is_named_precisely() {
+        assert!(matches!(parse("{not json", NOW), Err(ClientError::InvalidJson(_))));
+        assert!(matches!(parse("1e999", NOW), Err(ClientError::InvalidJson(_))));
+        assert_eq!(error_of(r#"{"x":"1","y":2,"z":3}"#), "\"x\" must be a number, got a string");
+        assert_eq!(error_of(r#"{"x":1,"y":2}"#), "missing \"z\"");
+        assert_eq!(error_of(r#"{"x":1,"y":2,"z":1e300}"#), "\"z\" = 1e300 is beyond ±1000 m/s^2");
+        assert_eq!(error_of(r#"{"x":1,"y":2,"z":3,"timestamp":-1}"#), "\"timestamp\" must not be negative");
+        assert_eq!(error_of(r#"[[1,2,3]]"#), "sample 0: expected a sample object or [t, x, y, z], got an array");
+        assert_eq!(error_of(r#""hello""#), "expected a JSON object or array, got a string");
+        assert!(error_of(r#"{"hello":1}"#).starts_with("expected {\"action\": ...}"));
+    }
+}

@@ -1,0 +1,657 @@
+//! `/ws/realtime`: seed 000's step-detection sessions.
+//!
+//! One session per socket. On connect the edge opens the session in the
+//! registry and sends `session_started`; each sensor message goes to the
+//! session's detection stream and comes back as one `step_detection`;
+//! `stop`, `reset` and `stats` are registry and statistics calls. The socket
+//! closes on `stop`, on a `SessionControl` from the registry (terminated
+//! elsewhere, or timed out), or when the client leaves.
+//!
+//! The edge counts what a socket did since its last report and sends the
+//! deltas to the registry and the statistics service at most every
+//! [`MAX_REPORT_INTERVAL`] (and before any answer that shows totals), so the
+//! services see one call per session per interval, not one per message.
+//! Those few unreported counts are all a socket holds besides its detection
+//! stream.
+
+mod inbound;
+mod outbound;
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use switchboard_proto::unix_now;
+use switchboard_proto::v1::session_control::Kind as ControlKind;
+use switchboard_proto::v1::{
+    CloseSessionRequest, GetServerStatsRequest, GetSessionRequest, OpenSessionRequest,
+    RecordActivityRequest, RecordUsageRequest, ResetSessionRequest, Session, SessionControl,
+    StepReply, StepRequest, Usage,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::error::ClientError;
+use crate::EdgeState;
+pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
+use inbound::{Action, Inbound};
+use outbound::{timestamp, Outbound, Prediction};
+
+/// Longest time between two usage reports of a busy session; shorter when
+/// the registry's inactivity timeout is short (a quarter of it).
+pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Close codes (RFC 6455 section 7.4.1).
+mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RealtimeQuery {
+    /// A label for per-user statistics; not authenticated.
+    user_id: Option<String>,
+}
+
+/// Longest accepted `user_id` label.
+const MAX_USER_ID_BYTES: usize = 128;
+
+pub async fn upgrade(
+    State(state): State<EdgeState>,
+    Query(query): Query<RealtimeQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let user_id = query
+        .user_id
+        .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
+        .unwrap_or_else(|| "anonymous".to_owned());
+    state
+        .configure(upgrade)
+        .on_upgrade(move |socket| async move { run(socket, state, user_id).await })
+}
+
+/// What a message handler asks the connection loop to do next.
+enum Next {
+    Continue,
+    Close(u16, String),
+}
+
+/// Counts of what a socket did since it last reported them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unreported {
+    requests: u64,
+    steps: u64,
+    predictions: u64,
+}
+
+impl Unreported {
+    fn is_empty(&self) -> bool {
+        self.requests == 0 && self.steps == 0 && self.predictions == 0
+    }
+
+    fn add(&mut self, other: Unreported) {
+        self.requests += other.requests;
+        self.steps += other.steps;
+        self.predictions += other.predictions;
+    }
+}
+
+/// The detection stream of one session: requests out, replies in, in order.
+struct DetectionStream {
+    requests: mpsc::Sender<StepRequest>,
+    replies: Streaming<StepReply>,
+}
+
+/// One `/ws/realtime` connection.
+struct Realtime {
+    state: EdgeState,
+    socket: WebSocket,
+    session: Session,
+    /// Whether the registry still holds the session (false once stopped,
+    /// terminated or timed out).
+    registered: bool,
+    total_steps: u64,
+    total_predictions: u64,
+    /// Not yet added to the registry's record.
+    for_registry: Unreported,
+    /// Not yet added to the statistics counters.
+    for_statistics: Unreported,
+    detection: Option<DetectionStream>,
+}
+
+async fn run(mut socket: WebSocket, state: EdgeState, user_id: String) {
+    let opened = state
+        .backends()
+        .session
+        .clone()
+        .open_session(OpenSessionRequest {
+            user_id: user_id.clone(),
+            kind: "realtime".to_owned(),
+            edge_id: state.edge_id().to_owned(),
+        })
+        .await;
+    let session = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let error = ClientError::from_status("session", status);
+            let _ = send(&mut socket, &error_message(&error, None)).await;
+            close(&mut socket, close_code::TRY_AGAIN_LATER, "session service unavailable").await;
+            return;
+        }
+    };
+    let (_held, control) = state.sockets().hold(&session.session_id);
+    let report_interval = MAX_REPORT_INTERVAL
+        .min(Duration::from_secs_f64(session.inactivity_timeout_seconds / 4.0))
+        .max(Duration::from_millis(10));
+    let mut connection = Realtime {
+        state,
+        socket,
+        session,
+        registered: true,
+        total_steps: 0,
+        total_predictions: 0,
+        for_registry: Unreported::default(),
+        for_statistics: Unreported::default(),
+        detection: None,
+    };
+    connection.record_session_opened();
+    let started = Outbound::SessionStarted {
+        session_id: &connection.session.session_id,
+        message: "Step detection session initialized successfully",
+        timestamp: timestamp(),
+    };
+    if send(&mut connection.socket, &started).await.is_ok() {
+        connection.serve(control, report_interval).await;
+    }
+    connection.finish().await;
+}
+
+fn error_message<'a>(error: &ClientError, session_id: Option<&'a str>) -> Outbound<'a> {
+    Outbound::Error {
+        status: "error",
+        code: error.code(),
+        message: error.to_string(),
+        session_id,
+        timestamp: timestamp(),
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: &Outbound<'_>) -> Result<(), axum::Error> {
+    socket.send(Message::text(message.to_json())).await
+}
+
+/// Sends a reply; a client that can no longer be written to is gone.
+async fn send_or_close(socket: &mut WebSocket, message: &Outbound<'_>) -> Next {
+    match send(socket, message).await {
+        Ok(()) => Next::Continue,
+        Err(_) => Next::Close(close_code::GOING_AWAY, String::new()),
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// True when a read failed because the message exceeded the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = cause.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+impl Realtime {
+    fn session_id(&self) -> &str {
+        &self.session.session_id
+    }
+
+    /// The connection loop: client messages, control messages, report ticks.
+    async fn serve(&mut self, mut control: mpsc::Receiver<SessionControl>, report_interval: Duration) {
+        let mut reports = tokio::time::interval(report_interval);
+        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = tokio::select! {
+                message = self.socket.recv() => match message {
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(error)) if is_too_big(&error) => Next::Close(
+                        close_code::TOO_BIG,
+                        format!("message too big: the limit is {} bytes", self.state.settings().max_message_bytes),
+                    ),
+                    Some(Err(error)) => {
+                        tracing::debug!(session_id = %self.session_id(), %error, "websocket read failed");
+                        return;
+                    }
+                    None => return,
+                },
+                Some(control) = control.recv() => {
+                    self.on_control(control).await;
+                    return;
+                }
+                _ = reports.tick() => self.report().await,
+            };
+            if let Next::Close(code, reason) = next {
+                close(&mut self.socket, code, &reason).await;
+                return;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Next {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.for_registry.requests += 1;
+                self.for_statistics.requests += 1;
+                return self.reply_error(ClientError::BinaryMessage).await;
+            }
+            Message::Ping(_) | Message::Pong(_) => return Next::Continue,
+            Message::Close(_) => return Next::Close(close_code::NORMAL, String::new()),
+        };
+        self.for_registry.requests += 1;
+        self.for_statistics.requests += 1;
+        let result = match inbound::parse(text.as_str(), unix_now()) {
+            Ok(Inbound::Samples(samples)) => self.on_samples(samples).await,
+            Ok(Inbound::Action(Action::Stop)) => self.on_stop().await,
+            Ok(Inbound::Action(Action::Reset)) => self.on_reset().await,
+            Ok(Inbound::Action(Action::Stats)) => self.on_stats().await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(next) => next,
+            Err(error) => self.reply_error(error).await,
+        }
+    }
+
+    async fn reply_error(&mut self, error: ClientError) -> Next {
+        let message = error_message(&error, Some(&self.session.session_id));
+        send_or_close(&mut self.socket, &message).await
+    }
+
+    /// Sends one request on the session's detection stream (opening it when
+    /// needed) and waits, bounded, for its reply. Any failure drops the
+    /// stream so the next message opens a fresh one.
+    async fn detect(&mut self, request: StepRequest) -> Result<StepReply, ClientError> {
+        let unavailable = |detail: String| ClientError::Unavailable {
+            service: "detection",
+            detail,
+        };
+        if self.detection.is_none() {
+            let (requests, outgoing) = mpsc::channel(4);
+            let replies = tokio::time::timeout(
+                self.state.settings().grpc_timeout(),
+                self.state
+                    .backends()
+                    .detection
+                    .clone()
+                    .stream_steps(ReceiverStream::new(outgoing)),
+            )
+            .await
+            .map_err(|_| unavailable("timed out opening the detection stream".into()))?
+            .map_err(|status| ClientError::from_status("detection", status))?;
+            self.detection = Some(DetectionStream {
+                requests,
+                replies: replies.into_inner(),
+            });
+        }
+        let stream = self.detection.as_mut().expect("opened above");
+        let outcome = async {
+            stream
+                .requests
+                .send(request)
+                .await
+                .map_err(|_| unavailable("detection stream closed".into()))?;
+            match tokio::time::timeout(self.state.settings().grpc_timeout(), stream.replies.message()).await {
+                Ok(Ok(Some(reply))) => Ok(reply),
+                Ok(Ok(None)) => Err(unavailable("detection stream ended".into())),
+                Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
+                Err(_) => Err(unavailable("no reply within the deadline".into())),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            self.detection = None;
+        }
+        outcome
+    }
+
+    async fn on_samples(&mut self, samples: Vec<switchboard_proto::v1::AccelSample>) -> Result<Next, ClientError> {
+        let sample_count = samples.len();
+        let reply = self
+            .detect(StepRequest {
+                samples,
+                session_id: self.session.session_id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        let steps = u64::from(reply.steps);
+        self.total_steps += steps;
+        self.total_predictions += 1;
+        for unreported in [&mut self.for_registry, &mut self.for_statistics] {
+            unreported.steps += steps;
+            unreported.predictions += 1;
+        }
+        let observation = reply.observation.unwrap_or_default();
+        let message = Outbound::StepDetection {
+            session_id: &self.session.session_id,
+            step_detected: steps > 0,
+            prediction: Prediction {
+                magnitude: observation.magnitude,
+                score: observation.score,
+                threshold: observation.threshold,
+                confidence: observation.confidence,
+                steps: reply.steps,
+                samples: sample_count,
+            },
+            total_steps: self.total_steps,
+            total_predictions: self.total_predictions,
+            buffer_size: reply.buffer_size,
+            timestamp: timestamp(),
+        };
+        Ok(send_or_close(&mut self.socket, &message).await)
+    }
+
+    /// Confirms a step still pending in the detector, so `stop` counts the
+    /// last step before it.
+    async fn flush_detector(&mut self) {
+        if self.detection.is_none() {
+            return;
+        }
+        let flush = StepRequest {
+            flush: true,
+            session_id: self.session.session_id.clone(),
+            ..Default::default()
+        };
+        if let Ok(reply) = self.detect(flush).await {
+            let steps = u64::from(reply.steps);
+            self.total_steps += steps;
+            self.for_registry.steps += steps;
+            self.for_statistics.steps += steps;
+        }
+    }
+
+    async fn on_stop(&mut self) -> Result<Next, ClientError> {
+        self.flush_detector().await;
+        let ended = self.close_session().await?;
+        let message = Outbound::StopResponse {
+            status: "success",
+            session_id: &ended.session_id,
+            message: "Step detection stopped. WebSocket connection will be closed.",
+            session_stats: outbound::SessionStats {
+                duration: unix_now() - ended.started_at,
+                total_requests: ended.total_requests,
+                total_steps: ended.total_steps,
+                total_predictions: ended.total_predictions,
+            },
+            timestamp: timestamp(),
+        };
+        let _ = send(&mut self.socket, &message).await;
+        Ok(Next::Close(close_code::NORMAL, "stopped".to_owned()))
+    }
+
+    async fn on_reset(&mut self) -> Result<Next, ClientError> {
+        // A session without a live stream gets a fresh detector anyway.
+        if self.detection.is_some() {
+            let reset = StepRequest {
+                reset: true,
+                session_id: self.session.session_id.clone(),
+                ..Default::default()
+            };
+            let _ = self.detect(reset).await;
+        }
+        let session = self
+            .state
+            .backends()
+            .session
+            .clone()
+            .reset_session(ResetSessionRequest {
+                session_id: self.session.session_id.clone(),
+            })
+            .await
+            .map_err(|status| ClientError::from_status("session", status))?
+            .into_inner();
+        // Steps counted before the reset are history for the registry; the
+        // statistics keep them (server totals only grow).
+        self.for_registry.steps = 0;
+        self.for_registry.predictions = 0;
+        self.total_steps = session.total_steps;
+        self.total_predictions = session.total_predictions;
+        let message = Outbound::ResetResponse {
+            status: "success",
+            session_id: &self.session.session_id,
+            message: "Step counter has been reset for this session",
+            total_steps: self.total_steps,
+            timestamp: timestamp(),
+        };
+        Ok(send_or_close(&mut self.socket, &message).await)
+    }
+
+    async fn on_stats(&mut self) -> Result<Next, ClientError> {
+        if let Next::Close(code, reason) = self.report().await {
+            return Ok(Next::Close(code, reason));
+        }
+        let mut sessions = self.state.backends().session.clone();
+        let mut statistics = self.state.backends().statistics.clone();
+        let (session, server) = tokio::join!(
+            sessions.get_session(GetSessionRequest {
+                session_id: self.session.session_id.clone(),
+            }),
+            statistics.get_server_stats(GetServerStatsRequest {}),
+        );
+        let session = session
+            .map_err(|status| ClientError::from_status("session", status))?
+            .into_inner();
+        let server = server
+            .map_err(|status| ClientError::from_status("statistics", status))?
+            .into_inner();
+        let usage = server.usage.unwrap_or_default();
+        let message = Outbound::StatsResponse {
+            status: "success",
+            session_id: &self.session.session_id,
+            user_stats: outbound::UserStats {
+                session_duration: unix_now() - session.started_at,
+                total_requests: session.total_requests + self.for_registry.requests,
+                last_activity: session.last_activity,
+                total_steps: session.total_steps + self.for_registry.steps,
+                total_predictions: session.total_predictions + self.for_registry.predictions,
+            },
+            server_stats: outbound::ServerStats {
+                active_sessions: server.active_sessions,
+                total_server_requests: usage.requests,
+                total_steps: usage.steps,
+                total_predictions: usage.predictions,
+                total_sessions: usage.sessions_opened,
+                users: server.users,
+            },
+            timestamp: timestamp(),
+        };
+        Ok(send_or_close(&mut self.socket, &message).await)
+    }
+
+    async fn on_control(&mut self, control: SessionControl) {
+        let message = match control.kind() {
+            ControlKind::TimedOut => Outbound::TimeoutResponse {
+                status: "timeout",
+                session_id: &self.session.session_id,
+                message: format!(
+                    "Connection closed due to {} of inactivity",
+                    describe_seconds(self.session.inactivity_timeout_seconds)
+                ),
+                timestamp: timestamp(),
+            },
+            ControlKind::Terminated | ControlKind::Unspecified => Outbound::SessionTerminated {
+                status: "terminated",
+                session_id: &self.session.session_id,
+                message: format!("Session terminated: {}", control.reason),
+                timestamp: timestamp(),
+            },
+        };
+        let _ = send(&mut self.socket, &message).await;
+        let reason = match control.kind() {
+            ControlKind::TimedOut => "inactivity timeout",
+            _ => "session terminated",
+        };
+        // The registry already removed the session; only statistics remain.
+        self.for_registry = Unreported::default();
+        self.registered = false;
+        close(&mut self.socket, close_code::NORMAL, reason).await;
+    }
+
+    fn record_session_opened(&self) {
+        let mut statistics = self.state.backends().statistics.clone();
+        let request = RecordUsageRequest {
+            user_id: self.session.user_id.clone(),
+            usage: Some(Usage {
+                sessions_opened: 1,
+                ..Default::default()
+            }),
+        };
+        tokio::spawn(async move {
+            if let Err(status) = statistics.record_usage(request).await {
+                tracing::warn!(code = ?status.code(), message = status.message(), "could not count the session");
+            }
+        });
+    }
+
+    /// Sends what this socket did since the last report; counts that could
+    /// not be delivered wait for the next one. A registry that no longer
+    /// knows the session (its control message was lost) ends the socket.
+    async fn report(&mut self) -> Next {
+        let for_registry = std::mem::take(&mut self.for_registry);
+        let for_statistics = std::mem::take(&mut self.for_statistics);
+        let mut sessions = self.state.backends().session.clone();
+        let mut statistics = self.state.backends().statistics.clone();
+        let registry_call = async {
+            if for_registry.is_empty() || !self.registered {
+                return Ok(());
+            }
+            sessions
+                .record_activity(RecordActivityRequest {
+                    session_id: self.session.session_id.clone(),
+                    requests: for_registry.requests,
+                    steps: for_registry.steps,
+                    predictions: for_registry.predictions,
+                })
+                .await
+                .map(|_| ())
+        };
+        let statistics_call = async {
+            if for_statistics.is_empty() {
+                return Ok(());
+            }
+            statistics
+                .record_usage(RecordUsageRequest {
+                    user_id: self.session.user_id.clone(),
+                    usage: Some(Usage {
+                        requests: for_statistics.requests,
+                        steps: for_statistics.steps,
+                        predictions: for_statistics.predictions,
+                        sessions_opened: 0,
+                    }),
+                })
+                .await
+                .map(|_| ())
+        };
+        let (registry_result, statistics_result) = tokio::join!(registry_call, statistics_call);
+        if let Err(status) = statistics_result {
+            tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "usage report failed");
+            self.for_statistics.add(for_statistics);
+        }
+        if let Err(status) = registry_result {
+            if status.code() == tonic::Code::NotFound {
+                self.registered = false;
+                let message = Outbound::SessionTerminated {
+                    status: "terminated",
+                    session_id: &self.session.session_id,
+                    message: "Session no longer registered (timed out or terminated)".to_owned(),
+                    timestamp: timestamp(),
+                };
+                let _ = send(&mut self.socket, &message).await;
+                return Next::Close(close_code::NORMAL, "session ended".to_owned());
+            }
+            tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "activity report failed");
+            self.for_registry.add(for_registry);
+        }
+        Next::Continue
+    }
+
+    /// Removes the session from the registry with the final counts.
+    async fn close_session(&mut self) -> Result<Session, ClientError> {
+        let for_registry = std::mem::take(&mut self.for_registry);
+        let closed = self
+            .state
+            .backends()
+            .session
+            .clone()
+            .close_session(CloseSessionRequest {
+                session_id: self.session.session_id.clone(),
+                requests: for_registry.requests,
+                steps: for_registry.steps,
+                predictions: for_registry.predictions,
+            })
+            .await;
+        match closed {
+            Ok(response) => {
+                self.registered = false;
+                Ok(response.into_inner())
+            }
+            Err(status) => {
+                self.for_registry = for_registry;
+                Err(ClientError::from_status("session", status))
+            }
+        }
+    }
+
+    /// Leaves the registry and statistics as the socket found them: the
+    /// session closed, every count reported.
+    async fn finish(mut self) {
+        if self.registered {
+            self.flush_detector().await;
+            if let Err(error) = self.close_session().await {
+                tracing::warn!(%error, "could not close session; the inactivity sweep will");
+            }
+        }
+        self.report().await;
+    }
+}
+
+/// "5 minutes", "2 seconds": how seed 000 words its timeout.
+fn describe_seconds(seconds: f64) -> String {
+    let plural = |n: f64, unit: &str| {
+        if n == 1.0 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    if seconds >= 60.0 && seconds % 60.0 == 0.0 {
+        plural(seconds / 60.0, "minute")
+    } else {
+        plural(seconds, "second")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_seconds;
+
+    #[test]
+    fn timeouts_read_like_the_seed() {
+        assert_eq!(describe_seconds(300.0), "5 minutes");
+        assert_eq!(describe_seconds(60.0), "1 minute");
+        assert_eq!(describe_seconds(1.5), "1.5 seconds");
+    }
+}

@@ -1,0 +1,127 @@
+//! The edge's settings and the gRPC clients built from them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
+use switchboard_proto::v1::session_service_client::SessionServiceClient;
+use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Default and documented limit on one inbound WebSocket message.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How the edge serves clients.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeSettings {
+    /// Largest inbound WebSocket message, in bytes; a larger one closes the
+    /// socket with 1009 (message too big).
+    #[arg(
+        long = "max-message-bytes",
+        env = "SWITCHBOARD_MAX_MESSAGE_BYTES",
+        default_value_t = DEFAULT_MAX_MESSAGE_BYTES
+    )]
+    pub max_message_bytes: usize,
+
+    /// Deadline for one gRPC call to a service, in milliseconds; past it the
+    /// client gets an `error` message.
+    #[arg(long = "grpc-timeout-ms", env = "SWITCHBOARD_GRPC_TIMEOUT_MS", default_value_t = 5000)]
+    pub grpc_timeout_ms: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            grpc_timeout_ms: 5000,
+        }
+    }
+}
+
+impl EdgeSettings {
+    pub(crate) fn grpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.grpc_timeout_ms.max(1))
+    }
+}
+
+/// Where the services are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceUrls {
+    /// gRPC URL of the session service.
+    #[arg(long = "session-url", env = "SWITCHBOARD_SESSION_URL", default_value = "http://127.0.0.1:50051")]
+    pub session_url: String,
+    /// gRPC URL of the detection service.
+    #[arg(long = "detection-url", env = "SWITCHBOARD_DETECTION_URL", default_value = "http://127.0.0.1:50052")]
+    pub detection_url: String,
+    /// gRPC URL of the statistics service.
+    #[arg(long = "statistics-url", env = "SWITCHBOARD_STATISTICS_URL", default_value = "http://127.0.0.1:50053")]
+    pub statistics_url: String,
+}
+
+impl ServiceUrls {
+    /// The URLs of services listening on these local addresses.
+    pub fn local(session: SocketAddr, detection: SocketAddr, statistics: SocketAddr) -> Self {
+        Self {
+            session_url: format!("http://{session}"),
+            detection_url: format!("http://{detection}"),
+            statistics_url: format!("http://{statistics}"),
+        }
+    }
+}
+
+/// A service URL that is not a valid gRPC endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid service url {url:?}: {source}")]
+pub struct InvalidUrl {
+    url: String,
+    source: tonic::transport::Error,
+}
+
+/// The gRPC clients of the three services. Channels connect lazily and
+/// reconnect by themselves, so the edge starts while a service is down and
+/// recovers when it comes back.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub session: SessionServiceClient<Channel>,
+    pub detection: DetectionServiceClient<Channel>,
+    pub statistics: StatisticsServiceClient<Channel>,
+    /// Raw channels, for health checks.
+    pub(crate) channels: [(&'static str, Channel); 3],
+}
+
+fn channel(url: &str, timeout: Option<Duration>) -> Result<Channel, InvalidUrl> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| InvalidUrl {
+        url: url.to_owned(),
+        source,
+    })?;
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+impl Backends {
+    pub fn connect_lazy(urls: &ServiceUrls, settings: &EdgeSettings) -> Result<Self, InvalidUrl> {
+        let timeout = settings.grpc_timeout();
+        let session = channel(&urls.session_url, Some(timeout))?;
+        // Detection streams live as long as their sessions: no per-call
+        // deadline on that channel, the edge bounds each reply instead.
+        let detection = channel(&urls.detection_url, None)?;
+        let statistics = channel(&urls.statistics_url, Some(timeout))?;
+        Ok(Self {
+            session: SessionServiceClient::new(session.clone()),
+            detection: DetectionServiceClient::new(detection.clone()),
+            statistics: StatisticsServiceClient::new(statistics.clone()),
+            channels: [
+                ("session", session),
+                ("detection", detection),
+                ("statistics", statistics),
+            ],
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! The gRPC server shell shared by the session, detection and statistics
+//! roles: standard health (`grpc.health.v1.Health`) and server reflection
+//! next to the role's own service, HTTP/2 settings sized for many long-lived
+//! streams, and a shutdown that reports NOT_SERVING before it stops
+//! accepting, then lets in-flight calls finish.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+/// HTTP/2 streams one client connection may hold open. The edge keeps one
+/// detection stream per live session over a single connection, so the usual
+/// default (a few hundred) would cap sessions per edge.
+const MAX_CONCURRENT_STREAMS: u32 = 65_536;
+
+/// Why a gRPC server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` (the role's own service) plus health and reflection on
+/// `listener` until `shutdown` completes.
+///
+/// `service_name` is the fully qualified name health reports for, e.g.
+/// `switchboard.v1.SessionService`; the empty name (the whole server) is
+/// reported too, as Kubernetes' gRPC probes ask for it.
+pub async fn serve(
+    service_name: &'static str,
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(service_name, ServingStatus::Serving)
+        .await;
+    reporter.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(service = service_name, addr = ?addr, "grpc serving");
+    let draining = async move {
+        shutdown.await;
+        tracing::info!(service = service_name, "grpc draining");
+        reporter
+            .set_service_status(service_name, ServingStatus::NotServing)
+            .await;
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+    };
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await?;
+    Ok(())
+}

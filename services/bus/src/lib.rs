@@ -1,0 +1,304 @@
+//! The message bus and shared state every Switchboard role stands on.
+//!
+//! A cluster is several processes that share one NATS: core pub/sub carries
+//! fan-out (control messages to the edge holding a socket, broadcasts), and
+//! JetStream key-value buckets hold the state no single replica may own
+//! (the session registry, counters). Without a NATS URL the same API runs in
+//! process, for a laptop or a small device: one process is then the whole
+//! cluster, and it says so in its log.
+//!
+//! - [`Bus`]: connect, publish, subscribe, open a [`KeyValue`] bucket.
+//! - [`KeyValue`]: get / create / compare-and-swap update / delete, the
+//!   operations the registry and the counters need, with the same semantics
+//!   in both modes (revisions, conflicts).
+//! - [`subjects`]: every subject name, in one place.
+
+mod local;
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+
+pub use local::LocalBus;
+
+/// How long a call to NATS may take before the bus reports it failed, so a
+/// NATS outage turns into an error instead of a hang.
+const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the bus lives: a NATS URL, or nothing for the in-process bus.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BusSettings {
+    /// NATS server URL (JetStream enabled). Without it the process runs
+    /// alone, with an in-process bus and in-memory state.
+    #[arg(long = "nats-url", env = "NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+/// A bus failure, as callers need to tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("nats: {0}")]
+    Nats(String),
+    /// A compare-and-swap lost to a concurrent writer (or the key already
+    /// existed, for a create): read again and retry.
+    #[error("revision conflict on key {0}")]
+    Conflict(String),
+}
+
+fn nats_error(error: impl Display) -> BusError {
+    BusError::Nats(error.to_string())
+}
+
+/// One message received from a subscription.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// The bus: NATS when configured, otherwise in process.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    Nats {
+        client: async_nats::Client,
+        jetstream: jetstream::Context,
+    },
+    Local(LocalBus),
+}
+
+impl Bus {
+    /// Connects to NATS when `settings` names a URL, otherwise starts the
+    /// in-process bus.
+    pub async fn connect(settings: &BusSettings) -> Result<Self, BusError> {
+        match &settings.nats_url {
+            Some(url) => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("switchboard")
+                    .request_timeout(Some(NATS_REQUEST_TIMEOUT))
+                    .connect(url.as_str())
+                    .await
+                    .map_err(nats_error)?;
+                tracing::info!(url = %url, "connected to nats");
+                let jetstream = jetstream::new(client.clone());
+                Ok(Bus::Nats { client, jetstream })
+            }
+            None => {
+                tracing::warn!(
+                    "no NATS_URL: single-instance mode, in-process bus and in-memory state"
+                );
+                Ok(Bus::Local(LocalBus::default()))
+            }
+        }
+    }
+
+    /// True when this process is the whole cluster.
+    pub fn is_single_instance(&self) -> bool {
+        matches!(self, Bus::Local(_))
+    }
+
+    /// Publishes without waiting for anyone to receive it (core NATS
+    /// semantics: subscribers that are not there miss it).
+    pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Bus::Nats { client, .. } => client.publish(subject, payload).await.map_err(nats_error),
+            Bus::Local(local) => {
+                local.publish(&subject, payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes to `subject`, which may use NATS wildcards (`*`, `>`).
+    pub async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
+        match self {
+            Bus::Nats { client, .. } => Ok(Subscription::Nats(
+                client.subscribe(subject).await.map_err(nats_error)?,
+            )),
+            Bus::Local(local) => Ok(Subscription::Local(local.subscribe(&subject))),
+        }
+    }
+
+    /// Opens (creating when needed) the key-value bucket `bucket`.
+    pub async fn key_value(&self, bucket: &str) -> Result<KeyValue, BusError> {
+        match self {
+            Bus::Nats { jetstream, .. } => {
+                if let Ok(store) = jetstream.get_key_value(bucket).await {
+                    return Ok(KeyValue::Nats(store));
+                }
+                let config = kv::Config {
+                    bucket: bucket.to_owned(),
+                    history: 1,
+                    ..Default::default()
+                };
+                match jetstream.create_key_value(config).await {
+                    Ok(store) => Ok(KeyValue::Nats(store)),
+                    // Another replica created it between our two calls.
+                    Err(create_error) => jetstream
+                        .get_key_value(bucket)
+                        .await
+                        .map(KeyValue::Nats)
+                        .map_err(|_| nats_error(create_error)),
+                }
+            }
+            Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
+        }
+    }
+
+    /// Flushes what this process published, so a caller that must know its
+    /// messages left (e.g. before exiting) can wait for it.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Nats { client, .. } => client.flush().await.map_err(nats_error),
+            Bus::Local(_) => Ok(()),
+        }
+    }
+}
+
+/// Messages arriving on one subscription.
+#[derive(Debug)]
+pub enum Subscription {
+    Nats(async_nats::Subscriber),
+    Local(tokio::sync::mpsc::Receiver<Message>),
+}
+
+impl Subscription {
+    /// The next message, or `None` once the bus is gone.
+    pub async fn next(&mut self) -> Option<Message> {
+        match self {
+            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| Message {
+                subject: message.subject.to_string(),
+                payload: message.payload,
+            }),
+            Subscription::Local(receiver) => receiver.recv().await,
+        }
+    }
+}
+
+/// A value and the revision it was written at, for compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: Bytes,
+    pub revision: u64,
+}
+
+/// A key-value bucket: JetStream KV or its in-process twin.
+#[derive(Clone, Debug)]
+pub enum KeyValue {
+    Nats(kv::Store),
+    Local(local::LocalKeyValue),
+}
+
+impl KeyValue {
+    /// The current value of `key`, if it has one.
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, BusError> {
+        match self {
+            KeyValue::Nats(store) => {
+                let entry = store.entry(key).await.map_err(nats_error)?;
+                Ok(entry
+                    .filter(|entry| entry.operation == kv::Operation::Put)
+                    .map(|entry| Entry {
+                        value: entry.value,
+                        revision: entry.revision,
+                    }))
+            }
+            KeyValue::Local(local) => Ok(local.get(key)),
+        }
+    }
+
+    /// Writes `key` only if it has no value; [`BusError::Conflict`] otherwise.
+    pub async fn create(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
+        match self {
+            KeyValue::Nats(store) => match store.create(key, value).await {
+                Ok(revision) => Ok(revision),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Err(BusError::Conflict(key.to_owned()))
+                }
+                Err(error) => Err(nats_error(error)),
+            },
+            KeyValue::Local(local) => local.create(key, value),
+        }
+    }
+
+    /// Writes `key` only if its revision is still `revision`;
+    /// [`BusError::Conflict`] when someone wrote or deleted it since.
+    pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, BusError> {
+        match self {
+            KeyValue::Nats(store) => match store.update(key, value, revision).await {
+                Ok(revision) => Ok(revision),
+                Err(error) => Err(self.classify_conflict(key, revision, error).await),
+            },
+            KeyValue::Local(local) => local.update(key, value, revision),
+        }
+    }
+
+    /// Deletes `key` only if its revision is still `revision`.
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), BusError> {
+        match self {
+            KeyValue::Nats(store) => match store.delete_expect_revision(key, Some(revision)).await {
+                Ok(()) => Ok(()),
+                Err(error) => Err(self.classify_conflict(key, revision, error).await),
+            },
+            KeyValue::Local(local) => local.delete(key, revision),
+        }
+    }
+
+    /// Every key that has a value.
+    pub async fn keys(&self) -> Result<Vec<String>, BusError> {
+        match self {
+            KeyValue::Nats(store) => {
+                let mut keys = store.keys().await.map_err(nats_error)?;
+                let mut all = Vec::new();
+                while let Some(key) = keys.next().await {
+                    all.push(key.map_err(nats_error)?);
+                }
+                Ok(all)
+            }
+            KeyValue::Local(local) => Ok(local.keys()),
+        }
+    }
+
+    /// Every key with its value, skipping keys deleted while listing.
+    pub async fn entries(&self) -> Result<Vec<(String, Entry)>, BusError> {
+        let mut entries = Vec::new();
+        for key in self.keys().await? {
+            if let Some(entry) = self.get(&key).await? {
+                entries.push((key, entry));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// A failed JetStream compare-and-swap is a conflict when the key moved
+    /// on from `revision`; anything else is a real failure.
+    async fn classify_conflict(&self, key: &str, revision: u64, error: impl Display) -> BusError {
+        match self.get(key).await {
+            Ok(Some(entry)) if entry.revision != revision => BusError::Conflict(key.to_owned()),
+            Ok(None) => BusError::Conflict(key.to_owned()),
+            _ => nats_error(error),
+        }
+    }
+}
+
+/// Subject names: every subject Switchboard publishes or subscribes to is
+/// built here.
+pub mod subjects {
+    /// Control messages (`SessionControl`) for the sockets one edge holds.
+    pub fn edge_control(edge_id: &str) -> String {
+        format!("switchboard.edge.{edge_id}.control")
+    }
+}
+
+impl From<BusError> for tonic::Status {
+    /// NATS trouble is the caller's "try again" (UNAVAILABLE); a conflict that
+    /// survived the service's own retries is ABORTED, as gRPC defines it for
+    /// concurrency conflicts.
+    fn from(error: BusError) -> Self {
+        match error {
+            BusError::Nats(_) => tonic::Status::unavailable(error.to_string()),
+            BusError::Conflict(_) => tonic::Status::aborted(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! The session service: the cluster's registry of live sessions.
+//!
+//! Every session (one per `/ws/realtime` socket) is a record in the
+//! `sessions` key-value bucket, keyed by its id. With NATS the bucket is
+//! JetStream KV, so any replica answers for any session and a restarted
+//! replica loses nothing; every change is a compare-and-swap on the record's
+//! revision, so replicas never overwrite each other.
+//!
+//! The inactivity timeout belongs here, not to the edge: a sweeper in every
+//! replica deletes records whose last activity is older than the timeout
+//! (the compare-and-swap makes exactly one replica win) and tells the edge
+//! holding the socket, over NATS, to send `timeout_response` and close. A
+//! session whose edge died is swept the same way.
+//!
+//! - [`SessionSettings`]: the timeout and how often to sweep.
+//! - [`serve`]: the gRPC server, with health and reflection.
+//! - [`Registry`]: the operations themselves, usable without gRPC.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use switchboard_bus::{subjects, Bus, BusError, KeyValue};
+use switchboard_proto::v1::session_control::Kind as ControlKind;
+use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
+use switchboard_proto::v1::{
+    CloseSessionRequest, CountSessionsRequest, CountSessionsResponse, GetSessionRequest,
+    ListSessionsRequest, ListSessionsResponse, OpenSessionRequest, RecordActivityRequest,
+    ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
+};
+use switchboard_proto::{server, unix_now};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// The bucket holding one record per live session.
+const BUCKET: &str = "sessions";
+
+/// Compare-and-swap attempts before a write gives up with ABORTED. Writers
+/// to one session are its edge and the sweepers, so a few suffice.
+const CAS_ATTEMPTS: usize = 16;
+
+/// The session registry's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionSettings {
+    /// Seconds without activity after which a session is closed
+    /// (`timeout_response`), cluster-wide.
+    #[arg(
+        long = "inactivity-timeout-secs",
+        env = "SWITCHBOARD_INACTIVITY_TIMEOUT_SECS",
+        default_value_t = 300.0
+    )]
+    pub inactivity_timeout_secs: f64,
+
+    /// How often each replica looks for timed-out sessions, in
+    /// milliseconds; by default a tenth of the timeout, between 50 ms and 5 s.
+    #[arg(long = "sweep-interval-ms", env = "SWITCHBOARD_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            inactivity_timeout_secs: 300.0,
+            sweep_interval_ms: None,
+        }
+    }
+}
+
+impl SessionSettings {
+    fn sweep_interval(&self) -> Duration {
+        match self.sweep_interval_ms {
+            Some(ms) => Duration::from_millis(ms.max(1)),
+            None => Duration::from_secs_f64(self.inactivity_timeout_secs / 10.0)
+                .clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Why the session service could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("inactivity timeout must be a positive number of seconds, got {0}")]
+    InvalidTimeout(f64),
+    #[error("session state unavailable: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+}
+
+/// Serves the session registry on `listener` until `shutdown` completes.
+pub async fn serve(
+    settings: SessionSettings,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SessionError> {
+    let registry = Registry::open(&settings, bus).await?;
+    let sweeper = tokio::spawn(registry.clone().sweep_forever(settings.sweep_interval()));
+    let routes = tonic::service::Routes::new(SessionServiceServer::new(registry));
+    let served = server::serve(
+        <SessionServiceServer<Registry> as tonic::server::NamedService>::NAME,
+        routes,
+        listener,
+        shutdown,
+    )
+    .await;
+    sweeper.abort();
+    Ok(served?)
+}
+
+/// The registry's operations over the `sessions` bucket.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    sessions: KeyValue,
+    bus: Bus,
+    inactivity_timeout: f64,
+}
+
+/// Usage deltas carried by RecordActivity and CloseSession.
+struct Usage {
+    requests: u64,
+    steps: u64,
+    predictions: u64,
+}
+
+impl Usage {
+    fn apply(&self, session: &mut Session) {
+        session.total_requests += self.requests;
+        session.total_steps += self.steps;
+        session.total_predictions += self.predictions;
+    }
+}
+
+fn not_found(session_id: &str) -> Status {
+    Status::not_found(format!("session {session_id} not found"))
+}
+
+fn decode(value: &Bytes) -> Result<Session, Status> {
+    Session::decode(value.as_ref())
+        .map_err(|error| Status::internal(format!("corrupt session record: {error}")))
+}
+
+fn encode(session: &Session) -> Bytes {
+    Bytes::from(session.encode_to_vec())
+}
+
+impl Registry {
+    /// Opens the registry's bucket on `bus`.
+    pub async fn open(settings: &SessionSettings, bus: Bus) -> Result<Self, SessionError> {
+        let timeout = settings.inactivity_timeout_secs;
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(SessionError::InvalidTimeout(timeout));
+        }
+        Ok(Self {
+            sessions: bus.key_value(BUCKET).await?,
+            bus,
+            inactivity_timeout: timeout,
+        })
+    }
+
+    pub async fn open_session(&self, request: OpenSessionRequest) -> Result<Session, Status> {
+        if request.edge_id.is_empty() {
+            return Err(Status::invalid_argument("edge_id is required"));
+        }
+        let now = unix_now();
+        let session = Session {
+            session_id: uuid::Uuid::new_v4().to_string(),
+            user_id: request.user_id,
+            kind: request.kind,
+            edge_id: request.edge_id,
+            started_at: now,
+            last_activity: now,
+            inactivity_timeout_seconds: self.inactivity_timeout,
+            ..Default::default()
+        };
+        self.sessions
+            .create(&session.session_id, encode(&session))
+            .await?;
+        tracing::info!(session_id = %session.session_id, kind = %session.kind, "session opened");
+        Ok(session)
+    }
+
+    pub async fn get_session(&self, session_id: &str) -> Result<Session, Status> {
+        match self.sessions.get(session_id).await? {
+            Some(entry) => decode(&entry.value),
+            None => Err(not_found(session_id)),
+        }
+    }
+
+    pub async fn list_sessions(&self, kind: &str) -> Result<Vec<Session>, Status> {
+        let mut sessions = Vec::new();
+        for (_, entry) in self.sessions.entries().await? {
+            let session = decode(&entry.value)?;
+            if kind.is_empty() || session.kind == kind {
+                sessions.push(session);
+            }
+        }
+        sessions.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+        Ok(sessions)
+    }
+
+    pub async fn count_sessions(&self) -> Result<u64, Status> {
+        Ok(self.sessions.keys().await?.len() as u64)
+    }
+
+    /// Applies `change` to the stored record with compare-and-swap, retrying
+    /// when another writer got there first.
+    async fn modify(
+        &self,
+        session_id: &str,
+        change: impl Fn(&mut Session),
+    ) -> Result<Session, Status> {
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self
+                .sessions
+                .get(session_id)
+                .await?
+                .ok_or_else(|| not_found(session_id))?;
+            let mut session = decode(&entry.value)?;
+            change(&mut session);
+            match self
+                .sessions
+                .update(session_id, encode(&session), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(session),
+                Err(BusError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "session {session_id} changed concurrently too often"
+        )))
+    }
+
+    /// Removes the record (compare-and-swap) and returns it as it ended,
+    /// with `usage` added.
+    async fn remove(&self, session_id: &str, usage: &Usage) -> Result<Session, Status> {
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self
+                .sessions
+                .get(session_id)
+                .await?
+                .ok_or_else(|| not_found(session_id))?;
+            let mut session = decode(&entry.value)?;
+            match self.sessions.delete(session_id, entry.revision).await {
+                Ok(()) => {
+                    usage.apply(&mut session);
+                    return Ok(session);
+                }
+                Err(BusError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "session {session_id} changed concurrently too often"
+        )))
+    }
+
+    pub async fn record_activity(&self, request: RecordActivityRequest) -> Result<Session, Status> {
+        let usage = Usage {
+            requests: request.requests,
+            steps: request.steps,
+            predictions: request.predictions,
+        };
+        let now = unix_now();
+        self.modify(&request.session_id, |session| {
+            usage.apply(session);
+            session.last_activity = now;
+        })
+        .await
+    }
+
+    pub async fn reset_session(&self, session_id: &str) -> Result<Session, Status> {
+        let now = unix_now();
+        self.modify(session_id, |session| {
+            session.total_steps = 0;
+            session.total_predictions = 0;
+            session.last_activity = now;
+        })
+        .await
+    }
+
+    pub async fn close_session(&self, request: CloseSessionRequest) -> Result<Session, Status> {
+        let usage = Usage {
+            requests: request.requests,
+            steps: request.steps,
+            predictions: request.predictions,
+        };
+        let session = self.remove(&request.session_id, &usage).await?;
+        tracing::info!(session_id = %session.session_id, "session closed");
+        Ok(session)
+    }
+
+    pub async fn terminate_session(
+        &self,
+        session_id: &str,
+        reason: String,
+    ) -> Result<Session, Status> {
+        let no_usage = Usage {
+            requests: 0,
+            steps: 0,
+            predictions: 0,
+        };
+        let session = self.remove(session_id, &no_usage).await?;
+        tracing::info!(session_id, reason = %reason, "session terminated");
+        self.tell_edge(&session, ControlKind::Terminated, reason)
+            .await;
+        Ok(session)
+    }
+
+    /// Tells the edge holding `session`'s socket to close it. Best effort: if
+    /// that edge is gone, so is the socket.
+    async fn tell_edge(&self, session: &Session, kind: ControlKind, reason: String) {
+        let control = SessionControl {
+            session_id: session.session_id.clone(),
+            kind: kind as i32,
+            reason,
+            session: Some(session.clone()),
+        };
+        let subject = subjects::edge_control(&session.edge_id);
+        if let Err(error) = self
+            .bus
+            .publish(subject, Bytes::from(control.encode_to_vec()))
+            .await
+        {
+            tracing::warn!(session_id = %session.session_id, %error, "could not tell edge to close session");
+        }
+    }
+
+    /// Ends every session idle for longer than the timeout; returns how many
+    /// this replica ended (another replica may end some first).
+    pub async fn sweep_once(&self) -> Result<usize, Status> {
+        let now = unix_now();
+        let mut ended = 0;
+        for (session_id, entry) in self.sessions.entries().await? {
+            let session = decode(&entry.value)?;
+            if now - session.last_activity < self.inactivity_timeout {
+                continue;
+            }
+            match self.sessions.delete(&session_id, entry.revision).await {
+                Ok(()) => {
+                    ended += 1;
+                    tracing::info!(session_id, "session timed out");
+                    let reason = format!(
+                        "no activity for {} seconds",
+                        self.inactivity_timeout
+                    );
+                    self.tell_edge(&session, ControlKind::TimedOut, reason).await;
+                }
+                // Activity arrived, or another replica swept it first.
+                Err(BusError::Conflict(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(ended)
+    }
+
+    async fn sweep_forever(self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.sweep_once().await {
+                tracing::warn!(%error, "inactivity sweep failed");
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SessionService for Registry {
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        Registry::open_session(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<GetSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        Registry::get_session(self, &request.into_inner().session_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let sessions = Registry::list_sessions(self, &request.into_inner().kind).await?;
+        Ok(Response::new(ListSessionsResponse { sessions }))
+    }
+
+    async fn count_sessions(
+        &self,
+        _request: Request<CountSessionsRequest>,
+    ) -> Result<Response<CountSessionsResponse>, Status> {
+        let active_sessions = Registry::count_sessions(self).await?;
+        Ok(Response::new(CountSessionsResponse { active_sessions }))
+    }
+
+    async fn record_activity(
+        &self,
+        request: Request<RecordActivityRequest>,
+    ) -> Result<Response<Session>, Status> {
+        Registry::record_activity(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn reset_session(
+        &self,
+        request: Request<ResetSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        Registry::reset_session(self, &request.into_inner().session_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<CloseSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        Registry::close_session(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn terminate_session(
+        &self,
+        request: Request<TerminateSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        let request = request.into_inner();
+        let reason = if request.reason.is_empty() {
+            "terminated by request".to_owned()
+        } else {
+            request.reason
+        };
+        Registry::terminate_session(self, &request.session_id, reason)
+            .await
+            .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_bus::BusSettings;
+
+    async fn registry(timeout: f64) -> (Registry, Bus) {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let settings = SessionSettings {
+            inactivity_timeout_secs: timeout,
+            sweep_interval_ms: None,
+        };
+        (Registry::open(&settings, bus.clone()).await.unwrap(), bus)
+    }
+
+    fn open_request() -> OpenSessionRequest {
+        OpenSessionRequest {
+            user_id: "u1".into(),
+            kind: "realtime".into(),
+            edge_id: "edge-a".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn activity_accumulates_and_reset_zeroes_steps() {
+        let (registry, _) = registry(300.0).await;
+        let session = registry.open_session(open_request()).await.unwrap();
+        let id = session.session_id.clone();
+        let activity = |requests, steps| RecordActivityRequest {
+            session_id: id.clone(),
+            requests,
+            steps,
+            predictions: requests,
+        };
+        registry.record_activity(activity(3, 1)).await.unwrap();
+        let session = registry.record_activity(activity(2, 2)).await.unwrap();
+        assert_eq!((session.total_requests, session.total_steps), (5, 3));
+        let session = registry.reset_session(&id).await.unwrap();
+        assert_eq!((session.total_requests, session.total_steps), (5, 0));
+        assert_eq!(registry.count_sessions().await.unwrap(), 1);
+        let closed = registry
+            .close_session(CloseSessionRequest {
+                session_id: id.clone(),
+                requests: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(closed.total_requests, 6);
+        assert_eq!(
+            registry.get_session(&id).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_are_swept_and_their_edge_told() {
+        let (registry, bus) = registry(0.05).await;
+        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let session = registry.open_session(open_request()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(registry.sweep_once().await.unwrap(), 1);
+        let message = control.next().await.unwrap();
+        let control = SessionControl::decode(message.payload.as_ref()).unwrap();
+        assert_eq!(control.session_id, session.session_id);
+        assert_eq!(control.kind(), ControlKind::TimedOut);
+        assert_eq!(registry.count_sessions().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn terminate_tells_the_holding_edge() {
+        let (registry, bus) = registry(300.0).await;
+        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let session = registry.open_session(open_request()).await.unwrap();
+        registry
+            .terminate_session(&session.session_id, "admin".into())
+            .await
+            .unwrap();
+        let message = control.next().await.unwrap();
+        let control = SessionControl::decode(message.payload.as_ref()).unwrap();
+        assert_eq!(control.kind(), ControlKind::Terminated);
+        assert_eq!(control.reason, "admin");
+    }
+}

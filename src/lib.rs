@@ -1,0 +1,240 @@
+//! The `switchboard` binary's roles and how they are wired.
+//!
+//! - [`Cli`]: the command line; every option is also an environment
+//!   variable (`switchboard <role> --help` lists them).
+//! - [`run`]: binds each role's listener, logs `listening` with the role and
+//!   address, and serves until SIGTERM or Ctrl-C.
+//! - [`telemetry`]: logs, as text for people or JSON for machines.
+//!
+//! `all` runs every role in one process: the services bind loopback ports
+//! the OS picks (so two `all` processes never collide) and the edge dials
+//! them; with `NATS_URL` such processes form one cluster, without it the
+//! process is a cluster of one.
+
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use switchboard_bus::{Bus, BusSettings};
+use switchboard_edge::{EdgeSettings, ServiceUrls};
+use switchboard_session::SessionSettings;
+use switchboard_statistics::StatisticsSettings;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "A real-time WebSocket edge with gRPC services and NATS fan-out")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: telemetry::LogSettings,
+    #[command(subcommand)]
+    pub role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Every role in one process (the embedded default).
+    All(AllArgs),
+    /// The WebSocket and REST edge.
+    Edge(EdgeArgs),
+    /// The session registry service.
+    Session(SessionArgs),
+    /// The detection service.
+    Detection(DetectionArgs),
+    /// The statistics service.
+    Statistics(StatisticsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Address the edge's HTTP and WebSocket server listens on.
+    #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    pub http_addr: SocketAddr,
+    /// gRPC address of the in-process session service (port 0: any free port).
+    #[arg(long, env = "SWITCHBOARD_SESSION_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    pub session_grpc_addr: SocketAddr,
+    /// gRPC address of the in-process detection service.
+    #[arg(long, env = "SWITCHBOARD_DETECTION_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    pub detection_grpc_addr: SocketAddr,
+    /// gRPC address of the in-process statistics service.
+    #[arg(long, env = "SWITCHBOARD_STATISTICS_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    pub statistics_grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub edge: EdgeSettings,
+    #[command(flatten)]
+    pub session: SessionSettings,
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Address the HTTP and WebSocket server listens on.
+    #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub edge: EdgeSettings,
+    #[command(flatten)]
+    pub services: ServiceUrls,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "SWITCHBOARD_SESSION_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub session: SessionSettings,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectionArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "SWITCHBOARD_DETECTION_GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    pub grpc_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StatisticsArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "SWITCHBOARD_STATISTICS_GRPC_ADDR", default_value = "0.0.0.0:50053")]
+    pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub statistics: StatisticsSettings,
+}
+
+/// Binds `addr` and logs where `role` listens (tests and operators read it).
+async fn bind(role: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{role}: cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(role, addr = %bound, "listening");
+    Ok(listener)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// One shutdown signal, handed to as many servers as a role runs.
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn start() -> Self {
+        let (sender, receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = sender.send(true);
+        });
+        Self(receiver)
+    }
+
+    fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.clone();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs the role the command line chose until shutdown.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = Shutdown::start();
+    match cli.role {
+        Role::All(args) => run_all(args, shutdown).await,
+        Role::Edge(args) => {
+            let listener = bind("edge", args.http_addr).await?;
+            let bus = Bus::connect(&args.bus).await?;
+            switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal()).await?;
+            Ok(())
+        }
+        Role::Session(args) => {
+            let listener = bind("session", args.grpc_addr).await?;
+            let bus = Bus::connect(&args.bus).await?;
+            switchboard_session::serve(args.session, bus, listener, shutdown.signal()).await?;
+            Ok(())
+        }
+        Role::Detection(args) => {
+            let listener = bind("detection", args.grpc_addr).await?;
+            switchboard_detection::serve(listener, shutdown.signal()).await?;
+            Ok(())
+        }
+        Role::Statistics(args) => {
+            let listener = bind("statistics", args.grpc_addr).await?;
+            let bus = Bus::connect(&args.bus).await?;
+            switchboard_statistics::serve(args.statistics, bus, listener, shutdown.signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let bus = Bus::connect(&args.bus).await?;
+    let session_listener = bind("session", args.session_grpc_addr).await?;
+    let detection_listener = bind("detection", args.detection_grpc_addr).await?;
+    let statistics_listener = bind("statistics", args.statistics_grpc_addr).await?;
+    let urls = ServiceUrls::local(
+        session_listener.local_addr()?,
+        detection_listener.local_addr()?,
+        statistics_listener.local_addr()?,
+    );
+    let edge_listener = bind("edge", args.http_addr).await?;
+    let statistics = StatisticsSettings {
+        session_url: urls.session_url.clone(),
+    };
+    tokio::try_join!(
+        async {
+            switchboard_session::serve(args.session, bus.clone(), session_listener, shutdown.signal())
+                .await
+                .context("session service")
+        },
+        async {
+            switchboard_detection::serve(detection_listener, shutdown.signal())
+                .await
+                .context("detection service")
+        },
+        async {
+            switchboard_statistics::serve(statistics, bus.clone(), statistics_listener, shutdown.signal())
+                .await
+                .context("statistics service")
+        },
+        async {
+            switchboard_edge::serve(args.edge, urls.clone(), bus.clone(), edge_listener, shutdown.signal())
+                .await
+                .context("edge")
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! `switchboard`: one binary for every role. Parses the command line, sets
+//! up logging, and hands over to the role.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = switchboard::Cli::parse();
+    switchboard::telemetry::init(&cli.log)?;
+    switchboard::run(cli).await
+}
