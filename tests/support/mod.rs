@@ -1,0 +1,380 @@
+//! Test support: real processes on ports the OS picks, real clients, and
+//! waits that are always bounded and always wait on a condition.
+//!
+//! - [`Nats`]: a `nats-server -js` of the test's own (random port, its own
+//!   store directory), killed on drop.
+//! - [`Switchboard`]: the `switchboard` binary in any role, JSON logs
+//!   parsed to learn the addresses it bound; killed on drop.
+//! - [`Client`]: a WebSocket client that speaks JSON.
+//! - [`eventually`]: polls a condition until it holds or a deadline passes.
+//!
+//! Set `TEST_LOG=1` to see every process's output.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any single wait in a test may take before it fails. Generous:
+/// the suite must pass on two busy cores.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+fn test_log() -> bool {
+    std::env::var_os("TEST_LOG").is_some()
+}
+
+/// Lines a child printed, shared with the thread that reads them.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Output {
+    fn follow(self: &Arc<Self>, name: String, stream: impl std::io::Read + Send + 'static) {
+        let output = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if test_log() {
+                    eprintln!("[{name}] {line}");
+                }
+                output.lines.lock().unwrap().push(line);
+                output.changed.notify_all();
+            }
+        });
+    }
+
+    /// Waits until some line satisfies `find`, and returns what it found.
+    fn wait_for<T>(&self, what: &str, mut find: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(found) = lines.iter().find_map(|line| find(line)) {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}; output so far:\n{}", lines.join("\n"));
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|line| line.contains(needle))
+    }
+}
+
+/// A `nats-server` with JetStream, on a random loopback port.
+pub struct Nats {
+    child: Child,
+    _store: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server must be installed (apt-get install nats-server)");
+        let output = Arc::new(Output::default());
+        output.follow("nats".into(), child.stderr.take().unwrap());
+        let port: u16 = output.wait_for("nats-server to listen", |line| {
+            line.split("Listening for client connections on 127.0.0.1:")
+                .nth(1)
+                .and_then(|port| port.trim().parse().ok())
+        });
+        Self {
+            child,
+            _store: store,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `switchboard` process.
+pub struct Switchboard {
+    child: Child,
+    output: Arc<Output>,
+    args: Vec<String>,
+}
+
+impl Switchboard {
+    /// Starts `switchboard <args>` with JSON logs and a clean environment.
+    pub fn start(args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        Self::spawn(args)
+    }
+
+    /// `switchboard all` on a free port, joined to `nats` when given.
+    pub fn all(nats: Option<&Nats>, extra: &[&str]) -> Self {
+        let mut args = vec!["all", "--http-addr", "127.0.0.1:0"];
+        if let Some(nats) = nats {
+            args.extend(["--nats-url", nats.url.as_str()]);
+        }
+        args.extend(extra);
+        Self::start(&args)
+    }
+
+    fn spawn(args: Vec<String>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SWITCHBOARD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("switchboard binary");
+        let output = Arc::new(Output::default());
+        let name = args.first().cloned().unwrap_or_default();
+        output.follow(name.clone(), child.stdout.take().unwrap());
+        output.follow(name, child.stderr.take().unwrap());
+        Self {
+            child,
+            output,
+            args,
+        }
+    }
+
+    /// The address `role` listens on, once it does.
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        self.output.wait_for(&format!("{role} to listen"), |line| {
+            let log: Value = serde_json::from_str(line).ok()?;
+            (log["message"] == "listening" && log["role"] == role)
+                .then(|| log["addr"].as_str()?.parse().ok())
+                .flatten()
+        })
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr("edge"))
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr("edge"))
+    }
+
+    /// gRPC URL of a service role.
+    pub fn grpc(&self, role: &str) -> String {
+        format!("http://{}", self.addr(role))
+    }
+
+    /// Whether the process logged a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.output.contains(needle)
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_logged(&self, needle: &str) {
+        self.output
+            .wait_for(needle, |line| line.contains(needle).then_some(()));
+    }
+
+    /// Kills the process at once (SIGKILL): a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (after [`kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let fresh = Self::spawn(self.args.clone());
+        *self = fresh;
+    }
+}
+
+impl Drop for Switchboard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` until it returns `Some`, failing after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client that speaks JSON; every wait is bounded by [`WAIT`].
+pub struct Client {
+    socket: Socket,
+}
+
+/// How a server closed a socket.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|_| panic!("timed out connecting to {url}"))
+            .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"));
+        Self { socket }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        let text: String = text.into();
+        tokio::time::timeout(WAIT, self.socket.send(Message::text(text)))
+            .await
+            .expect("timed out sending")
+            .expect("send failed");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        tokio::time::timeout(WAIT, self.socket.send(Message::binary(bytes)))
+            .await
+            .expect("timed out sending")
+            .expect("send failed");
+    }
+
+    /// The next JSON message; panics on close, timeout or non-JSON.
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("socket ended")
+                .expect("socket failed");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str())
+                        .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+                }
+                Message::Close(frame) => panic!("socket closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message, which must be of `kind` (`type` field).
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let message = self.recv_json().await;
+        assert_eq!(message["type"], kind, "expected a {kind} message, got {message}");
+        message
+    }
+
+    /// Sends `request` and returns the reply, which must be of `kind`.
+    pub async fn call(&mut self, request: Value, kind: &str) -> Value {
+        self.send_json(request).await;
+        self.expect(kind).await
+    }
+
+    /// Waits for the server's close frame, skipping other messages.
+    pub async fn expect_close(&mut self) -> Closed {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timed out waiting for close");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed {
+                        code: u16::from(frame.code),
+                        reason: frame.reason.to_string(),
+                    }
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Closed {
+                        code: u16::from(CloseCode::Status),
+                        reason: String::new(),
+                    }
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// A `/ws/realtime` session, opened and past `session_started`.
+pub async fn realtime_session(node: &Switchboard) -> (Client, String) {
+    let mut client = Client::connect(&node.ws("/ws/realtime")).await;
+    let started = client.expect("session_started").await;
+    let session_id = started["session_id"].as_str().expect("session_id").to_owned();
+    (client, session_id)
+}
+
+/// One accelerometer sample in the documented format.
+pub fn sample(t: f64, x: f64, y: f64, z: f64) -> Value {
+    serde_json::json!({"timestamp": t, "x": x, "y": y, "z": z})
+}
+
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let response = tokio::time::timeout(WAIT, reqwest::get(url))
+        .await
+        .expect("timed out")
+        .expect("http request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+pub async fn delete_json(url: &str) -> (u16, Value) {
+    let response = tokio::time::timeout(WAIT, reqwest::Client::new().delete(url).send())
+        .await
+        .expect("timed out")
+        .expect("http request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// Session ids listed by `GET /sessions` on `node`.
+pub async fn listed_sessions(node: &Switchboard) -> Vec<String> {
+    let (status, body) = get_json(&format!("{}/sessions", node.http())).await;
+    assert_eq!(status, 200, "{body}");
+    body["sessions"]
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .map(|session| session["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Counts of a map, for readable assertions.
+pub fn count_by<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut counts = HashMap::new();
+    for item in items {
+        *counts.entry(item).or_default() += 1;
+    }
+    counts
+}
