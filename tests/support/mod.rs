@@ -302,6 +302,12 @@ impl Client {
         self.expect(kind).await
     }
 
+    /// Sends `request` and returns whatever comes back.
+    pub async fn call_any(&mut self, request: Value) -> Value {
+        self.send_json(request).await;
+        self.recv_json().await
+    }
+
     /// Waits for the server's close frame, skipping other messages.
     pub async fn expect_close(&mut self) -> Closed {
         loop {

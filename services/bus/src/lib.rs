@@ -128,20 +128,21 @@ impl Bus {
                 if let Ok(store) = jetstream.get_key_value(bucket).await {
                     return Ok(KeyValue::Nats(store));
                 }
-                let config = kv::Config {
-                    bucket: bucket.to_owned(),
-                    history: 1,
-                    ..Default::default()
-                };
-                match jetstream.create_key_value(config).await {
-                    Ok(store) => Ok(KeyValue::Nats(store)),
-                    // Another replica created it between our two calls.
-                    Err(create_error) => jetstream
-                        .get_key_value(bucket)
-                        .await
-                        .map(KeyValue::Nats)
-                        .map_err(|_| nats_error(create_error)),
-                }
+                // `create_key_value` first reads the account's JetStream
+                // info, which async-nats cannot parse from nats-server 2.9
+                // (Debian's); creating the bucket's stream directly, as
+                // the KV layout prescribes, works on every 2.9+ server.
+                let created = jetstream.create_stream(kv_stream_config(bucket)).await;
+                // Another replica may have created it in between: open it
+                // either way, and report the create error only if that fails.
+                jetstream
+                    .get_key_value(bucket)
+                    .await
+                    .map(KeyValue::Nats)
+                    .map_err(|open_error| match created {
+                        Err(create_error) => nats_error(create_error),
+                        Ok(_) => nats_error(open_error),
+                    })
             }
             Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
         }
@@ -154,6 +155,22 @@ impl Bus {
             Bus::Nats { client, .. } => client.flush().await.map_err(nats_error),
             Bus::Local(_) => Ok(()),
         }
+    }
+}
+
+/// The stream behind a JetStream KV bucket with one revision per key, as
+/// NATS's KV specification (ADR-8) lays it out.
+fn kv_stream_config(bucket: &str) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
     }
 }
 

@@ -336,7 +336,9 @@ impl Registry {
         let mut ended = 0;
         for (session_id, entry) in self.sessions.entries().await? {
             let session = decode(&entry.value)?;
-            if now - session.last_activity < self.inactivity_timeout {
+            // The timeout the session was opened with: replicas that are
+            // mid-way through a configuration change agree on each session.
+            if now - session.last_activity < session.inactivity_timeout_seconds {
                 continue;
             }
             match self.sessions.delete(&session_id, entry.revision).await {
@@ -345,7 +347,7 @@ impl Registry {
                     tracing::info!(session_id, "session timed out");
                     let reason = format!(
                         "no activity for {} seconds",
-                        self.inactivity_timeout
+                        session.inactivity_timeout_seconds
                     );
                     self.tell_edge(&session, ControlKind::TimedOut, reason).await;
                 }

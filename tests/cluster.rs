@@ -1,0 +1,200 @@
+//! Several processes sharing one real `nats-server -js` behave as one
+//! cluster: sessions listed from any edge, terminated from any edge,
+//! cluster-wide statistics, state that outlives a service restart, and an
+//! edge that recovers when a service comes back.
+
+mod support;
+
+use serde_json::json;
+use support::{
+    delete_json, eventually, get_json, listed_sessions, realtime_session, sample, Client, Nats,
+    Switchboard,
+};
+
+#[tokio::test]
+async fn two_all_processes_on_one_nats_are_one_cluster() {
+    let nats = Nats::start();
+    let a = Switchboard::all(Some(&nats), &[]);
+    let b = Switchboard::all(Some(&nats), &[]);
+    assert_ne!(a.addr("session"), b.addr("session"), "internal ports never collide");
+
+    let (mut on_a, id_a) = realtime_session(&a).await;
+    let (mut on_b, id_b) = realtime_session(&b).await;
+
+    // Sessions listed from both edges.
+    for node in [&a, &b] {
+        let mut listed = listed_sessions(node).await;
+        listed.sort();
+        let mut expected = vec![id_a.clone(), id_b.clone()];
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+    let (_, health) = get_json(&format!("{}/health", a.http())).await;
+    assert_eq!(health["mode"], "cluster");
+
+    // Cluster-wide statistics: requests made on B show in A's server_stats.
+    for i in 0..3 {
+        on_b.call(sample(f64::from(i), 0.0, 9.8, 0.0), "step_detection").await;
+    }
+    on_b.call(json!({"action": "stats"}), "stats_response").await;
+    let stats = on_a.call(json!({"action": "stats"}), "stats_response").await;
+    assert_eq!(stats["server_stats"]["active_sessions"], 2, "{stats}");
+    assert!(
+        stats["server_stats"]["total_server_requests"].as_u64().unwrap() >= 5,
+        "B's 4 requests and A's own: {stats}"
+    );
+
+    // Terminate from B a session held by A: A closes that socket.
+    let (status, _) = delete_json(&format!("{}/sessions/{id_a}", b.http())).await;
+    assert_eq!(status, 200);
+    let notice = on_a.expect("session_terminated").await;
+    assert_eq!(notice["session_id"], id_a.as_str());
+    assert_eq!(on_a.expect_close().await.code, 1000);
+    assert_eq!(listed_sessions(&a).await, vec![id_b.clone()]);
+
+    // And the other way round.
+    let (status, _) = delete_json(&format!("{}/sessions/{id_b}", a.http())).await;
+    assert_eq!(status, 200);
+    on_b.expect("session_terminated").await;
+    assert_eq!(on_b.expect_close().await.code, 1000);
+    assert!(listed_sessions(&b).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_inactivity_timeout_is_enforced_by_the_cluster() {
+    let nats = Nats::start();
+    // The registry lives in `services`; the socket is held by an edge-only
+    // process that has no timer of its own. The timeout reaches it over NATS.
+    let services = Switchboard::all(Some(&nats), &["--inactivity-timeout-secs", "1"]);
+    let edge = Switchboard::start(&[
+        "edge",
+        "--http-addr", "127.0.0.1:0",
+        "--nats-url", &nats.url,
+        "--session-url", &services.grpc("session"),
+        "--detection-url", &services.grpc("detection"),
+        "--statistics-url", &services.grpc("statistics"),
+    ]);
+    let (mut client, session_id) = realtime_session(&edge).await;
+    let timeout = client.expect("timeout_response").await;
+    assert_eq!(timeout["status"], "timeout");
+    assert_eq!(timeout["session_id"], session_id.as_str());
+    assert_eq!(timeout["message"], "Connection closed due to 1 second of inactivity");
+    assert_eq!(client.expect_close().await.code, 1000);
+    assert!(listed_sessions(&services).await.is_empty());
+}
+
+/// The roles as separate processes, as in production.
+struct Roles {
+    session: Switchboard,
+    detection: Switchboard,
+    /// Not touched by the tests, but the edge needs it running.
+    _statistics: Switchboard,
+    edge: Switchboard,
+}
+
+impl Roles {
+    fn start(nats: &Nats) -> Self {
+        let local = "127.0.0.1:0";
+        let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
+        let detection = Switchboard::start(&["detection", "--grpc-addr", local]);
+        let session_url = session.grpc("session");
+        let statistics = Switchboard::start(&[
+            "statistics", "--grpc-addr", local, "--nats-url", &nats.url, "--session-url", &session_url,
+        ]);
+        let edge = Switchboard::start(&[
+            "edge",
+            "--http-addr", local,
+            "--nats-url", &nats.url,
+            "--session-url", &session_url,
+            "--detection-url", &detection.grpc("detection"),
+            "--statistics-url", &statistics.grpc("statistics"),
+            "--grpc-timeout-ms", "2000",
+        ]);
+        Self { session, detection, _statistics: statistics, edge }
+    }
+
+    /// Restarts a service on the very address it had, as a Kubernetes
+    /// Service would keep the address stable.
+    fn restart(service: &mut Switchboard, role: &str, extra: &[&str]) {
+        let addr = service.addr(role).to_string();
+        service.kill();
+        let mut args = vec![role, "--grpc-addr", addr.as_str()];
+        args.extend(extra);
+        *service = Switchboard::start(&args);
+        service.addr(role);
+    }
+}
+
+#[tokio::test]
+async fn a_detection_restart_is_an_error_message_then_recovery() {
+    let nats = Nats::start();
+    let mut roles = Roles::start(&nats);
+    let (mut client, _) = realtime_session(&roles.edge).await;
+    client.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
+
+    roles.detection.kill();
+    client.send_json(sample(1.02, 0.0, 9.8, 0.0)).await;
+    let error = client.expect("error").await;
+    assert_eq!(error["code"], "service_unavailable", "{error}");
+    assert!(error["message"].as_str().unwrap().starts_with("detection service unavailable"), "{error}");
+
+    Roles::restart(&mut roles.detection, "detection", &[]);
+    // Until the edge's channel reconnects, samples get errors; then replies.
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let mut t = 1.04;
+    let reply = loop {
+        assert!(std::time::Instant::now() < deadline, "detection never answered again");
+        t += 0.02;
+        let reply = client.call_any(sample(t, 0.0, 9.8, 0.0)).await;
+        if reply["type"] == "step_detection" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "service_unavailable", "{reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
+}
+
+#[tokio::test]
+async fn a_session_service_restart_loses_no_session() {
+    let nats = Nats::start();
+    let mut roles = Roles::start(&nats);
+    let (mut client, session_id) = realtime_session(&roles.edge).await;
+    client.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
+    client.call(json!({"action": "stats"}), "stats_response").await;
+
+    roles.session.kill();
+    let (status, body) = get_json(&format!("{}/sessions", roles.edge.http())).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "service_unavailable");
+    let error = client.call(json!({"action": "stats"}), "error").await;
+    assert_eq!(error["code"], "service_unavailable");
+
+    let nats_url = nats.url.clone();
+    Roles::restart(&mut roles.session, "session", &["--nats-url", &nats_url]);
+    let session = eventually("the session registry to answer again", || {
+        let url = format!("{}/sessions/{session_id}", roles.edge.http());
+        async move {
+            let (status, body) = get_json(&url).await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(session["session_id"], session_id.as_str());
+    assert!(session["total_requests"].as_u64().unwrap() >= 2, "{session}");
+    let stats = client.call(json!({"action": "stats"}), "stats_response").await;
+    assert_eq!(stats["server_stats"]["active_sessions"], 1);
+}
+
+#[tokio::test]
+async fn an_edge_whose_session_service_is_down_refuses_with_a_reason() {
+    let nats = Nats::start();
+    let mut roles = Roles::start(&nats);
+    roles.edge.addr("edge");
+    roles.session.kill();
+    let mut client = Client::connect(&roles.edge.ws("/ws/realtime")).await;
+    let error = client.expect("error").await;
+    assert_eq!(error["code"], "service_unavailable");
+    let closed = client.expect_close().await;
+    assert_eq!(closed.code, 1013, "{closed:?}");
+}
