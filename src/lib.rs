@@ -26,7 +26,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version, about = "A real-time WebSocket edge with gRPC services and NATS fan-out")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A real-time WebSocket edge with gRPC services and NATS fan-out"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: telemetry::LogSettings,
@@ -54,13 +58,25 @@ pub struct AllArgs {
     #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
     /// gRPC address of the in-process session service (port 0: any free port).
-    #[arg(long, env = "SWITCHBOARD_SESSION_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SESSION_GRPC_ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub session_grpc_addr: SocketAddr,
     /// gRPC address of the in-process detection service.
-    #[arg(long, env = "SWITCHBOARD_DETECTION_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DETECTION_GRPC_ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub detection_grpc_addr: SocketAddr,
     /// gRPC address of the in-process statistics service.
-    #[arg(long, env = "SWITCHBOARD_STATISTICS_GRPC_ADDR", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_STATISTICS_GRPC_ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub statistics_grpc_addr: SocketAddr,
     #[command(flatten)]
     pub bus: BusSettings,
@@ -86,7 +102,11 @@ pub struct EdgeArgs {
 #[derive(Debug, Args)]
 pub struct SessionArgs {
     /// gRPC listen address.
-    #[arg(long, env = "SWITCHBOARD_SESSION_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SESSION_GRPC_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
     pub bus: BusSettings,
@@ -97,14 +117,22 @@ pub struct SessionArgs {
 #[derive(Debug, Args)]
 pub struct DetectionArgs {
     /// gRPC listen address.
-    #[arg(long, env = "SWITCHBOARD_DETECTION_GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DETECTION_GRPC_ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
     pub grpc_addr: SocketAddr,
 }
 
 #[derive(Debug, Args)]
 pub struct StatisticsArgs {
     /// gRPC listen address.
-    #[arg(long, env = "SWITCHBOARD_STATISTICS_GRPC_ADDR", default_value = "0.0.0.0:50053")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_STATISTICS_GRPC_ADDR",
+        default_value = "0.0.0.0:50053"
+    )]
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
     pub bus: BusSettings,
@@ -177,7 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Role::Edge(args) => {
             let listener = bind("edge", args.http_addr).await?;
             let bus = Bus::connect(&args.bus).await?;
-            switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal()).await?;
+            switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal())
+                .await?;
             Ok(())
         }
         Role::Session(args) => {
@@ -194,7 +223,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Role::Statistics(args) => {
             let listener = bind("statistics", args.grpc_addr).await?;
             let bus = Bus::connect(&args.bus).await?;
-            switchboard_statistics::serve(args.statistics, bus, listener, shutdown.signal()).await?;
+            switchboard_statistics::serve(args.statistics, bus, listener, shutdown.signal())
+                .await?;
             Ok(())
         }
     }
@@ -216,9 +246,14 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     tokio::try_join!(
         async {
-            switchboard_session::serve(args.session, bus.clone(), session_listener, shutdown.signal())
-                .await
-                .context("session service")
+            switchboard_session::serve(
+                args.session,
+                bus.clone(),
+                session_listener,
+                shutdown.signal(),
+            )
+            .await
+            .context("session service")
         },
         async {
             switchboard_detection::serve(detection_listener, shutdown.signal())
@@ -226,14 +261,25 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 .context("detection service")
         },
         async {
-            switchboard_statistics::serve(statistics, bus.clone(), statistics_listener, shutdown.signal())
-                .await
-                .context("statistics service")
+            switchboard_statistics::serve(
+                statistics,
+                bus.clone(),
+                statistics_listener,
+                shutdown.signal(),
+            )
+            .await
+            .context("statistics service")
         },
         async {
-            switchboard_edge::serve(args.edge, urls.clone(), bus.clone(), edge_listener, shutdown.signal())
-                .await
-                .context("edge")
+            switchboard_edge::serve(
+                args.edge,
+                urls.clone(),
+                bus.clone(),
+                edge_listener,
+                shutdown.signal(),
+            )
+            .await
+            .context("edge")
         },
     )?;
     Ok(())

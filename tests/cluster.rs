@@ -7,8 +7,8 @@ mod support;
 
 use serde_json::json;
 use support::{
-    delete_json, eventually, get_json, listed_sessions, realtime_session, sample, Client, Nats,
-    Switchboard,
+    Client, Nats, Switchboard, delete_json, eventually, get_json, listed_sessions,
+    realtime_session, sample,
 };
 
 #[tokio::test]
@@ -16,7 +16,11 @@ async fn two_all_processes_on_one_nats_are_one_cluster() {
     let nats = Nats::start();
     let a = Switchboard::all(Some(&nats), &[]);
     let b = Switchboard::all(Some(&nats), &[]);
-    assert_ne!(a.addr("session"), b.addr("session"), "internal ports never collide");
+    assert_ne!(
+        a.addr("session"),
+        b.addr("session"),
+        "internal ports never collide"
+    );
 
     let (mut on_a, id_a) = realtime_session(&a).await;
     let (mut on_b, id_b) = realtime_session(&b).await;
@@ -34,13 +38,20 @@ async fn two_all_processes_on_one_nats_are_one_cluster() {
 
     // Cluster-wide statistics: requests made on B show in A's server_stats.
     for i in 0..3 {
-        on_b.call(sample(f64::from(i), 0.0, 9.8, 0.0), "step_detection").await;
+        on_b.call(sample(f64::from(i), 0.0, 9.8, 0.0), "step_detection")
+            .await;
     }
-    on_b.call(json!({"action": "stats"}), "stats_response").await;
-    let stats = on_a.call(json!({"action": "stats"}), "stats_response").await;
+    on_b.call(json!({"action": "stats"}), "stats_response")
+        .await;
+    let stats = on_a
+        .call(json!({"action": "stats"}), "stats_response")
+        .await;
     assert_eq!(stats["server_stats"]["active_sessions"], 2, "{stats}");
     assert!(
-        stats["server_stats"]["total_server_requests"].as_u64().unwrap() >= 5,
+        stats["server_stats"]["total_server_requests"]
+            .as_u64()
+            .unwrap()
+            >= 5,
         "B's 4 requests and A's own: {stats}"
     );
 
@@ -68,17 +79,25 @@ async fn the_inactivity_timeout_is_enforced_by_the_cluster() {
     let services = Switchboard::all(Some(&nats), &["--inactivity-timeout-secs", "1"]);
     let edge = Switchboard::start(&[
         "edge",
-        "--http-addr", "127.0.0.1:0",
-        "--nats-url", &nats.url,
-        "--session-url", &services.grpc("session"),
-        "--detection-url", &services.grpc("detection"),
-        "--statistics-url", &services.grpc("statistics"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &services.grpc("session"),
+        "--detection-url",
+        &services.grpc("detection"),
+        "--statistics-url",
+        &services.grpc("statistics"),
     ]);
     let (mut client, session_id) = realtime_session(&edge).await;
     let timeout = client.expect("timeout_response").await;
     assert_eq!(timeout["status"], "timeout");
     assert_eq!(timeout["session_id"], session_id.as_str());
-    assert_eq!(timeout["message"], "Connection closed due to 1 second of inactivity");
+    assert_eq!(
+        timeout["message"],
+        "Connection closed due to 1 second of inactivity"
+    );
     assert_eq!(client.expect_close().await.code, 1000);
     assert!(listed_sessions(&services).await.is_empty());
 }
@@ -95,22 +114,40 @@ struct Roles {
 impl Roles {
     fn start(nats: &Nats) -> Self {
         let local = "127.0.0.1:0";
-        let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
+        let session =
+            Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
         let detection = Switchboard::start(&["detection", "--grpc-addr", local]);
         let session_url = session.grpc("session");
         let statistics = Switchboard::start(&[
-            "statistics", "--grpc-addr", local, "--nats-url", &nats.url, "--session-url", &session_url,
+            "statistics",
+            "--grpc-addr",
+            local,
+            "--nats-url",
+            &nats.url,
+            "--session-url",
+            &session_url,
         ]);
         let edge = Switchboard::start(&[
             "edge",
-            "--http-addr", local,
-            "--nats-url", &nats.url,
-            "--session-url", &session_url,
-            "--detection-url", &detection.grpc("detection"),
-            "--statistics-url", &statistics.grpc("statistics"),
-            "--grpc-timeout-ms", "2000",
+            "--http-addr",
+            local,
+            "--nats-url",
+            &nats.url,
+            "--session-url",
+            &session_url,
+            "--detection-url",
+            &detection.grpc("detection"),
+            "--statistics-url",
+            &statistics.grpc("statistics"),
+            "--grpc-timeout-ms",
+            "2000",
         ]);
-        Self { session, detection, _statistics: statistics, edge }
+        Self {
+            session,
+            detection,
+            _statistics: statistics,
+            edge,
+        }
     }
 
     /// Restarts a service on the very address it had, as a Kubernetes
@@ -130,20 +167,31 @@ async fn a_detection_restart_is_an_error_message_then_recovery() {
     let nats = Nats::start();
     let mut roles = Roles::start(&nats);
     let (mut client, _) = realtime_session(&roles.edge).await;
-    client.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
+    client
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
 
     roles.detection.kill();
     client.send_json(sample(1.02, 0.0, 9.8, 0.0)).await;
     let error = client.expect("error").await;
     assert_eq!(error["code"], "service_unavailable", "{error}");
-    assert!(error["message"].as_str().unwrap().starts_with("detection service unavailable"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("detection service unavailable"),
+        "{error}"
+    );
 
     Roles::restart(&mut roles.detection, "detection", &[]);
     // Until the edge's channel reconnects, samples get errors; then replies.
     let deadline = std::time::Instant::now() + support::WAIT;
     let mut t = 1.04;
     let reply = loop {
-        assert!(std::time::Instant::now() < deadline, "detection never answered again");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "detection never answered again"
+        );
         t += 0.02;
         let reply = client.call_any(sample(t, 0.0, 9.8, 0.0)).await;
         if reply["type"] == "step_detection" {
@@ -160,8 +208,12 @@ async fn a_session_service_restart_loses_no_session() {
     let nats = Nats::start();
     let mut roles = Roles::start(&nats);
     let (mut client, session_id) = realtime_session(&roles.edge).await;
-    client.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
-    client.call(json!({"action": "stats"}), "stats_response").await;
+    client
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
+    client
+        .call(json!({"action": "stats"}), "stats_response")
+        .await;
 
     roles.session.kill();
     let (status, body) = get_json(&format!("{}/sessions", roles.edge.http())).await;
@@ -181,8 +233,13 @@ async fn a_session_service_restart_loses_no_session() {
     })
     .await;
     assert_eq!(session["session_id"], session_id.as_str());
-    assert!(session["total_requests"].as_u64().unwrap() >= 2, "{session}");
-    let stats = client.call(json!({"action": "stats"}), "stats_response").await;
+    assert!(
+        session["total_requests"].as_u64().unwrap() >= 2,
+        "{session}"
+    );
+    let stats = client
+        .call(json!({"action": "stats"}), "stats_response")
+        .await;
     assert_eq!(stats["server_stats"]["active_sessions"], 1);
 }
 

@@ -11,11 +11,13 @@ use support::Switchboard;
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
-use switchboard_proto::v1::{AccelSample, CountSessionsRequest, CountStepsRequest, GetServerStatsRequest};
+use switchboard_proto::v1::{
+    AccelSample, CountSessionsRequest, CountStepsRequest, GetServerStatsRequest,
+};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 async fn channel(url: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(url.to_owned())
@@ -36,14 +38,22 @@ async fn reflect(url: &str, request: MessageRequest) -> MessageResponse {
         .await
         .expect("reflection call")
         .into_inner();
-    let response = responses.next().await.expect("a response").expect("not an error");
+    let response = responses
+        .next()
+        .await
+        .expect("a response")
+        .expect("not an error");
     response.message_response.expect("a message response")
 }
 
 async fn listed_services(url: &str) -> Vec<String> {
     match reflect(url, MessageRequest::ListServices(String::new())).await {
         MessageResponse::ListServicesResponse(list) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+            let mut names: Vec<String> = list
+                .service
+                .into_iter()
+                .map(|service| service.name)
+                .collect();
             names.sort();
             names
         }
@@ -53,14 +63,21 @@ async fn listed_services(url: &str) -> Vec<String> {
 
 /// Method names of `service`, from the descriptor reflection serves.
 async fn described_methods(url: &str, service: &str) -> Vec<String> {
-    let files = match reflect(url, MessageRequest::FileContainingSymbol(service.to_owned())).await {
+    let files = match reflect(
+        url,
+        MessageRequest::FileContainingSymbol(service.to_owned()),
+    )
+    .await
+    {
         MessageResponse::FileDescriptorResponse(files) => files.file_descriptor_proto,
         other => panic!("unexpected reflection response {other:?}"),
     };
     let short_name = service.rsplit('.').next().unwrap();
     files
         .iter()
-        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("descriptor"))
+        .map(|bytes| {
+            prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("descriptor")
+        })
         .flat_map(|file| file.service)
         .filter(|described| described.name() == short_name)
         .flat_map(|described| described.method)
@@ -71,7 +88,9 @@ async fn described_methods(url: &str, service: &str) -> Vec<String> {
 async fn health_of(url: &str, service: &str) -> i32 {
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel(url).await);
     client
-        .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await
         .expect("health check")
         .into_inner()
@@ -83,9 +102,21 @@ async fn every_service_lists_describes_and_reports_health() {
     let node = Switchboard::all(None, &[]);
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let expectations = [
-        ("session", "switchboard.v1.SessionService", "TerminateSession"),
-        ("detection", "switchboard.v1.DetectionService", "StreamSteps"),
-        ("statistics", "switchboard.v1.StatisticsService", "GetServerStats"),
+        (
+            "session",
+            "switchboard.v1.SessionService",
+            "TerminateSession",
+        ),
+        (
+            "detection",
+            "switchboard.v1.DetectionService",
+            "StreamSteps",
+        ),
+        (
+            "statistics",
+            "switchboard.v1.StatisticsService",
+            "GetServerStats",
+        ),
     ];
     for (role, service, a_method) in expectations {
         let url = node.grpc(role);
@@ -100,7 +131,10 @@ async fn every_service_lists_describes_and_reports_health() {
             "{role}"
         );
         let methods = described_methods(&url, service).await;
-        assert!(methods.iter().any(|method| method == a_method), "{service}: {methods:?}");
+        assert!(
+            methods.iter().any(|method| method == a_method),
+            "{service}: {methods:?}"
+        );
         assert_eq!(health_of(&url, service).await, serving, "{service}");
         assert_eq!(health_of(&url, "").await, serving, "{role} overall");
     }
@@ -110,12 +144,24 @@ async fn every_service_lists_describes_and_reports_health() {
 async fn each_service_answers_a_real_call() {
     let node = Switchboard::all(None, &[]);
 
-    let mut sessions = SessionServiceClient::connect(node.grpc("session")).await.unwrap();
-    let count = sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner();
+    let mut sessions = SessionServiceClient::connect(node.grpc("session"))
+        .await
+        .unwrap();
+    let count = sessions
+        .count_sessions(CountSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(count.active_sessions, 0);
 
-    let mut statistics = StatisticsServiceClient::connect(node.grpc("statistics")).await.unwrap();
-    let server = statistics.get_server_stats(GetServerStatsRequest {}).await.unwrap().into_inner();
+    let mut statistics = StatisticsServiceClient::connect(node.grpc("statistics"))
+        .await
+        .unwrap();
+    let server = statistics
+        .get_server_stats(GetServerStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(server.active_sessions, 0);
 
     // Ten seconds of walking at 50 Hz, two steps a second: a clean signal
@@ -124,15 +170,26 @@ async fn each_service_answers_a_real_call() {
         .map(|i| {
             let t = f64::from(i) / 50.0;
             let bounce = 3.0 * (2.0 * std::f64::consts::PI * 2.0 * t).sin();
-            AccelSample { t, x: 0.3, y: 9.81 + bounce, z: 0.5 }
+            AccelSample {
+                t,
+                x: 0.3,
+                y: 9.81 + bounce,
+                z: 0.5,
+            }
         })
         .collect();
-    let mut detection = DetectionServiceClient::connect(node.grpc("detection")).await.unwrap();
+    let mut detection = DetectionServiceClient::connect(node.grpc("detection"))
+        .await
+        .unwrap();
     let counted = detection
         .count_steps(CountStepsRequest { samples })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(counted.samples, 500);
-    assert!((18..=20).contains(&counted.steps), "counted {} of 20 steps", counted.steps);
+    assert!(
+        (18..=20).contains(&counted.steps),
+        "counted {} of 20 steps",
+        counted.steps
+    );
 }

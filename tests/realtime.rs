@@ -4,7 +4,9 @@
 mod support;
 
 use serde_json::json;
-use support::{delete_json, get_json, listed_sessions, realtime_session, sample, Client, Switchboard};
+use support::{
+    Client, Switchboard, delete_json, get_json, listed_sessions, realtime_session, sample,
+};
 
 fn is_timestamp_string(value: &serde_json::Value) -> bool {
     value
@@ -21,11 +23,16 @@ async fn a_session_speaks_every_message_of_seed_000() {
     let mut client = Client::connect(&node.ws("/ws/realtime")).await;
     let started = client.expect("session_started").await;
     let session_id = started["session_id"].as_str().unwrap().to_owned();
-    assert_eq!(started["message"], "Step detection session initialized successfully");
+    assert_eq!(
+        started["message"],
+        "Step detection session initialized successfully"
+    );
     assert!(is_timestamp_string(&started["timestamp"]), "{started}");
 
     // A single sample: step_detection with every field.
-    let reply = client.call(sample(100.0, 0.1, 9.8, 0.2), "step_detection").await;
+    let reply = client
+        .call(sample(100.0, 0.1, 9.8, 0.2), "step_detection")
+        .await;
     assert_eq!(reply["session_id"], session_id.as_str());
     assert_eq!(reply["step_detected"], false);
     assert_eq!(reply["total_steps"], 0);
@@ -34,9 +41,15 @@ async fn a_session_speaks_every_message_of_seed_000() {
     assert!(is_timestamp_string(&reply["timestamp"]), "{reply}");
     let prediction = &reply["prediction"];
     let magnitude = prediction["magnitude"].as_f64().unwrap();
-    assert!((magnitude - (0.1f64 * 0.1 + 9.8 * 9.8 + 0.2 * 0.2).sqrt()).abs() < 1e-9, "{prediction}");
+    assert!(
+        (magnitude - (0.1f64 * 0.1 + 9.8 * 9.8 + 0.2 * 0.2).sqrt()).abs() < 1e-9,
+        "{prediction}"
+    );
     for field in ["score", "threshold", "confidence"] {
-        assert!(prediction[field].is_f64(), "prediction.{field} in {prediction}");
+        assert!(
+            prediction[field].is_f64(),
+            "prediction.{field} in {prediction}"
+        );
     }
     assert_eq!(prediction["samples"], 1);
 
@@ -47,31 +60,57 @@ async fn a_session_speaks_every_message_of_seed_000() {
     assert_eq!(reply["prediction"]["samples"], 25);
 
     // stats: user_stats for this session, server_stats for the cluster.
-    let stats = client.call(json!({"action": "stats"}), "stats_response").await;
+    let stats = client
+        .call(json!({"action": "stats"}), "stats_response")
+        .await;
     assert_eq!(stats["status"], "success");
     assert_eq!(stats["session_id"], session_id.as_str());
     assert_eq!(stats["user_stats"]["total_requests"], 3);
     assert!(stats["user_stats"]["session_duration"].as_f64().unwrap() >= 0.0);
     assert!(stats["user_stats"]["last_activity"].as_f64().unwrap() > 1.6e9);
     assert_eq!(stats["server_stats"]["active_sessions"], 1);
-    assert!(stats["server_stats"]["total_server_requests"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(
+        stats["server_stats"]["total_server_requests"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{stats}"
+    );
 
     // reset: the counter goes back to zero, the connection stays.
-    let reset = client.call(json!({"action": "reset"}), "reset_response").await;
+    let reset = client
+        .call(json!({"action": "reset"}), "reset_response")
+        .await;
     assert_eq!(reset["status"], "success");
-    assert_eq!(reset["message"], "Step counter has been reset for this session");
+    assert_eq!(
+        reset["message"],
+        "Step counter has been reset for this session"
+    );
     assert_eq!(reset["total_steps"], 0);
-    let reply = client.call(sample(101.0, 0.0, 9.81, 0.0), "step_detection").await;
-    assert_eq!(reply["total_predictions"], 1, "predictions restart after reset");
+    let reply = client
+        .call(sample(101.0, 0.0, 9.81, 0.0), "step_detection")
+        .await;
+    assert_eq!(
+        reply["total_predictions"], 1,
+        "predictions restart after reset"
+    );
 
     // stop: stop_response with session_stats, then a normal close.
-    let stop = client.call(json!({"action": "stop"}), "stop_response").await;
+    let stop = client
+        .call(json!({"action": "stop"}), "stop_response")
+        .await;
     assert_eq!(stop["status"], "success");
-    assert_eq!(stop["message"], "Step detection stopped. WebSocket connection will be closed.");
+    assert_eq!(
+        stop["message"],
+        "Step detection stopped. WebSocket connection will be closed."
+    );
     assert_eq!(stop["session_stats"]["total_requests"], 6);
     assert!(stop["session_stats"]["duration"].as_f64().unwrap() >= 0.0);
     assert_eq!(client.expect_close().await.code, 1000);
-    assert!(listed_sessions(&node).await.is_empty(), "a stopped session leaves the registry");
+    assert!(
+        listed_sessions(&node).await.is_empty(),
+        "a stopped session leaves the registry"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +138,9 @@ async fn rest_lists_shows_and_terminates_sessions() {
     expected.sort();
     assert_eq!(listed, expected);
 
-    first.call(sample(5.0, 0.0, 9.8, 0.0), "step_detection").await;
+    first
+        .call(sample(5.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
     let (status, session) = get_json(&format!("{}/sessions/{first_id}", node.http())).await;
     assert_eq!(status, 200);
     assert_eq!(session["session_id"], first_id.as_str());
@@ -152,7 +193,9 @@ async fn bad_input_gets_an_error_and_the_session_goes_on() {
     assert_eq!(client.expect("error").await["code"], "unsupported_message");
 
     // The session is intact: the next good sample is its first prediction.
-    let reply = client.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
+    let reply = client
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
     assert_eq!(reply["total_predictions"], 1);
 
     // Oversize: close 1009 for that socket only.
@@ -161,7 +204,9 @@ async fn bad_input_gets_an_error_and_the_session_goes_on() {
     let closed = client.expect_close().await;
     assert_eq!(closed.code, 1009, "{closed:?}");
     assert!(closed.reason.contains("65536"), "{closed:?}");
-    let reply = bystander.call(sample(1.0, 0.0, 9.8, 0.0), "step_detection").await;
+    let reply = bystander
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
     assert_eq!(reply["total_predictions"], 1, "other connections go on");
 }
 
@@ -186,10 +231,14 @@ async fn inactivity_closes_the_session_with_timeout_response() {
     assert_eq!(timeout["type"], "timeout_response", "{timeout}");
     assert_eq!(timeout["status"], "timeout");
     assert_eq!(timeout["session_id"], idle_id.as_str());
-    assert_eq!(timeout["message"], "Connection closed due to 2 seconds of inactivity");
+    assert_eq!(
+        timeout["message"],
+        "Connection closed due to 2 seconds of inactivity"
+    );
     assert_eq!(idle.expect_close().await.code, 1000);
 
     // The busy session lived through it.
-    busy.call(sample(t + 0.2, 0.0, 9.8, 0.0), "step_detection").await;
+    busy.call(sample(t + 0.2, 0.0, 9.8, 0.0), "step_detection")
+        .await;
     assert_eq!(listed_sessions(&node).await, vec![busy_id]);
 }

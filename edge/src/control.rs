@@ -39,7 +39,9 @@ impl Drop for HeldSocket {
 
 impl Sockets {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<SessionControl>>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a socket; control messages for `session_id` arrive on the
@@ -74,7 +76,9 @@ impl Sockets {
                     tracing::debug!("socket already closing, control message dropped");
                 }
             }
-            None => tracing::debug!(session_id = %control.session_id, "control for a socket not held here"),
+            None => {
+                tracing::debug!(session_id = %control.session_id, "control for a socket not held here")
+            }
         }
     }
 }
@@ -84,7 +88,9 @@ pub async fn route(mut subscription: Subscription, sockets: Arc<Sockets>) {
     while let Some(message) = subscription.next().await {
         match SessionControl::decode(message.payload.as_ref()) {
             Ok(control) => sockets.deliver(control),
-            Err(error) => tracing::warn!(%error, subject = %message.subject, "undecodable control message"),
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "undecodable control message")
+            }
         }
     }
     tracing::warn!("control subscription ended");

@@ -22,10 +22,10 @@ pub mod settings;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
-use axum::Router;
-use switchboard_bus::{subjects, Bus, BusError};
+use switchboard_bus::{Bus, BusError, subjects};
 use tokio::net::TcpListener;
 
 pub use settings::{Backends, EdgeSettings, ServiceUrls};
@@ -136,10 +136,14 @@ pub async fn serve(
     let backends = Backends::connect_lazy(&urls, &settings)?;
     let state = EdgeState::new(settings, backends, bus.clone());
     // Subscribe before accepting, so no control message can miss a socket.
-    let control = bus.subscribe(subjects::edge_control(state.edge_id())).await?;
+    let control = bus
+        .subscribe(subjects::edge_control(state.edge_id()))
+        .await?;
     let router = tokio::spawn(control::route(control, Arc::clone(state.sockets())));
     tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %state.edge_id(), "edge listening");
-    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
     router.abort();
     Ok(served?)
 }

@@ -2,17 +2,19 @@
 //! Every answer comes from the session registry, so any edge answers for the
 //! whole cluster.
 
-use axum::extract::{Path, State};
 use axum::Json;
+use axum::extract::{Path, State};
 use serde::Serialize;
 use switchboard_proto::unix_now;
-use switchboard_proto::v1::{GetSessionRequest, ListSessionsRequest, Session, TerminateSessionRequest};
+use switchboard_proto::v1::{
+    GetSessionRequest, ListSessionsRequest, Session, TerminateSessionRequest,
+};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
-use crate::error::ClientError;
 use crate::EdgeState;
+use crate::error::ClientError;
 
 /// One session as REST shows it.
 #[derive(Debug, Serialize)]
@@ -55,7 +57,9 @@ pub struct SessionList {
     sessions: Vec<SessionView>,
 }
 
-pub async fn list_sessions(State(state): State<EdgeState>) -> Result<Json<SessionList>, ClientError> {
+pub async fn list_sessions(
+    State(state): State<EdgeState>,
+) -> Result<Json<SessionList>, ClientError> {
     let sessions = state
         .backends()
         .session
@@ -136,23 +140,34 @@ pub async fn health(State(state): State<EdgeState>) -> Json<Health> {
         async move {
             let check = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
-                client.check(HealthCheckRequest { service: String::new() }),
+                client.check(HealthCheckRequest {
+                    service: String::new(),
+                }),
             )
             .await;
             let status = match check {
-                Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => "serving",
+                Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => {
+                    "serving"
+                }
                 Ok(Ok(_)) => "not_serving",
                 _ => "unreachable",
             };
             (*name, status)
         }
     });
-    let services: std::collections::BTreeMap<_, _> = futures::future::join_all(checks).await.into_iter().collect();
+    let services: std::collections::BTreeMap<_, _> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
     let healthy = services.values().all(|status| *status == "serving");
     Json(Health {
         status: if healthy { "healthy" } else { "degraded" },
         edge_id: state.edge_id().to_owned(),
-        mode: if state.bus().is_single_instance() { "single-instance" } else { "cluster" },
+        mode: if state.bus().is_single_instance() {
+            "single-instance"
+        } else {
+            "cluster"
+        },
         connections: state.sockets().len(),
         services,
         timestamp: unix_now(),

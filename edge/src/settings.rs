@@ -25,7 +25,11 @@ pub struct EdgeSettings {
 
     /// Deadline for one gRPC call to a service, in milliseconds; past it the
     /// client gets an `error` message.
-    #[arg(long = "grpc-timeout-ms", env = "SWITCHBOARD_GRPC_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long = "grpc-timeout-ms",
+        env = "SWITCHBOARD_GRPC_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub grpc_timeout_ms: u64,
 }
 
@@ -48,13 +52,25 @@ impl EdgeSettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceUrls {
     /// gRPC URL of the session service.
-    #[arg(long = "session-url", env = "SWITCHBOARD_SESSION_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "session-url",
+        env = "SWITCHBOARD_SESSION_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub session_url: String,
     /// gRPC URL of the detection service.
-    #[arg(long = "detection-url", env = "SWITCHBOARD_DETECTION_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long = "detection-url",
+        env = "SWITCHBOARD_DETECTION_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub detection_url: String,
     /// gRPC URL of the statistics service.
-    #[arg(long = "statistics-url", env = "SWITCHBOARD_STATISTICS_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long = "statistics-url",
+        env = "SWITCHBOARD_STATISTICS_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub statistics_url: String,
 }
 

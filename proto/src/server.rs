@@ -41,7 +41,9 @@ pub async fn serve(
     reporter
         .set_service_status(service_name, ServingStatus::Serving)
         .await;
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
 
     // Advertise what this server runs, not every service the shared
     // descriptor set happens to define.
@@ -72,7 +74,9 @@ pub async fn serve(
         reporter
             .set_service_status(service_name, ServingStatus::NotServing)
             .await;
-        reporter.set_service_status("", ServingStatus::NotServing).await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
     };
     let routes = routes
         .add_service(health)

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// How long any single wait in a test may take before it fails. Generous:
 /// the suite must pass on two busy cores.
@@ -63,13 +63,21 @@ impl Output {
                 return found;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}; output so far:\n{}", lines.join("\n"));
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; output so far:\n{}",
+                lines.join("\n")
+            );
             lines = self.changed.wait_timeout(lines, left).unwrap().0;
         }
     }
 
     fn contains(&self, needle: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|line| line.contains(needle))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
     }
 }
 
@@ -228,7 +236,8 @@ where
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client that speaks JSON; every wait is bounded by [`WAIT`].
 pub struct Client {
@@ -281,7 +290,7 @@ impl Client {
             match message {
                 Message::Text(text) => {
                     return serde_json::from_str(text.as_str())
-                        .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+                        .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
                 }
                 Message::Close(frame) => panic!("socket closed: {frame:?}"),
                 _ => continue,
@@ -292,7 +301,10 @@ impl Client {
     /// The next message, which must be of `kind` (`type` field).
     pub async fn expect(&mut self, kind: &str) -> Value {
         let message = self.recv_json().await;
-        assert_eq!(message["type"], kind, "expected a {kind} message, got {message}");
+        assert_eq!(
+            message["type"], kind,
+            "expected a {kind} message, got {message}"
+        );
         message
     }
 
@@ -319,13 +331,13 @@ impl Client {
                     return Closed {
                         code: u16::from(frame.code),
                         reason: frame.reason.to_string(),
-                    }
+                    };
                 }
                 Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
                     return Closed {
                         code: u16::from(CloseCode::Status),
                         reason: String::new(),
-                    }
+                    };
                 }
                 Some(Ok(_)) => continue,
             }
@@ -337,7 +349,10 @@ impl Client {
 pub async fn realtime_session(node: &Switchboard) -> (Client, String) {
     let mut client = Client::connect(&node.ws("/ws/realtime")).await;
     let started = client.expect("session_started").await;
-    let session_id = started["session_id"].as_str().expect("session_id").to_owned();
+    let session_id = started["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
     (client, session_id)
 }
 

@@ -1,7 +1,7 @@
 //! What a `/ws/realtime` client may send, and its validation.
 //!
 //! The seed leaves the sensor format open; Switchboard's is (see the message
-//! reference in `docs/websocket.md`):
+//! reference in `edge/WEBSOCKET.md`):
 //!
 //! - one sample: `{"x": 0.1, "y": 9.7, "z": 0.3, "timestamp": 1700000000.02}`
 //! - a batch: `{"samples": [sample, ...]}` or a bare JSON array of samples
@@ -67,9 +67,12 @@ pub fn parse(text: &str, now: f64) -> Result<Inbound, ClientError> {
 
 fn parse_object(object: &Map<String, Value>, now: f64) -> Result<Inbound, ClientError> {
     if let Some(action) = object.get("action") {
-        let action = action
-            .as_str()
-            .ok_or_else(|| invalid(format!("\"action\" must be a string, got {}", kind_of(action))))?;
+        let action = action.as_str().ok_or_else(|| {
+            invalid(format!(
+                "\"action\" must be a string, got {}",
+                kind_of(action)
+            ))
+        })?;
         return match action {
             "stop" => Ok(Inbound::Action(Action::Stop)),
             "reset" => Ok(Inbound::Action(Action::Reset)),
@@ -79,7 +82,10 @@ fn parse_object(object: &Map<String, Value>, now: f64) -> Result<Inbound, Client
     }
     if let Some(samples) = object.get("samples") {
         let items = samples.as_array().ok_or_else(|| {
-            invalid(format!("\"samples\" must be an array, got {}", kind_of(samples)))
+            invalid(format!(
+                "\"samples\" must be an array, got {}",
+                kind_of(samples)
+            ))
         })?;
         return parse_batch(items, now).map(Inbound::Samples);
     }
@@ -112,8 +118,7 @@ fn parse_batch(items: &[Value], now: f64) -> Result<Vec<AccelSample>, ClientErro
         .iter()
         .enumerate()
         .map(|(index, item)| {
-            parse_batch_item(item, now)
-                .map_err(|error| invalid(format!("sample {index}: {error}")))
+            parse_batch_item(item, now).map_err(|error| invalid(format!("sample {index}: {error}")))
         })
         .collect()
 }
@@ -144,7 +149,10 @@ fn parse_sample_object(object: &Map<String, Value>, now: f64) -> Result<AccelSam
         .find_map(|key| object.get(*key))
         .map(|nested| {
             nested.as_object().ok_or_else(|| {
-                invalid(format!("accelerometer axes must be an object, got {}", kind_of(nested)))
+                invalid(format!(
+                    "accelerometer axes must be an object, got {}",
+                    kind_of(nested)
+                ))
             })
         })
         .transpose()?
@@ -159,13 +167,22 @@ fn parse_sample_object(object: &Map<String, Value>, now: f64) -> Result<AccelSam
         Some(value) => Some(number(value, "timestamp")?),
         None => None,
     };
-    sample(timestamp, axis("x", "ax")?, axis("y", "ay")?, axis("z", "az")?, now)
+    sample(
+        timestamp,
+        axis("x", "ax")?,
+        axis("y", "ay")?,
+        axis("z", "az")?,
+        now,
+    )
 }
 
 fn number(value: &Value, name: &str) -> Result<f64, ClientError> {
-    let number = value
-        .as_f64()
-        .ok_or_else(|| invalid(format!("\"{name}\" must be a number, got {}", kind_of(value))))?;
+    let number = value.as_f64().ok_or_else(|| {
+        invalid(format!(
+            "\"{name}\" must be a number, got {}",
+            kind_of(value)
+        ))
+    })?;
     if number.is_finite() {
         Ok(number)
     } else {
@@ -173,7 +190,13 @@ fn number(value: &Value, name: &str) -> Result<f64, ClientError> {
     }
 }
 
-fn sample(timestamp: Option<f64>, x: f64, y: f64, z: f64, now: f64) -> Result<AccelSample, ClientError> {
+fn sample(
+    timestamp: Option<f64>,
+    x: f64,
+    y: f64,
+    z: f64,
+    now: f64,
+) -> Result<AccelSample, ClientError> {
     for (name, value) in [("x", x), ("y", y), ("z", z)] {
         if value.abs() > MAX_ACCELERATION {
             return Err(invalid(format!(
@@ -217,14 +240,26 @@ mod tests {
 
     #[test]
     fn actions() {
-        assert_eq!(parse(r#"{"action":"stop"}"#, NOW).unwrap(), Inbound::Action(Action::Stop));
-        assert_eq!(parse(r#"{"action":"reset"}"#, NOW).unwrap(), Inbound::Action(Action::Reset));
-        assert_eq!(parse(r#"{"action":"stats"}"#, NOW).unwrap(), Inbound::Action(Action::Stats));
+        assert_eq!(
+            parse(r#"{"action":"stop"}"#, NOW).unwrap(),
+            Inbound::Action(Action::Stop)
+        );
+        assert_eq!(
+            parse(r#"{"action":"reset"}"#, NOW).unwrap(),
+            Inbound::Action(Action::Reset)
+        );
+        assert_eq!(
+            parse(r#"{"action":"stats"}"#, NOW).unwrap(),
+            Inbound::Action(Action::Stats)
+        );
         assert!(matches!(
             parse(r#"{"action":"dance"}"#, NOW),
             Err(ClientError::UnknownAction(action)) if action == "dance"
         ));
-        assert_eq!(error_of(r#"{"action":7}"#), "\"action\" must be a string, got a number");
+        assert_eq!(
+            error_of(r#"{"action":7}"#),
+            "\"action\" must be a string, got a number"
+        );
     }
 
     #[test]
@@ -243,14 +278,27 @@ mod tests {
                 assert_eq!(parsed, expected, "{text}");
             }
         }
-        assert_eq!(parse(r#"{"x":1,"y":2,"z":3}"#, NOW).unwrap(), one(NOW, 1.0, 2.0, 3.0));
+        assert_eq!(
+            parse(r#"{"x":1,"y":2,"z":3}"#, NOW).unwrap(),
+            one(NOW, 1.0, 2.0, 3.0)
+        );
     }
 
     #[test]
     fn batches() {
         let expected = Inbound::Samples(vec![
-            AccelSample { t: 1.0, x: 1.0, y: 2.0, z: 3.0 },
-            AccelSample { t: 1.02, x: 4.0, y: 5.0, z: 6.0 },
+            AccelSample {
+                t: 1.0,
+                x: 1.0,
+                y: 2.0,
+                z: 3.0,
+            },
+            AccelSample {
+                t: 1.02,
+                x: 4.0,
+                y: 5.0,
+                z: 6.0,
+            },
         ]);
         for text in [
             r#"{"samples":[{"t":1,"x":1,"y":2,"z":3},{"t":1.02,"x":4,"y":5,"z":6}]}"#,
@@ -258,21 +306,48 @@ mod tests {
         ] {
             assert_eq!(parse(text, NOW).unwrap(), expected, "{text}");
         }
-        assert_eq!(error_of(r#"{"samples":[]}"#), "a batch must hold at least one sample");
+        assert_eq!(
+            error_of(r#"{"samples":[]}"#),
+            "a batch must hold at least one sample"
+        );
         let too_many = format!("[{}]", vec!["[1,1,1,1]"; MAX_BATCH_SAMPLES + 1].join(","));
-        assert_eq!(error_of(&too_many), "a batch holds at most 1000 samples, got 1001");
+        assert_eq!(
+            error_of(&too_many),
+            "a batch holds at most 1000 samples, got 1001"
+        );
     }
 
     #[test]
     fn bad_input_is_named_precisely() {
-        assert!(matches!(parse("{not json", NOW), Err(ClientError::InvalidJson(_))));
-        assert!(matches!(parse("1e999", NOW), Err(ClientError::InvalidJson(_))));
-        assert_eq!(error_of(r#"{"x":"1","y":2,"z":3}"#), "\"x\" must be a number, got a string");
+        assert!(matches!(
+            parse("{not json", NOW),
+            Err(ClientError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse("1e999", NOW),
+            Err(ClientError::InvalidJson(_))
+        ));
+        assert_eq!(
+            error_of(r#"{"x":"1","y":2,"z":3}"#),
+            "\"x\" must be a number, got a string"
+        );
         assert_eq!(error_of(r#"{"x":1,"y":2}"#), "missing \"z\"");
-        assert_eq!(error_of(r#"{"x":1,"y":2,"z":1e300}"#), "\"z\" is beyond ±1000 m/s^2");
-        assert_eq!(error_of(r#"{"x":1,"y":2,"z":3,"timestamp":-1}"#), "\"timestamp\" must not be negative");
-        assert_eq!(error_of(r#"[[1,2,3]]"#), "sample 0: expected a sample object or [t, x, y, z], got an array");
-        assert_eq!(error_of(r#""hello""#), "expected a JSON object or array, got a string");
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":1e300}"#),
+            "\"z\" is beyond ±1000 m/s^2"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"timestamp":-1}"#),
+            "\"timestamp\" must not be negative"
+        );
+        assert_eq!(
+            error_of(r#"[[1,2,3]]"#),
+            "sample 0: expected a sample object or [t, x, y, z], got an array"
+        );
+        assert_eq!(
+            error_of(r#""hello""#),
+            "expected a JSON object or array, got a string"
+        );
         assert!(error_of(r#"{"hello":1}"#).starts_with("expected {\"action\": ...}"));
     }
 }

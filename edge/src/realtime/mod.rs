@@ -34,11 +34,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use crate::error::ClientError;
 use crate::EdgeState;
-pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
+use crate::error::ClientError;
 use inbound::{Action, Inbound};
-use outbound::{timestamp, Outbound, Prediction};
+pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
+use outbound::{Outbound, Prediction, timestamp};
 
 /// Longest time between two usage reports of a busy session; shorter when
 /// the registry's inactivity timeout is short (a quarter of it).
@@ -140,13 +140,20 @@ async fn run(mut socket: WebSocket, state: EdgeState, user_id: String) {
         Err(status) => {
             let error = ClientError::from_status("session", status);
             let _ = send(&mut socket, &error_message(&error, None)).await;
-            close(&mut socket, close_code::TRY_AGAIN_LATER, "session service unavailable").await;
+            close(
+                &mut socket,
+                close_code::TRY_AGAIN_LATER,
+                "session service unavailable",
+            )
+            .await;
             return;
         }
     };
     let (_held, control) = state.sockets().hold(&session.session_id);
     let report_interval = MAX_REPORT_INTERVAL
-        .min(Duration::from_secs_f64(session.inactivity_timeout_seconds / 4.0))
+        .min(Duration::from_secs_f64(
+            session.inactivity_timeout_seconds / 4.0,
+        ))
         .max(Duration::from_millis(10));
     let mut connection = Realtime {
         state,
@@ -220,7 +227,11 @@ impl Realtime {
     }
 
     /// The connection loop: client messages, control messages, report ticks.
-    async fn serve(&mut self, mut control: mpsc::Receiver<SessionControl>, report_interval: Duration) {
+    async fn serve(
+        &mut self,
+        mut control: mpsc::Receiver<SessionControl>,
+        report_interval: Duration,
+    ) {
         let mut reports = tokio::time::interval(report_interval);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -314,7 +325,12 @@ impl Realtime {
                 .send(request)
                 .await
                 .map_err(|_| unavailable("detection stream closed".into()))?;
-            match tokio::time::timeout(self.state.settings().grpc_timeout(), stream.replies.message()).await {
+            match tokio::time::timeout(
+                self.state.settings().grpc_timeout(),
+                stream.replies.message(),
+            )
+            .await
+            {
                 Ok(Ok(Some(reply))) => Ok(reply),
                 Ok(Ok(None)) => Err(unavailable("detection stream ended".into())),
                 Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
@@ -328,7 +344,10 @@ impl Realtime {
         outcome
     }
 
-    async fn on_samples(&mut self, samples: Vec<switchboard_proto::v1::AccelSample>) -> Result<Next, ClientError> {
+    async fn on_samples(
+        &mut self,
+        samples: Vec<switchboard_proto::v1::AccelSample>,
+    ) -> Result<Next, ClientError> {
         let sample_count = samples.len();
         let reply = self
             .detect(StepRequest {

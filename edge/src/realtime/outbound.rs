@@ -1,6 +1,6 @@
 //! What the server sends on `/ws/realtime`: seed 000's messages, with the
 //! same type names and fields, plus `error` and `session_terminated`
-//! (documented in `docs/websocket.md`).
+//! (documented in `edge/WEBSOCKET.md`).
 
 use serde::Serialize;
 use switchboard_proto::unix_now;

@@ -62,11 +62,15 @@ pub struct Message {
 /// The bus: NATS when configured, otherwise in process.
 #[derive(Clone, Debug)]
 pub enum Bus {
-    Nats {
-        client: async_nats::Client,
-        jetstream: jetstream::Context,
-    },
+    Nats(Box<NatsBus>),
     Local(LocalBus),
+}
+
+/// A NATS connection and its JetStream context.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
 }
 
 impl Bus {
@@ -83,7 +87,7 @@ impl Bus {
                     .map_err(nats_error)?;
                 tracing::info!(url = %url, "connected to nats");
                 let jetstream = jetstream::new(client.clone());
-                Ok(Bus::Nats { client, jetstream })
+                Ok(Bus::Nats(Box::new(NatsBus { client, jetstream })))
             }
             None => {
                 tracing::warn!(
@@ -103,7 +107,11 @@ impl Bus {
     /// semantics: subscribers that are not there miss it).
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
         match self {
-            Bus::Nats { client, .. } => client.publish(subject, payload).await.map_err(nats_error),
+            Bus::Nats(nats) => nats
+                .client
+                .publish(subject, payload)
+                .await
+                .map_err(nats_error),
             Bus::Local(local) => {
                 local.publish(&subject, payload);
                 Ok(())
@@ -114,8 +122,8 @@ impl Bus {
     /// Subscribes to `subject`, which may use NATS wildcards (`*`, `>`).
     pub async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
         match self {
-            Bus::Nats { client, .. } => Ok(Subscription::Nats(
-                client.subscribe(subject).await.map_err(nats_error)?,
+            Bus::Nats(nats) => Ok(Subscription::Nats(
+                nats.client.subscribe(subject).await.map_err(nats_error)?,
             )),
             Bus::Local(local) => Ok(Subscription::Local(local.subscribe(&subject))),
         }
@@ -124,21 +132,21 @@ impl Bus {
     /// Opens (creating when needed) the key-value bucket `bucket`.
     pub async fn key_value(&self, bucket: &str) -> Result<KeyValue, BusError> {
         match self {
-            Bus::Nats { jetstream, .. } => {
-                if let Ok(store) = jetstream.get_key_value(bucket).await {
-                    return Ok(KeyValue::Nats(store));
+            Bus::Nats(nats) => {
+                if let Ok(store) = nats.jetstream.get_key_value(bucket).await {
+                    return Ok(KeyValue::Nats(Box::new(store)));
                 }
                 // `create_key_value` first reads the account's JetStream
                 // info, which async-nats cannot parse from nats-server 2.9
                 // (Debian's); creating the bucket's stream directly, as
                 // the KV layout prescribes, works on every 2.9+ server.
-                let created = jetstream.create_stream(kv_stream_config(bucket)).await;
+                let created = nats.jetstream.create_stream(kv_stream_config(bucket)).await;
                 // Another replica may have created it in between: open it
                 // either way, and report the create error only if that fails.
-                jetstream
+                nats.jetstream
                     .get_key_value(bucket)
                     .await
-                    .map(KeyValue::Nats)
+                    .map(|store| KeyValue::Nats(Box::new(store)))
                     .map_err(|open_error| match created {
                         Err(create_error) => nats_error(create_error),
                         Ok(_) => nats_error(open_error),
@@ -152,7 +160,7 @@ impl Bus {
     /// messages left (e.g. before exiting) can wait for it.
     pub async fn flush(&self) -> Result<(), BusError> {
         match self {
-            Bus::Nats { client, .. } => client.flush().await.map_err(nats_error),
+            Bus::Nats(nats) => nats.client.flush().await.map_err(nats_error),
             Bus::Local(_) => Ok(()),
         }
     }
@@ -204,7 +212,7 @@ pub struct Entry {
 /// A key-value bucket: JetStream KV or its in-process twin.
 #[derive(Clone, Debug)]
 pub enum KeyValue {
-    Nats(kv::Store),
+    Nats(Box<kv::Store>),
     Local(local::LocalKeyValue),
 }
 
@@ -254,10 +262,12 @@ impl KeyValue {
     /// Deletes `key` only if its revision is still `revision`.
     pub async fn delete(&self, key: &str, revision: u64) -> Result<(), BusError> {
         match self {
-            KeyValue::Nats(store) => match store.delete_expect_revision(key, Some(revision)).await {
-                Ok(()) => Ok(()),
-                Err(error) => Err(self.classify_conflict(key, revision, error).await),
-            },
+            KeyValue::Nats(store) => {
+                match store.delete_expect_revision(key, Some(revision)).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(self.classify_conflict(key, revision, error).await),
+                }
+            }
             KeyValue::Local(local) => local.delete(key, revision),
         }
     }

@@ -34,7 +34,9 @@ struct LocalSubscriber {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind,
     // never a broken invariant, so the poison flag can be ignored.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// NATS subject matching: `*` matches one token, `>` the rest (at least one).
@@ -187,7 +189,10 @@ mod tests {
             bucket.update("k", Bytes::from_static(b"3"), first),
             Err(BusError::Conflict(_))
         ));
-        assert!(matches!(bucket.delete("k", first), Err(BusError::Conflict(_))));
+        assert!(matches!(
+            bucket.delete("k", first),
+            Err(BusError::Conflict(_))
+        ));
         bucket.delete("k", second).unwrap();
         assert!(bucket.get("k").is_none());
         assert!(bucket.create("k", Bytes::from_static(b"again")).is_ok());

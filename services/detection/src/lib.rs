@@ -53,7 +53,10 @@ pub async fn serve(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Detection;
 
-fn push_samples(detector: &mut StepDetector, samples: &[AccelSample]) -> (u32, Option<Observation>) {
+fn push_samples(
+    detector: &mut StepDetector,
+    samples: &[AccelSample],
+) -> (u32, Option<Observation>) {
     let mut steps = 0;
     let mut observation = None;
     for sample in samples {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{subjects, Bus, BusError, KeyValue};
+use switchboard_bus::{Bus, BusError, KeyValue, subjects};
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
@@ -349,7 +349,8 @@ impl Registry {
                         "no activity for {} seconds",
                         session.inactivity_timeout_seconds
                     );
-                    self.tell_edge(&session, ControlKind::TimedOut, reason).await;
+                    self.tell_edge(&session, ControlKind::TimedOut, reason)
+                        .await;
                 }
                 // Activity arrived, or another replica swept it first.
                 Err(BusError::Conflict(_)) => {}
@@ -507,7 +508,10 @@ mod tests {
     #[tokio::test]
     async fn idle_sessions_are_swept_and_their_edge_told() {
         let (registry, bus) = registry(0.05).await;
-        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let mut control = bus
+            .subscribe(subjects::edge_control("edge-a"))
+            .await
+            .unwrap();
         let session = registry.open_session(open_request()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(registry.sweep_once().await.unwrap(), 1);
@@ -521,7 +525,10 @@ mod tests {
     #[tokio::test]
     async fn terminate_tells_the_holding_edge() {
         let (registry, bus) = registry(300.0).await;
-        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let mut control = bus
+            .subscribe(subjects::edge_control("edge-a"))
+            .await
+            .unwrap();
         let session = registry.open_session(open_request()).await.unwrap();
         registry
             .terminate_session(&session.session_id, "admin".into())

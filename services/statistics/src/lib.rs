@@ -133,7 +133,10 @@ impl Counters {
                     let mut record = T::decode(entry.value.as_ref()).map_err(corrupt)?;
                     change(&mut record);
                     let value = Bytes::from(record.encode_to_vec());
-                    self.bucket.update(key, value, entry.revision).await.map(|_| false)
+                    self.bucket
+                        .update(key, value, entry.revision)
+                        .await
+                        .map(|_| false)
                 }
                 None => {
                     let mut record = T::default();
@@ -148,7 +151,9 @@ impl Counters {
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(Status::aborted(format!("{key} changed concurrently too often")))
+        Err(Status::aborted(format!(
+            "{key} changed concurrently too often"
+        )))
     }
 
     pub async fn record_usage(&self, user_id: &str, delta: Usage) -> Result<(), Status> {
