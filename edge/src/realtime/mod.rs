@@ -133,6 +133,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, user_id: String) {
             user_id: user_id.clone(),
             kind: "realtime".to_owned(),
             edge_id: state.edge_id().to_owned(),
+            ..Default::default()
         })
         .await;
     let session = match opened {
@@ -511,7 +512,7 @@ impl Realtime {
                 ),
                 timestamp: timestamp(),
             },
-            ControlKind::Terminated | ControlKind::Unspecified => Outbound::SessionTerminated {
+            ControlKind::Terminated | ControlKind::Replaced | ControlKind::Unspecified => Outbound::SessionTerminated {
                 status: "terminated",
                 session_id: &self.session.session_id,
                 message: format!("Session terminated: {}", control.reason),

@@ -11,9 +11,12 @@
 //! - [`KeyValue`]: get / create / compare-and-swap update / delete, the
 //!   operations the registry and the counters need, with the same semantics
 //!   in both modes (revisions, conflicts).
+//! - [`Mailbox`]: per-owner messages kept until removed (alerts until
+//!   acknowledged), read as backlog then live.
 //! - [`subjects`]: every subject name, in one place.
 
 mod local;
+pub mod mailbox;
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 pub use local::LocalBus;
+pub use mailbox::{Letter, Mailbox, MailboxReader};
 
 /// How long a call to NATS may take before the bus reports it failed, so a
 /// NATS outage turns into an error instead of a hang.
@@ -153,6 +157,16 @@ impl Bus {
                     })
             }
             Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
+        }
+    }
+
+    /// Opens (creating when needed) the mailbox `name`.
+    pub async fn mailbox(&self, name: &str) -> Result<Mailbox, BusError> {
+        match self {
+            Bus::Nats(nats) => Ok(Mailbox::Nats(Box::new(
+                mailbox::NatsMailbox::open(&nats.jetstream, name).await?,
+            ))),
+            Bus::Local(local) => Ok(Mailbox::Local(local.mailbox(name))),
         }
     }
 
@@ -307,6 +321,12 @@ impl KeyValue {
             _ => nats_error(error),
         }
     }
+}
+
+/// Any string as one subject token or KV key segment: hex of its UTF-8
+/// bytes, so user ids with dots, spaces or wildcards stay one token.
+pub fn key_token(text: &str) -> String {
+    text.bytes().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Subject names: every subject Switchboard publishes or subscribes to is

@@ -23,6 +23,7 @@ pub struct LocalBus {
 struct LocalInner {
     subscribers: Mutex<Vec<LocalSubscriber>>,
     buckets: Mutex<HashMap<String, LocalKeyValue>>,
+    mailboxes: Mutex<HashMap<String, crate::mailbox::LocalMailbox>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +78,13 @@ impl LocalBus {
             sender,
         });
         receiver
+    }
+
+    pub(crate) fn mailbox(&self, name: &str) -> crate::mailbox::LocalMailbox {
+        lock(&self.inner.mailboxes)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn key_value(&self, bucket: &str) -> LocalKeyValue {

@@ -26,8 +26,9 @@ use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
     CloseSessionRequest, CountSessionsRequest, CountSessionsResponse, GetSessionRequest,
-    ListSessionsRequest, ListSessionsResponse, OpenSessionRequest, RecordActivityRequest,
-    ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
+    LimitPolicy, ListSessionsRequest, ListSessionsResponse, OpenSessionRequest,
+    RecordActivityRequest, ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
+    UserSessions,
 };
 use switchboard_proto::{server, unix_now};
 use tokio::net::TcpListener;
@@ -35,6 +36,10 @@ use tonic::{Request, Response, Status};
 
 /// The bucket holding one record per live session.
 const BUCKET: &str = "sessions";
+
+/// The bucket holding, per user and kind, the user's live sessions
+/// ([`UserSessions`]), for per-user limits.
+const USER_INDEX_BUCKET: &str = "session_users";
 
 /// Compare-and-swap attempts before a write gives up with ABORTED. Writers
 /// to one session are its edge and the sweepers, so a few suffice.
@@ -113,6 +118,7 @@ pub async fn serve(
 #[derive(Clone, Debug)]
 pub struct Registry {
     sessions: KeyValue,
+    user_index: KeyValue,
     bus: Bus,
     inactivity_timeout: f64,
 }
@@ -125,6 +131,14 @@ struct Usage {
 }
 
 impl Usage {
+    fn none() -> Self {
+        Self {
+            requests: 0,
+            steps: 0,
+            predictions: 0,
+        }
+    }
+
     fn apply(&self, session: &mut Session) {
         session.total_requests += self.requests;
         session.total_steps += self.steps;
@@ -154,6 +168,7 @@ impl Registry {
         }
         Ok(Self {
             sessions: bus.key_value(BUCKET).await?,
+            user_index: bus.key_value(USER_INDEX_BUCKET).await?,
             bus,
             inactivity_timeout: timeout,
         })
@@ -164,6 +179,8 @@ impl Registry {
             return Err(Status::invalid_argument("edge_id is required"));
         }
         let now = unix_now();
+        let timeout = request.inactivity_timeout_seconds;
+        let on_limit = request.on_limit();
         let session = Session {
             session_id: uuid::Uuid::new_v4().to_string(),
             user_id: request.user_id,
@@ -171,14 +188,91 @@ impl Registry {
             edge_id: request.edge_id,
             started_at: now,
             last_activity: now,
-            inactivity_timeout_seconds: self.inactivity_timeout,
+            inactivity_timeout_seconds: if timeout.is_finite() && timeout > 0.0 {
+                timeout
+            } else {
+                self.inactivity_timeout
+            },
             ..Default::default()
+        };
+        let replaced = match request.max_per_user {
+            0 => Vec::new(),
+            limit => self.claim_user_slot(&session, limit, on_limit).await?,
         };
         self.sessions
             .create(&session.session_id, encode(&session))
             .await?;
         tracing::info!(session_id = %session.session_id, kind = %session.kind, "session opened");
+        for session_id in replaced {
+            let no_usage = Usage::none();
+            // Already gone (closed meanwhile) is fine: the slot is free.
+            if let Ok(old) = self.remove(&session_id, &no_usage).await {
+                tracing::info!(session_id, "session replaced by a newer one");
+                let reason = "replaced by a newer connection of the same user".to_owned();
+                self.tell_edge(&old, ControlKind::Replaced, reason).await;
+            }
+        }
         Ok(session)
+    }
+
+    /// Adds `session` to its user's index, making room under `limit` per
+    /// `policy`; returns the sessions to end. Compare-and-swap on the index
+    /// serialises concurrent opens for one user across the cluster, so the
+    /// limit holds even when connections race on different edges.
+    async fn claim_user_slot(
+        &self,
+        session: &Session,
+        limit: u32,
+        policy: LimitPolicy,
+    ) -> Result<Vec<String>, Status> {
+        let key = format!(
+            "{}.{}",
+            switchboard_bus::key_token(&session.kind),
+            switchboard_bus::key_token(&session.user_id)
+        );
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self.user_index.get(&key).await?;
+            let listed = match &entry {
+                Some(entry) => UserSessions::decode(entry.value.as_ref())
+                    .map_err(|error| Status::internal(format!("corrupt user index: {error}")))?
+                    .session_ids,
+                None => Vec::new(),
+            };
+            // Sessions closed or swept since they were listed free their slot.
+            let mut live = Vec::with_capacity(listed.len() + 1);
+            for session_id in listed {
+                if self.sessions.get(&session_id).await?.is_some() {
+                    live.push(session_id);
+                }
+            }
+            let mut replaced = Vec::new();
+            while live.len() >= limit as usize {
+                if policy == LimitPolicy::Refuse {
+                    return Err(Status::resource_exhausted(format!(
+                        "user {} already has {} {} connection(s), the limit",
+                        session.user_id,
+                        live.len(),
+                        session.kind
+                    )));
+                }
+                replaced.push(live.remove(0));
+            }
+            live.push(session.session_id.clone());
+            let value = Bytes::from(UserSessions { session_ids: live }.encode_to_vec());
+            let written = match entry {
+                Some(entry) => self.user_index.update(&key, value, entry.revision).await,
+                None => self.user_index.create(&key, value).await,
+            };
+            match written {
+                Ok(_) => return Ok(replaced),
+                Err(BusError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "sessions of user {} changed concurrently too often",
+            session.user_id
+        )))
     }
 
     pub async fn get_session(&self, session_id: &str) -> Result<Session, Status> {
@@ -188,11 +282,13 @@ impl Registry {
         }
     }
 
-    pub async fn list_sessions(&self, kind: &str) -> Result<Vec<Session>, Status> {
+    pub async fn list_sessions(&self, kind: &str, user_id: &str) -> Result<Vec<Session>, Status> {
         let mut sessions = Vec::new();
         for (_, entry) in self.sessions.entries().await? {
             let session = decode(&entry.value)?;
-            if kind.is_empty() || session.kind == kind {
+            if (kind.is_empty() || session.kind == kind)
+                && (user_id.is_empty() || session.user_id == user_id)
+            {
                 sessions.push(session);
             }
         }
@@ -298,12 +394,7 @@ impl Registry {
         session_id: &str,
         reason: String,
     ) -> Result<Session, Status> {
-        let no_usage = Usage {
-            requests: 0,
-            steps: 0,
-            predictions: 0,
-        };
-        let session = self.remove(session_id, &no_usage).await?;
+        let session = self.remove(session_id, &Usage::none()).await?;
         tracing::info!(session_id, reason = %reason, "session terminated");
         self.tell_edge(&session, ControlKind::Terminated, reason)
             .await;
@@ -396,7 +487,8 @@ impl SessionService for Registry {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let sessions = Registry::list_sessions(self, &request.into_inner().kind).await?;
+        let request = request.into_inner();
+        let sessions = Registry::list_sessions(self, &request.kind, &request.user_id).await?;
         Ok(Response::new(ListSessionsResponse { sessions }))
     }
 
@@ -470,7 +562,41 @@ mod tests {
             user_id: "u1".into(),
             kind: "realtime".into(),
             edge_id: "edge-a".into(),
+            ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_per_user_limit_replaces_the_oldest_or_refuses() {
+        let (registry, bus) = registry(300.0).await;
+        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let limited = |policy: LimitPolicy| OpenSessionRequest {
+            kind: "alerts".into(),
+            max_per_user: 1,
+            on_limit: policy as i32,
+            ..open_request()
+        };
+        let first = registry.open_session(limited(LimitPolicy::ReplaceOldest)).await.unwrap();
+        let second = registry.open_session(limited(LimitPolicy::ReplaceOldest)).await.unwrap();
+        let message = control.next().await.unwrap();
+        let replaced = SessionControl::decode(message.payload.as_ref()).unwrap();
+        assert_eq!(replaced.kind(), ControlKind::Replaced);
+        assert_eq!(replaced.session_id, first.session_id);
+        let live = registry.list_sessions("alerts", "u1").await.unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].session_id, second.session_id);
+
+        let refused = registry.open_session(limited(LimitPolicy::Refuse)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        // Another user, or another kind, has its own slots.
+        let other_user = OpenSessionRequest { user_id: "u2".into(), ..limited(LimitPolicy::Refuse) };
+        registry.open_session(other_user).await.unwrap();
+        // A closed session frees its slot.
+        registry
+            .close_session(CloseSessionRequest { session_id: second.session_id, ..Default::default() })
+            .await
+            .unwrap();
+        registry.open_session(limited(LimitPolicy::Refuse)).await.unwrap();
     }
 
     #[tokio::test]

@@ -86,11 +86,9 @@ pub struct Counters {
     sessions: SessionServiceClient<Channel>,
 }
 
-/// Key of one user's record. Hex keeps any user id within the characters a
-/// JetStream KV key may hold.
+/// Key of one user's record, valid whatever the user id.
 fn user_key(user_id: &str) -> String {
-    let hex: String = user_id.bytes().map(|byte| format!("{byte:02x}")).collect();
-    format!("user.{hex}")
+    format!("user.{}", switchboard_bus::key_token(user_id))
 }
 
 fn add(total: &mut Usage, delta: &Usage) {
