@@ -123,6 +123,8 @@ pub struct DetectionArgs {
         default_value = "0.0.0.0:50052"
     )]
     pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub bus: BusSettings,
 }
 
 #[derive(Debug, Args)]
@@ -217,7 +219,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Role::Detection(args) => {
             let listener = bind("detection", args.grpc_addr).await?;
-            switchboard_detection::serve(listener, shutdown.signal()).await?;
+            let bus = Bus::connect(&args.bus).await?;
+            switchboard_detection::serve(bus, listener, shutdown.signal()).await?;
             Ok(())
         }
         Role::Statistics(args) => {
@@ -256,7 +259,7 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .context("session service")
         },
         async {
-            switchboard_detection::serve(detection_listener, shutdown.signal())
+            switchboard_detection::serve(bus.clone(), detection_listener, shutdown.signal())
                 .await
                 .context("detection service")
         },

@@ -19,6 +19,12 @@ pub enum ClientError {
     BinaryMessage,
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    LimitReached(String),
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
+    #[error("{0}")]
+    Forbidden(crate::auth::AuthError),
     #[error("{service} service unavailable: {detail}")]
     Unavailable {
         service: &'static str,
@@ -37,6 +43,9 @@ impl ClientError {
             ClientError::UnknownAction(_) => "unknown_action",
             ClientError::BinaryMessage => "unsupported_message",
             ClientError::NotFound(_) => "not_found",
+            ClientError::LimitReached(_) => "limit_reached",
+            ClientError::Unauthorized(_) => "unauthorized",
+            ClientError::Forbidden(_) => "forbidden",
             ClientError::Unavailable { .. } => "service_unavailable",
             ClientError::Internal(_) => "internal",
         }
@@ -47,12 +56,12 @@ impl ClientError {
         use tonic::Code;
         match status.code() {
             Code::NotFound => ClientError::NotFound(status.message().to_owned()),
+            Code::ResourceExhausted => ClientError::LimitReached(status.message().to_owned()),
             Code::InvalidArgument => ClientError::InvalidMessage(status.message().to_owned()),
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
             | Code::Aborted
-            | Code::ResourceExhausted
             | Code::Unknown => {
                 tracing::warn!(service, code = ?status.code(), message = status.message(), "service call failed");
                 ClientError::Unavailable {
@@ -74,6 +83,9 @@ impl ClientError {
             | ClientError::UnknownAction(_)
             | ClientError::BinaryMessage => StatusCode::BAD_REQUEST,
             ClientError::NotFound(_) => StatusCode::NOT_FOUND,
+            ClientError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            ClientError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ClientError::Forbidden(_) => StatusCode::FORBIDDEN,
             ClientError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ClientError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -9,15 +9,22 @@
 //!
 //! - [`settings`]: limits, deadlines and service URLs; the gRPC clients.
 //! - [`realtime`]: `/ws/realtime`, seed 000's step-detection sessions.
+//! - [`alerts`]: `/ws/alerts/{user_id}`, seed 002's per-user alerts, and
+//!   their admin routes.
+//! - [`auth`]: JWT verification.
+//! - [`socket`]: what the WebSocket endpoints share.
 //! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
 //! - [`control`]: closing a socket held here when the cluster says so.
 //! - [`error`]: the one mapping from failures to what a client sees.
 
+pub mod alerts;
+pub mod auth;
 pub mod control;
 pub mod error;
 pub mod realtime;
 pub mod rest;
 pub mod settings;
+pub mod socket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,7 +32,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
-use switchboard_bus::{Bus, BusError, subjects};
+use switchboard_bus::{Bus, BusError, Mailbox, subjects};
 use tokio::net::TcpListener;
 
 pub use settings::{Backends, EdgeSettings, ServiceUrls};
@@ -44,6 +51,8 @@ pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 pub enum EdgeError {
     #[error(transparent)]
     InvalidUrl(#[from] settings::InvalidUrl),
+    #[error("authentication settings: {0}")]
+    Auth(#[from] auth::AuthConfigError),
     #[error("message bus: {0}")]
     Bus(#[from] BusError),
     #[error("http server: {0}")]
@@ -65,19 +74,46 @@ struct Inner {
     backends: Backends,
     bus: Bus,
     sockets: Arc<control::Sockets>,
+    /// Where users' alerts wait; read for the alerts sockets held here.
+    alerts: Mailbox,
+    /// `None` when no JWT key is configured: token-protected endpoints then
+    /// refuse everyone.
+    authenticator: Option<auth::Authenticator>,
 }
 
 impl EdgeState {
-    pub fn new(settings: EdgeSettings, backends: Backends, bus: Bus) -> Self {
-        Self {
+    /// Builds the edge's shared state: gRPC clients, the alerts mailbox,
+    /// the token verifier.
+    pub async fn new(settings: EdgeSettings, urls: &ServiceUrls, bus: Bus) -> Result<Self, EdgeError> {
+        let backends = Backends::connect_lazy(urls, &settings)?;
+        let authenticator = auth::Authenticator::from_settings(&settings.auth)?;
+        if authenticator.is_none() {
+            tracing::warn!("no JWT key configured: token-protected endpoints refuse every client");
+        }
+        let alerts = bus.mailbox(subjects::ALERTS_MAILBOX).await?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 edge_id: uuid::Uuid::new_v4().simple().to_string(),
                 settings,
                 backends,
                 bus,
                 sockets: Arc::default(),
+                alerts,
+                authenticator,
             }),
+        })
+    }
+
+    /// Verifies a token with the configured keys.
+    pub fn authenticate(&self, token: &str) -> Result<auth::Identity, auth::AuthError> {
+        match &self.inner.authenticator {
+            Some(authenticator) => authenticator.verify(token),
+            None => Err(auth::AuthError::NotConfigured),
         }
+    }
+
+    pub fn alerts_mailbox(&self) -> &Mailbox {
+        &self.inner.alerts
     }
 
     pub fn edge_id(&self) -> &str {
@@ -122,6 +158,10 @@ pub fn app(state: EdgeState) -> Router {
             get(rest::get_session).delete(rest::terminate_session),
         )
         .route("/health", get(rest::health))
+        .route("/ws/alerts/{user_id}", get(alerts::upgrade))
+        .route("/ws/connections", get(alerts::rest::list_connections))
+        .route("/ws/connections/{user_id}", get(alerts::rest::user_connection))
+        .route("/api/alerts", axum::routing::post(alerts::rest::raise_alert))
         .with_state(state)
 }
 
@@ -133,8 +173,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EdgeError> {
-    let backends = Backends::connect_lazy(&urls, &settings)?;
-    let state = EdgeState::new(settings, backends, bus.clone());
+    let state = EdgeState::new(settings, &urls, bus.clone()).await?;
     // Subscribe before accepting, so no control message can miss a socket.
     let control = bus
         .subscribe(subjects::edge_control(state.edge_id()))

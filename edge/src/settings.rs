@@ -31,6 +31,23 @@ pub struct EdgeSettings {
         default_value_t = 5000
     )]
     pub grpc_timeout_ms: u64,
+
+    /// Seconds between the server's heartbeat `ping`s on `/ws/alerts`.
+    #[arg(long = "heartbeat-interval-secs", env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS", default_value_t = 30.0)]
+    pub heartbeat_interval_secs: f64,
+
+    /// Seconds without a heartbeat (`ping` or `pong` from the client) after
+    /// which an alerts connection is closed and cleaned up everywhere.
+    #[arg(long = "heartbeat-timeout-secs", env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub heartbeat_timeout_secs: f64,
+
+    /// Messages per second one alerts connection may send (bursts of twice
+    /// that); beyond, it is closed with 1008.
+    #[arg(long = "alerts-rate-limit", env = "SWITCHBOARD_ALERTS_RATE_LIMIT", default_value_t = 10)]
+    pub alerts_rate_limit: u32,
+
+    #[command(flatten)]
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Default for EdgeSettings {
@@ -38,6 +55,10 @@ impl Default for EdgeSettings {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             grpc_timeout_ms: 5000,
+            heartbeat_interval_secs: 30.0,
+            heartbeat_timeout_secs: 60.0,
+            alerts_rate_limit: 10,
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 }
@@ -45,6 +66,14 @@ impl Default for EdgeSettings {
 impl EdgeSettings {
     pub(crate) fn grpc_timeout(&self) -> Duration {
         Duration::from_millis(self.grpc_timeout_ms.max(1))
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_interval_secs.clamp(0.01, 3600.0))
+    }
+
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_timeout_secs.clamp(0.01, 86_400.0))
     }
 }
 

@@ -19,7 +19,7 @@ mod outbound;
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
@@ -36,21 +36,14 @@ use tonic::Streaming;
 
 use crate::EdgeState;
 use crate::error::ClientError;
+use crate::socket::{close, close_code, is_too_big, send_json, timestamp};
 use inbound::{Action, Inbound};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
-use outbound::{Outbound, Prediction, timestamp};
+use outbound::{Outbound, Prediction};
 
 /// Longest time between two usage reports of a busy session; shorter when
 /// the registry's inactivity timeout is short (a quarter of it).
 pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Close codes (RFC 6455 section 7.4.1).
-mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 #[derive(Debug, Deserialize)]
 pub struct RealtimeQuery {
@@ -190,7 +183,7 @@ fn error_message<'a>(error: &ClientError, session_id: Option<&'a str>) -> Outbou
 }
 
 async fn send(socket: &mut WebSocket, message: &Outbound<'_>) -> Result<(), axum::Error> {
-    socket.send(Message::text(message.to_json())).await
+    send_json(socket, message).await
 }
 
 /// Sends a reply; a client that can no longer be written to is gone.
@@ -199,27 +192,6 @@ async fn send_or_close(socket: &mut WebSocket, message: &Outbound<'_>) -> Next {
         Ok(()) => Next::Continue,
         Err(_) => Next::Close(close_code::GOING_AWAY, String::new()),
     }
-}
-
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = socket.send(Message::Close(Some(frame))).await;
-}
-
-/// True when a read failed because the message exceeded the size limit.
-fn is_too_big(error: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = cause.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }
 
 impl Realtime {

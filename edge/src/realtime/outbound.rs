@@ -3,13 +3,6 @@
 //! (documented in `edge/WEBSOCKET.md`).
 
 use serde::Serialize;
-use switchboard_proto::unix_now;
-
-/// Seed 000 writes timestamps as strings of Unix seconds, e.g.
-/// `"1234567890.123"`.
-pub fn timestamp() -> String {
-    format!("{:.3}", unix_now())
-}
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -112,10 +105,4 @@ pub struct ServerStats {
     pub total_predictions: u64,
     pub total_sessions: u64,
     pub users: u64,
-}
-
-impl Outbound<'_> {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("outbound messages always serialize")
-    }
 }

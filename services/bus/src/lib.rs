@@ -332,6 +332,9 @@ pub fn key_token(text: &str) -> String {
 /// Subject names: every subject Switchboard publishes or subscribes to is
 /// built here.
 pub mod subjects {
+    /// The mailbox alerts wait in until acknowledged, per user.
+    pub const ALERTS_MAILBOX: &str = "alerts";
+
     /// Control messages (`SessionControl`) for the sockets one edge holds.
     pub fn edge_control(edge_id: &str) -> String {
         format!("switchboard.edge.{edge_id}.control")

@@ -1,0 +1,50 @@
+//! What every WebSocket endpoint of the edge shares: close codes, sending
+//! JSON, closing with a reason, recognising an oversize message, and the
+//! timestamp format of the seeds.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use serde::Serialize;
+use switchboard_proto::unix_now;
+
+/// Close codes (RFC 6455 section 7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The seeds write timestamps as strings of Unix seconds, e.g.
+/// `"1234567890.123"`.
+pub fn timestamp() -> String {
+    format!("{:.3}", unix_now())
+}
+
+/// Sends one JSON message.
+pub async fn send_json(socket: &mut WebSocket, message: &impl Serialize) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(message).expect("outbound messages always serialize");
+    socket.send(Message::text(text)).await
+}
+
+/// Sends a close frame; the connection is over either way.
+pub async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// True when a read failed because the message exceeded the size limit.
+pub fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = cause.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
