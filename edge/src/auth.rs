@@ -24,7 +24,11 @@ use serde::Deserialize;
 #[derive(Clone, Default, clap::Args)]
 pub struct AuthSettings {
     /// Shared secret for HMAC tokens (HS256). Never logged.
-    #[arg(long = "jwt-secret", env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "jwt-secret",
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// PEM public key (RSA, EC or Ed25519) for RS256 / ES256 / EdDSA tokens.
@@ -34,11 +38,19 @@ pub struct AuthSettings {
     /// Accepted algorithms, comma-separated (e.g. `HS256,RS256`). By
     /// default: HS256 with a secret, and RS256, ES256 or EdDSA for the
     /// public key's type.
-    #[arg(long = "jwt-algorithms", env = "SWITCHBOARD_JWT_ALGORITHMS", value_delimiter = ',')]
+    #[arg(
+        long = "jwt-algorithms",
+        env = "SWITCHBOARD_JWT_ALGORITHMS",
+        value_delimiter = ','
+    )]
     pub jwt_algorithms: Vec<String>,
 
     /// Seconds of clock skew allowed on `exp` and `nbf`.
-    #[arg(long = "jwt-leeway-secs", env = "SWITCHBOARD_JWT_LEEWAY_SECS", default_value_t = 30)]
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "SWITCHBOARD_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
     pub jwt_leeway_secs: u64,
 
     /// Required `iss` claim, when set.
@@ -54,7 +66,10 @@ impl std::fmt::Debug for AuthSettings {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("AuthSettings")
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("jwt_algorithms", &self.jwt_algorithms)
             .field("jwt_leeway_secs", &self.jwt_leeway_secs)
@@ -127,7 +142,11 @@ impl Identity {
     }
 
     pub fn require_admin(&self) -> Result<(), AuthError> {
-        if self.admin { Ok(()) } else { Err(AuthError::NotAdmin) }
+        if self.admin {
+            Ok(())
+        } else {
+            Err(AuthError::NotAdmin)
+        }
     }
 }
 
@@ -193,7 +212,11 @@ impl Authenticator {
             Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
             None => None,
         };
-        let public = settings.jwt_public_key_file.as_ref().map(public_key).transpose()?;
+        let public = settings
+            .jwt_public_key_file
+            .as_ref()
+            .map(public_key)
+            .transpose()?;
         let algorithms: Vec<Algorithm> = if settings.jwt_algorithms.is_empty() {
             secret
                 .as_ref()
@@ -357,16 +380,27 @@ mod tests {
     }
 
     fn sign(claims: serde_json::Value, secret: &str) -> String {
-        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-            .unwrap()
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_valid_token_names_its_user_and_roles() {
-        let token = sign(json!({"sub": "ada", "exp": now() + 60, "roles": ["admin"], "username": "Ada"}), SECRET);
+        let token = sign(
+            json!({"sub": "ada", "exp": now() + 60, "roles": ["admin"], "username": "Ada"}),
+            SECRET,
+        );
         assert_eq!(
             hs256().verify(&token).unwrap(),
-            Identity { user_id: "ada".into(), username: Some("Ada".into()), admin: true }
+            Identity {
+                user_id: "ada".into(),
+                username: Some("Ada".into()),
+                admin: true
+            }
         );
         let token = sign(json!({"sub": "bob", "exp": now() + 60}), SECRET);
         assert!(!hs256().verify(&token).unwrap().admin);
@@ -377,11 +411,32 @@ mod tests {
         let auth = hs256();
         let cases = [
             ("garbage", AuthError::Malformed),
-            (&sign(json!({"sub": "a", "exp": now() - 60}), SECRET)[..], AuthError::Expired),
-            (&sign(json!({"sub": "a", "exp": now() + 60, "nbf": now() + 60}), SECRET)[..], AuthError::NotYetValid),
-            (&sign(json!({"sub": "a", "exp": now() + 60}), "another-secret-another-secret-32b")[..], AuthError::BadSignature),
-            (&sign(json!({"sub": "a"}), SECRET)[..], AuthError::Invalid("missing claim exp".into())),
-            (&sign(json!({"exp": now() + 60}), SECRET)[..], AuthError::Invalid("missing claim sub".into())),
+            (
+                &sign(json!({"sub": "a", "exp": now() - 60}), SECRET)[..],
+                AuthError::Expired,
+            ),
+            (
+                &sign(
+                    json!({"sub": "a", "exp": now() + 60, "nbf": now() + 60}),
+                    SECRET,
+                )[..],
+                AuthError::NotYetValid,
+            ),
+            (
+                &sign(
+                    json!({"sub": "a", "exp": now() + 60}),
+                    "another-secret-another-secret-32b",
+                )[..],
+                AuthError::BadSignature,
+            ),
+            (
+                &sign(json!({"sub": "a"}), SECRET)[..],
+                AuthError::Invalid("missing claim exp".into()),
+            ),
+            (
+                &sign(json!({"exp": now() + 60}), SECRET)[..],
+                AuthError::Invalid("missing claim sub".into()),
+            ),
         ];
         for (token, expected) in cases {
             assert_eq!(auth.verify(token), Err(expected), "{token}");
@@ -389,8 +444,7 @@ mod tests {
         // alg none: a header that names no signature at all.
         let unsigned = format!(
             "{}.{}.",
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
-            "eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ"
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", "eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ"
         );
         assert_eq!(auth.verify(&unsigned), Err(AuthError::Malformed));
     }
@@ -412,7 +466,10 @@ mod tests {
 
     #[test]
     fn settings_never_print_the_secret() {
-        let settings = AuthSettings { jwt_secret: Some(SECRET.into()), ..Default::default() };
+        let settings = AuthSettings {
+            jwt_secret: Some(SECRET.into()),
+            ..Default::default()
+        };
         assert!(!format!("{settings:?}").contains(SECRET));
     }
 
@@ -423,7 +480,10 @@ mod tests {
             jwt_algorithms: vec!["RS256".into()],
             ..Default::default()
         };
-        assert!(matches!(Authenticator::from_settings(&settings), Err(AuthConfigError::NoKeyFor(_))));
+        assert!(matches!(
+            Authenticator::from_settings(&settings),
+            Err(AuthConfigError::NoKeyFor(_))
+        ));
         let none = AuthSettings::default();
         assert!(Authenticator::from_settings(&none).unwrap().is_none());
     }

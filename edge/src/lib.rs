@@ -84,7 +84,11 @@ struct Inner {
 impl EdgeState {
     /// Builds the edge's shared state: gRPC clients, the alerts mailbox,
     /// the token verifier.
-    pub async fn new(settings: EdgeSettings, urls: &ServiceUrls, bus: Bus) -> Result<Self, EdgeError> {
+    pub async fn new(
+        settings: EdgeSettings,
+        urls: &ServiceUrls,
+        bus: Bus,
+    ) -> Result<Self, EdgeError> {
         let backends = Backends::connect_lazy(urls, &settings)?;
         let authenticator = auth::Authenticator::from_settings(&settings.auth)?;
         if authenticator.is_none() {
@@ -160,8 +164,14 @@ pub fn app(state: EdgeState) -> Router {
         .route("/health", get(rest::health))
         .route("/ws/alerts/{user_id}", get(alerts::upgrade))
         .route("/ws/connections", get(alerts::rest::list_connections))
-        .route("/ws/connections/{user_id}", get(alerts::rest::user_connection))
-        .route("/api/alerts", axum::routing::post(alerts::rest::raise_alert))
+        .route(
+            "/ws/connections/{user_id}",
+            get(alerts::rest::user_connection),
+        )
+        .route(
+            "/api/alerts",
+            axum::routing::post(alerts::rest::raise_alert),
+        )
         .with_state(state)
 }
 

@@ -33,17 +33,29 @@ pub struct EdgeSettings {
     pub grpc_timeout_ms: u64,
 
     /// Seconds between the server's heartbeat `ping`s on `/ws/alerts`.
-    #[arg(long = "heartbeat-interval-secs", env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS", default_value_t = 30.0)]
+    #[arg(
+        long = "heartbeat-interval-secs",
+        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS",
+        default_value_t = 30.0
+    )]
     pub heartbeat_interval_secs: f64,
 
     /// Seconds without a heartbeat (`ping` or `pong` from the client) after
     /// which an alerts connection is closed and cleaned up everywhere.
-    #[arg(long = "heartbeat-timeout-secs", env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60.0)]
+    #[arg(
+        long = "heartbeat-timeout-secs",
+        env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS",
+        default_value_t = 60.0
+    )]
     pub heartbeat_timeout_secs: f64,
 
     /// Messages per second one alerts connection may send (bursts of twice
     /// that); beyond, it is closed with 1008.
-    #[arg(long = "alerts-rate-limit", env = "SWITCHBOARD_ALERTS_RATE_LIMIT", default_value_t = 10)]
+    #[arg(
+        long = "alerts-rate-limit",
+        env = "SWITCHBOARD_ALERTS_RATE_LIMIT",
+        default_value_t = 10
+    )]
     pub alerts_rate_limit: u32,
 
     #[command(flatten)]

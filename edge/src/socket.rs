@@ -22,7 +22,10 @@ pub fn timestamp() -> String {
 }
 
 /// Sends one JSON message.
-pub async fn send_json(socket: &mut WebSocket, message: &impl Serialize) -> Result<(), axum::Error> {
+pub async fn send_json(
+    socket: &mut WebSocket,
+    message: &impl Serialize,
+) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).expect("outbound messages always serialize");
     socket.send(Message::text(text)).await
 }

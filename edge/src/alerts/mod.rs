@@ -39,10 +39,10 @@ use switchboard_proto::v1::{
 };
 use tokio::sync::mpsc;
 
+use crate::EdgeState;
 use crate::auth::AuthError;
 use crate::error::ClientError;
 use crate::socket::{close, close_code, is_too_big, send_json, timestamp};
-use crate::EdgeState;
 
 /// The registry's kind for alert connections.
 pub const KIND: &str = "alerts";
@@ -128,7 +128,9 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
     let value: Value =
         serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
     let kind = value.get("type").and_then(Value::as_str).ok_or_else(|| {
-        ClientError::InvalidMessage("expected {\"type\": \"ping\" | \"pong\" | \"ack\", ...}".into())
+        ClientError::InvalidMessage(
+            "expected {\"type\": \"ping\" | \"pong\" | \"ack\", ...}".into(),
+        )
     })?;
     if !matches!(kind, "ping" | "pong" | "ack") {
         return Err(ClientError::InvalidMessage(format!(
@@ -170,10 +172,11 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
         None => Err(AuthError::Missing),
         Some(token) => state.authenticate(token),
     };
-    let identity = match identity.and_then(|identity| identity.require_user(&user_id).map(|()| identity)) {
-        Ok(identity) => identity,
-        Err(reason) => return refuse(socket, &reason).await,
-    };
+    let identity =
+        match identity.and_then(|identity| identity.require_user(&user_id).map(|()| identity)) {
+            Ok(identity) => identity,
+            Err(reason) => return refuse(socket, &reason).await,
+        };
     let settings = state.settings();
     let interval = settings.heartbeat_interval();
     let timeout = settings.heartbeat_timeout();
@@ -198,14 +201,20 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
         Err(status) => {
             let error = ClientError::from_status("session", status);
             let _ = send_json(&mut socket, &error_message(&error)).await;
-            close(&mut socket, close_code::TRY_AGAIN_LATER, "session service unavailable").await;
+            close(
+                &mut socket,
+                close_code::TRY_AGAIN_LATER,
+                "session service unavailable",
+            )
+            .await;
             return;
         }
     };
     tracing::info!(user = %identity.user_id, connection_id = %registration.session_id, "alerts connection opened");
     let (_held, control) = state.sockets().hold(&registration.session_id);
     let rate = NonZeroU32::new(settings.alerts_rate_limit.max(1)).expect("at least 1");
-    let burst = NonZeroU32::new(settings.alerts_rate_limit.max(1).saturating_mul(2)).expect("at least 1");
+    let burst =
+        NonZeroU32::new(settings.alerts_rate_limit.max(1).saturating_mul(2)).expect("at least 1");
     let mut connection = AlertsConnection {
         socket,
         user_id,
@@ -217,7 +226,12 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         state,
     };
-    match connection.state.alerts_mailbox().read(&connection.user_id).await {
+    match connection
+        .state
+        .alerts_mailbox()
+        .read(&connection.user_id)
+        .await
+    {
         Ok(reader) => connection.serve(reader, control, interval, timeout).await,
         Err(error) => {
             tracing::warn!(%error, "cannot read the alerts mailbox");
@@ -226,7 +240,12 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
                 detail: error.to_string(),
             };
             let _ = send_json(&mut connection.socket, &error_message(&error)).await;
-            close(&mut connection.socket, close_code::TRY_AGAIN_LATER, "alerts unavailable").await;
+            close(
+                &mut connection.socket,
+                close_code::TRY_AGAIN_LATER,
+                "alerts unavailable",
+            )
+            .await;
         }
     }
     connection.finish().await;
@@ -308,7 +327,9 @@ impl AlertsConnection {
         let text = match message {
             Message::Text(text) => text,
             Message::Ping(_) | Message::Pong(_) => return self.heartbeat().await,
-            Message::Binary(_) => return self.send(&error_message(&ClientError::BinaryMessage)).await,
+            Message::Binary(_) => {
+                return self.send(&error_message(&ClientError::BinaryMessage)).await;
+            }
             Message::Close(_) => return Next::Close(close_code::NORMAL, String::new()),
         };
         match parse(text.as_str()) {
@@ -316,7 +337,10 @@ impl AlertsConnection {
                 if let Next::Close(code, reason) = self.heartbeat().await {
                     return Next::Close(code, reason);
                 }
-                self.send(&Outbound::Pong { timestamp: timestamp() }).await
+                self.send(&Outbound::Pong {
+                    timestamp: timestamp(),
+                })
+                .await
             }
             Ok(Inbound::Pong) => self.heartbeat().await,
             Ok(Inbound::Ack { alert_id }) => self.ack(&alert_id).await,
@@ -377,7 +401,10 @@ impl AlertsConnection {
         if let Next::Close(code, reason) = self.report_heartbeat().await {
             return Next::Close(code, reason);
         }
-        self.send(&Outbound::Ping { timestamp: timestamp() }).await
+        self.send(&Outbound::Ping {
+            timestamp: timestamp(),
+        })
+        .await
     }
 
     async fn deliver(&mut self, payload: &[u8]) -> Next {
@@ -388,8 +415,8 @@ impl AlertsConnection {
                 return Next::Continue;
             }
         };
-        let detection_result =
-            serde_json::from_str(&alert.detection_result_json).unwrap_or(Value::Object(Default::default()));
+        let detection_result = serde_json::from_str(&alert.detection_result_json)
+            .unwrap_or(Value::Object(Default::default()));
         let message = Outbound::AnomalyDetected {
             alert_id: &alert.alert_id,
             user_id: &alert.user_id,
@@ -444,9 +471,10 @@ impl AlertsConnection {
                 Next::Close(close_code::NORMAL, "replaced by a newer connection".into())
             }
             ControlKind::TimedOut => Next::Close(close_code::GOING_AWAY, "no heartbeat".into()),
-            ControlKind::Terminated | ControlKind::Unspecified => {
-                Next::Close(close_code::NORMAL, format!("terminated: {}", control.reason))
-            }
+            ControlKind::Terminated | ControlKind::Unspecified => Next::Close(
+                close_code::NORMAL,
+                format!("terminated: {}", control.reason),
+            ),
         }
     }
 
@@ -466,10 +494,10 @@ impl AlertsConnection {
                 ..Default::default()
             })
             .await;
-        if let Err(status) = closed {
-            if status.code() != tonic::Code::NotFound {
-                tracing::warn!(code = ?status.code(), "could not unregister alerts connection; the sweep will");
-            }
+        if let Err(status) = closed
+            && status.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(code = ?status.code(), "could not unregister alerts connection; the sweep will");
         }
         tracing::info!(connection_id = %self.connection_id, "alerts connection closed");
     }
@@ -483,12 +511,17 @@ mod tests {
     fn client_messages_parse_or_say_why_not() {
         assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(Inbound::Ping)));
         assert!(matches!(parse(r#"{"type":"pong"}"#), Ok(Inbound::Pong)));
-        assert!(matches!(parse(r#"{"type":"ack","alert_id":"a1"}"#), Ok(Inbound::Ack { alert_id }) if alert_id == "a1"));
+        assert!(
+            matches!(parse(r#"{"type":"ack","alert_id":"a1"}"#), Ok(Inbound::Ack { alert_id }) if alert_id == "a1")
+        );
         assert!(matches!(parse("ack"), Err(ClientError::InvalidJson(_))));
         let missing = parse(r#"{"type":"ack"}"#).unwrap_err().to_string();
         assert!(missing.contains("alert_id"), "{missing}");
         let unknown = parse(r#"{"type":"dance"}"#).unwrap_err().to_string();
-        assert_eq!(unknown, "unknown message type \"dance\"; expected ping, pong or ack");
+        assert_eq!(
+            unknown,
+            "unknown message type \"dance\"; expected ping, pong or ack"
+        );
         assert!(parse(r#"{"hello":1}"#).is_err());
     }
 }

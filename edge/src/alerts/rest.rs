@@ -5,18 +5,18 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_proto::unix_now;
 use switchboard_proto::v1::{Alert, ListSessionsRequest, RaiseAlertRequest, Session};
 
+use crate::EdgeState;
 use crate::auth::Admin;
 use crate::error::ClientError;
-use crate::EdgeState;
 
 /// An alerts connection as seed 002 reports it.
 #[derive(Debug, Serialize)]
@@ -86,8 +86,10 @@ pub async fn list_connections(
     _admin: Admin,
 ) -> Result<Json<ConnectionList>, ClientError> {
     let sessions = alerts_connections(&state, "").await?;
-    let users: std::collections::HashSet<&str> =
-        sessions.iter().map(|session| session.user_id.as_str()).collect();
+    let users: std::collections::HashSet<&str> = sessions
+        .iter()
+        .map(|session| session.user_id.as_str())
+        .collect();
     let total_users = users.len();
     Ok(Json(ConnectionList {
         total_connections: sessions.len(),
@@ -170,7 +172,8 @@ pub async fn raise_alert(
     _admin: Admin,
     body: Result<Json<RaiseAlertBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AlertView>), ClientError> {
-    let Json(body) = body.map_err(|rejection| ClientError::InvalidMessage(rejection.body_text()))?;
+    let Json(body) =
+        body.map_err(|rejection| ClientError::InvalidMessage(rejection.body_text()))?;
     let detection_result_json = match body.detection_result {
         None => String::new(),
         Some(Value::Object(object)) => Value::Object(object).to_string(),

@@ -47,8 +47,19 @@ pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 pub struct RealtimeQuery {
-    /// A label for per-user statistics; not authenticated.
+    /// A label for per-user statistics when there is no token; not
+    /// authenticated.
     user_id: Option<String>,
+    /// Optional JWT: the session then belongs to its `sub`, and anomalies
+    /// in its stream (a fall) become alerts for that user.
+    token: Option<String>,
+}
+
+/// Whom a realtime session belongs to.
+struct Owner {
+    user_id: String,
+    /// Proven by a token: only then may the stream raise alerts for them.
+    authenticated: bool,
 }
 
 /// Longest accepted `user_id` label.
@@ -57,15 +68,34 @@ const MAX_USER_ID_BYTES: usize = 128;
 pub async fn upgrade(
     State(state): State<EdgeState>,
     Query(query): Query<RealtimeQuery>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let user_id = query
-        .user_id
-        .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
-        .unwrap_or_else(|| "anonymous".to_owned());
+    let token = crate::auth::token_from(query.token.as_deref(), &headers);
+    let owner = match token {
+        Some(token) => state.authenticate(&token).map(|identity| Owner {
+            user_id: identity.user_id,
+            authenticated: true,
+        }),
+        None => Ok(Owner {
+            user_id: query
+                .user_id
+                .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
+                .unwrap_or_else(|| "anonymous".to_owned()),
+            authenticated: false,
+        }),
+    };
     state
         .configure(upgrade)
-        .on_upgrade(move |socket| async move { run(socket, state, user_id).await })
+        .on_upgrade(move |mut socket| async move {
+            match owner {
+                Ok(owner) => run(socket, state, owner).await,
+                Err(reason) => {
+                    tracing::info!(%reason, "realtime connection refused");
+                    close(&mut socket, close_code::POLICY, &reason.to_string()).await;
+                }
+            }
+        })
 }
 
 /// What a message handler asks the connection loop to do next.
@@ -108,6 +138,9 @@ struct Realtime {
     /// Whether the registry still holds the session (false once stopped,
     /// terminated or timed out).
     registered: bool,
+    /// Whether a token proved the user: only then do anomalies in the
+    /// stream raise alerts for them.
+    authenticated: bool,
     total_steps: u64,
     total_predictions: u64,
     /// Not yet added to the registry's record.
@@ -117,7 +150,11 @@ struct Realtime {
     detection: Option<DetectionStream>,
 }
 
-async fn run(mut socket: WebSocket, state: EdgeState, user_id: String) {
+async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
+    let Owner {
+        user_id,
+        authenticated,
+    } = owner;
     let opened = state
         .backends()
         .session
@@ -154,6 +191,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, user_id: String) {
         socket,
         session,
         registered: true,
+        authenticated,
         total_steps: 0,
         total_predictions: 0,
         for_registry: Unreported::default(),
@@ -326,6 +364,11 @@ impl Realtime {
             .detect(StepRequest {
                 samples,
                 session_id: self.session.session_id.clone(),
+                user_id: if self.authenticated {
+                    self.session.user_id.clone()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             })
             .await?;
@@ -484,12 +527,14 @@ impl Realtime {
                 ),
                 timestamp: timestamp(),
             },
-            ControlKind::Terminated | ControlKind::Replaced | ControlKind::Unspecified => Outbound::SessionTerminated {
-                status: "terminated",
-                session_id: &self.session.session_id,
-                message: format!("Session terminated: {}", control.reason),
-                timestamp: timestamp(),
-            },
+            ControlKind::Terminated | ControlKind::Replaced | ControlKind::Unspecified => {
+                Outbound::SessionTerminated {
+                    status: "terminated",
+                    session_id: &self.session.session_id,
+                    message: format!("Session terminated: {}", control.reason),
+                    timestamp: timestamp(),
+                }
+            }
         };
         let _ = send(&mut self.socket, &message).await;
         let reason = match control.kind() {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::{key_token as token, nats_error, BusError};
+use crate::{BusError, key_token as token, nats_error};
 
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -29,7 +29,10 @@ pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 fn untoken(hex: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
-        .map(|at| hex.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .map(|at| {
+            hex.get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
         .collect();
     String::from_utf8(bytes?).ok()
 }
@@ -67,7 +70,10 @@ impl NatsMailbox {
             allow_direct: true,
             ..Default::default()
         };
-        let stream = jetstream.get_or_create_stream(config).await.map_err(nats_error)?;
+        let stream = jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(nats_error)?;
         Ok(Self {
             jetstream: jetstream.clone(),
             stream,
@@ -134,7 +140,11 @@ impl Mailbox {
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
                 };
-                let consumer = nats.stream.create_consumer(config).await.map_err(nats_error)?;
+                let consumer = nats
+                    .stream
+                    .create_consumer(config)
+                    .await
+                    .map_err(nats_error)?;
                 let backlog = consumer.cached_info().num_pending;
                 let messages = consumer.messages().await.map_err(nats_error)?;
                 Ok(MailboxReader::Nats {
@@ -181,7 +191,10 @@ pub enum MailboxReader {
 
 impl std::fmt::Debug for MailboxReader {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("MailboxReader").field("backlog", &self.backlog()).finish()
+        formatter
+            .debug_struct("MailboxReader")
+            .field("backlog", &self.backlog())
+            .finish()
     }
 }
 
@@ -210,9 +223,11 @@ impl MailboxReader {
                         return Ok(Some(Letter {
                             id,
                             payload: message.payload.clone(),
-                        }))
+                        }));
                     }
-                    None => tracing::warn!(subject = %message.subject, "mailbox message with a bad subject"),
+                    None => {
+                        tracing::warn!(subject = %message.subject, "mailbox message with a bad subject")
+                    }
                 }
             },
             MailboxReader::Local {
@@ -337,9 +352,18 @@ mod tests {
     #[tokio::test]
     async fn backlog_then_live_until_removed() {
         let mailbox = Mailbox::Local(LocalMailbox::default());
-        mailbox.put("ada", "1", Bytes::from_static(b"one")).await.unwrap();
-        mailbox.put("bob", "x", Bytes::from_static(b"other")).await.unwrap();
-        mailbox.put("ada", "2", Bytes::from_static(b"two")).await.unwrap();
+        mailbox
+            .put("ada", "1", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        mailbox
+            .put("bob", "x", Bytes::from_static(b"other"))
+            .await
+            .unwrap();
+        mailbox
+            .put("ada", "2", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
 
         let mut reader = mailbox.read("ada").await.unwrap();
         assert_eq!(reader.backlog(), 2);
@@ -348,7 +372,10 @@ mod tests {
         assert_eq!(reader.backlog(), 0);
 
         let waiting = tokio::spawn(async move { reader.next().await.unwrap() });
-        mailbox.put("ada", "3", Bytes::from_static(b"three")).await.unwrap();
+        mailbox
+            .put("ada", "3", Bytes::from_static(b"three"))
+            .await
+            .unwrap();
         assert_eq!(waiting.await.unwrap(), Some(letter("3", "three")));
 
         assert!(mailbox.remove("ada", "1").await.unwrap());

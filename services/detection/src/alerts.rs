@@ -126,7 +126,9 @@ impl Alerts {
             tracing::info!(alert_id, "alert acknowledged");
             Ok(())
         } else {
-            Err(Status::not_found(format!("no unacknowledged alert {alert_id}")))
+            Err(Status::not_found(format!(
+                "no unacknowledged alert {alert_id}"
+            )))
         }
     }
 
@@ -174,14 +176,22 @@ mod tests {
         assert_eq!(alerts.list("ada").await.unwrap(), vec![raised.clone()]);
         assert!(alerts.list("bob").await.unwrap().is_empty());
         assert_eq!(
-            alerts.ack("bob", &raised.alert_id).await.unwrap_err().code(),
+            alerts
+                .ack("bob", &raised.alert_id)
+                .await
+                .unwrap_err()
+                .code(),
             tonic::Code::NotFound,
             "one user cannot ack another's alert"
         );
         alerts.ack("ada", &raised.alert_id).await.unwrap();
         assert!(alerts.list("ada").await.unwrap().is_empty());
         assert_eq!(
-            alerts.ack("ada", &raised.alert_id).await.unwrap_err().code(),
+            alerts
+                .ack("ada", &raised.alert_id)
+                .await
+                .unwrap_err()
+                .code(),
             tonic::Code::NotFound
         );
     }
@@ -190,10 +200,34 @@ mod tests {
     async fn bad_alerts_are_refused_with_a_reason() {
         let alerts = alerts().await;
         let cases = [
-            (RaiseAlertRequest { user_id: String::new(), ..request("a") }, "user_id is required"),
-            (RaiseAlertRequest { severity: "meh".into(), ..request("a") }, "severity must be one of"),
-            (RaiseAlertRequest { detection_result_json: "[1]".into(), ..request("a") }, "must be a JSON object"),
-            (RaiseAlertRequest { detection_result_json: "{".into(), ..request("a") }, "is not JSON"),
+            (
+                RaiseAlertRequest {
+                    user_id: String::new(),
+                    ..request("a")
+                },
+                "user_id is required",
+            ),
+            (
+                RaiseAlertRequest {
+                    severity: "meh".into(),
+                    ..request("a")
+                },
+                "severity must be one of",
+            ),
+            (
+                RaiseAlertRequest {
+                    detection_result_json: "[1]".into(),
+                    ..request("a")
+                },
+                "must be a JSON object",
+            ),
+            (
+                RaiseAlertRequest {
+                    detection_result_json: "{".into(),
+                    ..request("a")
+                },
+                "is not JSON",
+            ),
         ];
         for (bad, message) in cases {
             let status = alerts.raise(bad).await.unwrap_err();

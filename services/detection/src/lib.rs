@@ -195,7 +195,10 @@ impl DetectionService for Detection {
         &self,
         request: Request<RaiseAlertRequest>,
     ) -> Result<Response<Alert>, Status> {
-        self.alerts.raise(request.into_inner()).await.map(Response::new)
+        self.alerts
+            .raise(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn ack_alert(

@@ -233,9 +233,11 @@ impl Registry {
         for _ in 0..CAS_ATTEMPTS {
             let entry = self.user_index.get(&key).await?;
             let listed = match &entry {
-                Some(entry) => UserSessions::decode(entry.value.as_ref())
-                    .map_err(|error| Status::internal(format!("corrupt user index: {error}")))?
-                    .session_ids,
+                Some(entry) => {
+                    UserSessions::decode(entry.value.as_ref())
+                        .map_err(|error| Status::internal(format!("corrupt user index: {error}")))?
+                        .session_ids
+                }
                 None => Vec::new(),
             };
             // Sessions closed or swept since they were listed free their slot.
@@ -569,15 +571,24 @@ mod tests {
     #[tokio::test]
     async fn a_per_user_limit_replaces_the_oldest_or_refuses() {
         let (registry, bus) = registry(300.0).await;
-        let mut control = bus.subscribe(subjects::edge_control("edge-a")).await.unwrap();
+        let mut control = bus
+            .subscribe(subjects::edge_control("edge-a"))
+            .await
+            .unwrap();
         let limited = |policy: LimitPolicy| OpenSessionRequest {
             kind: "alerts".into(),
             max_per_user: 1,
             on_limit: policy as i32,
             ..open_request()
         };
-        let first = registry.open_session(limited(LimitPolicy::ReplaceOldest)).await.unwrap();
-        let second = registry.open_session(limited(LimitPolicy::ReplaceOldest)).await.unwrap();
+        let first = registry
+            .open_session(limited(LimitPolicy::ReplaceOldest))
+            .await
+            .unwrap();
+        let second = registry
+            .open_session(limited(LimitPolicy::ReplaceOldest))
+            .await
+            .unwrap();
         let message = control.next().await.unwrap();
         let replaced = SessionControl::decode(message.payload.as_ref()).unwrap();
         assert_eq!(replaced.kind(), ControlKind::Replaced);
@@ -586,17 +597,29 @@ mod tests {
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].session_id, second.session_id);
 
-        let refused = registry.open_session(limited(LimitPolicy::Refuse)).await.unwrap_err();
+        let refused = registry
+            .open_session(limited(LimitPolicy::Refuse))
+            .await
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         // Another user, or another kind, has its own slots.
-        let other_user = OpenSessionRequest { user_id: "u2".into(), ..limited(LimitPolicy::Refuse) };
+        let other_user = OpenSessionRequest {
+            user_id: "u2".into(),
+            ..limited(LimitPolicy::Refuse)
+        };
         registry.open_session(other_user).await.unwrap();
         // A closed session frees its slot.
         registry
-            .close_session(CloseSessionRequest { session_id: second.session_id, ..Default::default() })
+            .close_session(CloseSessionRequest {
+                session_id: second.session_id,
+                ..Default::default()
+            })
             .await
             .unwrap();
-        registry.open_session(limited(LimitPolicy::Refuse)).await.unwrap();
+        registry
+            .open_session(limited(LimitPolicy::Refuse))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

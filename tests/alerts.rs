@@ -1,0 +1,481 @@
+//! `/ws/alerts/{user_id}` as seed 002 describes it, on two edge instances
+//! sharing a real `nats-server -js`: JWT, heartbeat, one connection per
+//! user across the cluster, alerts that wait until acknowledged, and a fall
+//! detected in a realtime stream becoming an alert.
+
+mod support;
+
+use std::path::PathBuf;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::{Client, Nats, Switchboard, eventually, get_json};
+
+const SECRET: &str = "switchboard-test-secret-0123456789abcdef";
+
+fn key_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/jwt")
+        .join(name)
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// An HS256 token for `user`, valid for a minute.
+fn token(user: &str) -> String {
+    sign_hs256(json!({"sub": user, "exp": now() + 60}), SECRET.as_bytes())
+}
+
+fn admin_token() -> String {
+    sign_hs256(
+        json!({"sub": "ops", "exp": now() + 60, "roles": ["admin"]}),
+        SECRET.as_bytes(),
+    )
+}
+
+fn sign_hs256(claims: Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn sign_rs256(claims: Value, private_key: &str) -> String {
+    let pem = std::fs::read(key_file(private_key)).unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+}
+
+/// The JWT settings every node in these tests runs with: HS256 and RS256.
+fn auth_args() -> Vec<String> {
+    vec![
+        "--jwt-secret".into(),
+        SECRET.into(),
+        "--jwt-public-key-file".into(),
+        key_file("rsa_public.pem").display().to_string(),
+    ]
+}
+
+fn node(nats: &Nats, extra: &[&str]) -> Switchboard {
+    let mut args: Vec<String> = auth_args();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Switchboard::all(Some(nats), &args)
+}
+
+/// An alerts connection for `user`, past its `connected` message.
+async fn alerts(node: &Switchboard, user: &str) -> (Client, Value) {
+    let url = node.ws(&format!("/ws/alerts/{user}?token={}", token(user)));
+    let mut client = Client::connect(&url).await;
+    let connected = client.expect("connected").await;
+    (client, connected)
+}
+
+async fn raise_via_rest(node: &Switchboard, user: &str, kind: &str) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/alerts", node.http()))
+        .bearer_auth(admin_token())
+        .json(&json!({
+            "user_id": user,
+            "anomaly_type": kind,
+            "severity": "warning",
+            "stream_id": "camera-7",
+            "detection_result": {"score": 0.93, "label": kind},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    response.json().await.unwrap()
+}
+
+/// Sends a ping and returns the next message that is not an alert-free
+/// `pong`... i.e. proves nothing else was queued before the pong.
+async fn nothing_pending(client: &mut Client) {
+    let reply = client.call_any(json!({"type": "ping"})).await;
+    assert_eq!(
+        reply["type"], "pong",
+        "expected nothing but a pong, got {reply}"
+    );
+}
+
+#[tokio::test]
+async fn an_alert_reaches_the_user_and_an_unacked_one_comes_back_on_another_instance() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+
+    let (mut on_a, connected) = alerts(&a, "ada").await;
+    assert_eq!(connected["user_id"], "ada");
+    assert_eq!(connected["pending_alerts"], 0);
+
+    // Raised through instance B, delivered on instance A.
+    let raised = raise_via_rest(&b, "ada", "intrusion").await;
+    let alert = on_a.expect("anomaly_detected").await;
+    assert_eq!(alert["alert_id"], raised["alert_id"]);
+    assert_eq!(alert["user_id"], "ada");
+    assert_eq!(alert["anomaly_type"], "intrusion");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["stream_id"], "camera-7");
+    assert_eq!(
+        alert["detection_result"],
+        json!({"score": 0.93, "label": "intrusion"})
+    );
+    assert_eq!(alert["source"], "api");
+    assert!(alert["raised_at"].as_f64().unwrap() > 1.6e9);
+
+    // Not acknowledged; the user leaves and comes back on B.
+    drop(on_a);
+    let (mut on_b, connected) = alerts(&b, "ada").await;
+    assert_eq!(connected["pending_alerts"], 1);
+    let again = on_b.expect("anomaly_detected").await;
+    assert_eq!(again["alert_id"], raised["alert_id"]);
+
+    // An ack removes it for good.
+    let acked = on_b
+        .call(
+            json!({"type": "ack", "alert_id": raised["alert_id"]}),
+            "ack_confirmed",
+        )
+        .await;
+    assert_eq!(acked["alert_id"], raised["alert_id"]);
+    let unknown = on_b
+        .call(
+            json!({"type": "ack", "alert_id": raised["alert_id"]}),
+            "error",
+        )
+        .await;
+    assert_eq!(unknown["code"], "not_found", "{unknown}");
+    drop(on_b);
+    let (mut on_a, connected) = alerts(&a, "ada").await;
+    assert_eq!(connected["pending_alerts"], 0);
+    nothing_pending(&mut on_a).await;
+}
+
+#[tokio::test]
+async fn alerts_raised_while_the_user_is_offline_wait_for_them() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let first = raise_via_rest(&a, "bob", "fall").await;
+    let second = raise_via_rest(&a, "bob", "smoke").await;
+    raise_via_rest(&a, "carol", "not-for-bob").await;
+
+    let (mut bob, connected) = alerts(&a, "bob").await;
+    assert_eq!(connected["pending_alerts"], 2);
+    assert_eq!(
+        bob.expect("anomaly_detected").await["alert_id"],
+        first["alert_id"]
+    );
+    assert_eq!(
+        bob.expect("anomaly_detected").await["alert_id"],
+        second["alert_id"]
+    );
+    nothing_pending(&mut bob).await;
+}
+
+#[tokio::test]
+async fn a_second_connection_replaces_the_first_across_instances() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let (mut first, first_connected) = alerts(&a, "dan").await;
+    let (mut second, second_connected) = alerts(&b, "dan").await;
+
+    first.expect("connection_replaced").await;
+    let closed = first.expect_close().await;
+    assert_eq!(closed.code, 1000);
+    assert_eq!(closed.reason, "replaced by a newer connection");
+    nothing_pending(&mut second).await;
+
+    let (status, listing) = get_json(&format!(
+        "{}/ws/connections?token={}",
+        a.http(),
+        admin_token()
+    ))
+    .await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(listing["total_connections"], 1);
+    assert_eq!(listing["total_users"], 1);
+    let connection = &listing["connections"][0];
+    assert_eq!(connection["user_id"], "dan");
+    assert_eq!(
+        connection["connection_id"],
+        second_connected["connection_id"]
+    );
+    assert_ne!(
+        connection["connection_id"],
+        first_connected["connection_id"]
+    );
+    assert_eq!(connection["connected"], true);
+    for field in ["connected_at", "last_heartbeat"] {
+        assert!(
+            connection[field].as_str().unwrap().ends_with('Z'),
+            "{field}: {connection}"
+        );
+    }
+    assert!(connection["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(connection["seconds_since_heartbeat"].as_f64().unwrap() >= 0.0);
+
+    let (status, dan) = get_json(&format!(
+        "{}/ws/connections/dan?token={}",
+        b.http(),
+        admin_token()
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(dan["connected"], true);
+    let (_, nobody) = get_json(&format!(
+        "{}/ws/connections/nobody?token={}",
+        b.http(),
+        admin_token()
+    ))
+    .await;
+    assert_eq!(nobody, json!({"user_id": "nobody", "connected": false}));
+}
+
+#[tokio::test]
+async fn a_connection_without_heartbeats_is_closed_and_cleaned_up_everywhere() {
+    let nats = Nats::start();
+    let fast = [
+        "--heartbeat-interval-secs",
+        "0.2",
+        "--heartbeat-timeout-secs",
+        "1",
+    ];
+    let a = node(&nats, &fast);
+    let b = node(&nats, &fast);
+    let (mut silent, _) = alerts(&a, "erin").await;
+    let (mut lively, _) = alerts(&a, "fay").await;
+
+    // The server pings both; only fay answers, for longer than the timeout.
+    let closed = loop {
+        tokio::select! {
+            closed = silent.expect_close() => break closed,
+            ping = lively.expect("ping") => {
+                assert!(ping["timestamp"].is_string());
+                lively.send_json(json!({"type": "pong"})).await;
+            }
+        }
+    };
+    assert_eq!(closed.code, 1001, "{closed:?}");
+    assert_eq!(closed.reason, "no heartbeat for 1 seconds");
+
+    let url = format!("{}/ws/connections/erin?token={}", b.http(), admin_token());
+    eventually("erin to be gone from the registry", || {
+        let url = url.clone();
+        async move { (get_json(&url).await.1["connected"] == false).then_some(()) }
+    })
+    .await;
+    // fay answered every ping and is still connected.
+    let (_, fay) = get_json(&format!(
+        "{}/ws/connections/fay?token={}",
+        b.http(),
+        admin_token()
+    ))
+    .await;
+    assert_eq!(fay["connected"], true);
+    lively.expect("ping").await;
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_1008() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let rsa_public_pem = std::fs::read(key_file("rsa_public.pem")).unwrap();
+    let unsigned = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+        "eyJzdWIiOiJnaWwiLCJleHAiOjk5OTk5OTk5OTl9"
+    );
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no token", None, "missing token"),
+        ("garbage", Some("not-a-jwt".into()), "malformed token"),
+        ("alg none", Some(unsigned), "malformed token"),
+        (
+            "expired",
+            Some(sign_hs256(
+                json!({"sub": "gil", "exp": now() - 3600}),
+                SECRET.as_bytes(),
+            )),
+            "token expired",
+        ),
+        (
+            "wrong HS key",
+            Some(sign_hs256(
+                json!({"sub": "gil", "exp": now() + 60}),
+                b"some-other-secret-0123456789abcdef",
+            )),
+            "invalid token signature",
+        ),
+        (
+            "wrong RSA key",
+            Some(sign_rs256(
+                json!({"sub": "gil", "exp": now() + 60}),
+                "other_rsa_private.pem",
+            )),
+            "invalid token signature",
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            Some(sign_hs256(
+                json!({"sub": "gil", "exp": now() + 60}),
+                &rsa_public_pem,
+            )),
+            "invalid token signature",
+        ),
+        (
+            "another user's token",
+            Some(token("hal")),
+            "token is not for this user",
+        ),
+    ];
+    for (case, token, reason) in cases {
+        let query = token
+            .map(|token| format!("?token={token}"))
+            .unwrap_or_default();
+        let mut client = Client::connect(&a.ws(&format!("/ws/alerts/gil{query}"))).await;
+        let closed = client.expect_close().await;
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (1008, reason),
+            "{case}"
+        );
+    }
+
+    // The good ones: RS256 with the right key, a Bearer header, an admin.
+    let rs256 = sign_rs256(json!({"sub": "gil", "exp": now() + 60}), "rsa_private.pem");
+    let mut client = Client::connect(&a.ws(&format!("/ws/alerts/gil?token={rs256}"))).await;
+    client.expect("connected").await;
+    let mut client =
+        Client::connect(&a.ws(&format!("/ws/alerts/ivy?token={}", admin_token()))).await;
+    client.expect("connected").await;
+
+    // Pinned to RS256 only, an HS256 token is refused for its algorithm,
+    // whatever it is signed with.
+    let rs_only = Switchboard::all(
+        Some(&nats),
+        &[
+            "--jwt-public-key-file",
+            &key_file("rsa_public.pem").display().to_string(),
+            "--jwt-algorithms",
+            "RS256",
+        ],
+    );
+    let confused = sign_hs256(json!({"sub": "gil", "exp": now() + 60}), &rsa_public_pem);
+    let mut client =
+        Client::connect(&rs_only.ws(&format!("/ws/alerts/gil?token={confused}"))).await;
+    let closed = client.expect_close().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (1008, "token algorithm is not accepted")
+    );
+
+    // REST: admin routes want an admin token.
+    let (status, body) = get_json(&format!("{}/ws/connections", a.http())).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, body) = get_json(&format!(
+        "{}/ws/connections?token={}",
+        a.http(),
+        token("gil")
+    ))
+    .await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("admin role required"))
+    );
+}
+
+#[tokio::test]
+async fn bad_messages_get_errors_and_a_flood_is_closed_without_touching_others() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--alerts-rate-limit", "5"]);
+    let (mut jo, _) = alerts(&a, "jo").await;
+    let (mut kim, _) = alerts(&a, "kim").await;
+
+    jo.send_text("ack 42").await;
+    assert_eq!(jo.expect("error").await["code"], "invalid_json");
+    let error = jo.call(json!({"type": "ack"}), "error").await;
+    assert_eq!(error["code"], "invalid_message");
+    let error = jo.call(json!({"type": "dance"}), "error").await;
+    assert_eq!(
+        error["message"],
+        "unknown message type \"dance\"; expected ping, pong or ack"
+    );
+
+    for _ in 0..40 {
+        jo.send_json(json!({"type": "ping"})).await;
+    }
+    let closed = jo.expect_close().await;
+    assert_eq!(closed.code, 1008);
+    assert_eq!(
+        closed.reason,
+        "rate limit exceeded: at most 5 messages per second"
+    );
+    nothing_pending(&mut kim).await;
+}
+
+/// 50 Hz: standing, 0.3 s of free fall, an impact of 4 g, then lying still
+/// on the other side, for long enough that the fall is confirmed.
+fn fall_samples() -> Vec<Value> {
+    let g = 9.81;
+    (0..400)
+        .map(|i| {
+            let t = 1000.0 + f64::from(i) * 0.02;
+            let (x, y, z) = match i {
+                0..100 => (0.0, g, 0.0),
+                100..115 => (0.0, 0.2 * g, 0.0),
+                115..117 => (0.0, 4.0 * g, 0.0),
+                _ => (g, 0.0, 0.0),
+            };
+            json!([t, x, y, z])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fall_in_a_realtime_stream_becomes_an_alert_for_its_user() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let (mut alerts_socket, _) = alerts(&a, "lee").await;
+
+    // The stream is on another instance, authenticated as lee.
+    let mut stream = Client::connect(&b.ws(&format!("/ws/realtime?token={}", token("lee")))).await;
+    let session_id = stream.expect("session_started").await["session_id"].clone();
+    for batch in fall_samples().chunks(25) {
+        stream
+            .call(json!({ "samples": batch }), "step_detection")
+            .await;
+    }
+    let alert = alerts_socket.expect("anomaly_detected").await;
+    assert_eq!(alert["anomaly_type"], "fall");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["stream_id"], session_id);
+    assert_eq!(alert["source"], "detection");
+    let result = &alert["detection_result"];
+    assert_eq!(result["detector"], "fall");
+    assert!(
+        result["impact_magnitude"].as_f64().unwrap() > 3.0 * 9.81,
+        "{result}"
+    );
+    assert!(
+        result["free_fall_seconds"].as_f64().unwrap() >= 0.1,
+        "{result}"
+    );
+
+    // Without a token a session's stream raises nothing for anyone, and a
+    // bad token is refused outright.
+    let mut anonymous = Client::connect(&b.ws("/ws/realtime?user_id=lee")).await;
+    anonymous.expect("session_started").await;
+    for batch in fall_samples().chunks(25) {
+        anonymous
+            .call(json!({ "samples": batch }), "step_detection")
+            .await;
+    }
+    nothing_pending(&mut alerts_socket).await;
+    let mut refused = Client::connect(&b.ws("/ws/realtime?token=nonsense")).await;
+    assert_eq!(refused.expect_close().await.code, 1008);
+}
