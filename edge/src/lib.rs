@@ -11,6 +11,8 @@
 //! - [`realtime`]: `/ws/realtime`, seed 000's step-detection sessions.
 //! - [`alerts`]: `/ws/alerts/{user_id}`, seed 002's per-user alerts, and
 //!   their admin routes.
+//! - [`pressure`]: seed 001's pressure-frame streaming over Socket.IO and
+//!   `/ws/pressure`, workout rooms across instances, `/api/workouts`.
 //! - [`auth`]: JWT verification.
 //! - [`socket`]: what the WebSocket endpoints share.
 //! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
@@ -21,6 +23,7 @@ pub mod alerts;
 pub mod auth;
 pub mod control;
 pub mod error;
+pub mod pressure;
 pub mod realtime;
 pub mod rest;
 pub mod settings;
@@ -60,12 +63,21 @@ pub enum EdgeError {
 }
 
 /// What every handler shares: cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EdgeState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for EdgeState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EdgeState")
+            .field("edge_id", &self.inner.edge_id)
+            .field("sockets", &self.inner.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     /// This instance's id: the registry records it so control messages for
     /// a session reach the edge holding its socket.
@@ -79,6 +91,10 @@ struct Inner {
     /// `None` when no JWT key is configured: token-protected endpoints then
     /// refuse everyone.
     authenticator: Option<auth::Authenticator>,
+    /// Workout rooms with members here.
+    rooms: Arc<pressure::rooms::Rooms>,
+    /// The Socket.IO layer on `/socket.io/`.
+    socketio: socketioxide::layer::SocketIoLayer,
 }
 
 impl EdgeState {
@@ -95,7 +111,11 @@ impl EdgeState {
             tracing::warn!("no JWT key configured: token-protected endpoints refuse every client");
         }
         let alerts = bus.mailbox(subjects::ALERTS_MAILBOX).await?;
-        Ok(Self {
+        let (socketio, io) = socketioxide::SocketIo::builder()
+            .max_payload(settings.max_message_bytes as u64)
+            .build_layer();
+        let rooms = Arc::new(pressure::rooms::Rooms::new(bus.clone(), io.clone()));
+        let state = Self {
             inner: Arc::new(Inner {
                 edge_id: uuid::Uuid::new_v4().simple().to_string(),
                 settings,
@@ -104,8 +124,16 @@ impl EdgeState {
                 sockets: Arc::default(),
                 alerts,
                 authenticator,
+                rooms,
+                socketio,
             }),
-        })
+        };
+        pressure::socketio::register(&io, state.clone());
+        Ok(state)
+    }
+
+    pub fn rooms(&self) -> &Arc<pressure::rooms::Rooms> {
+        &self.inner.rooms
     }
 
     /// Verifies a token with the configured keys.
@@ -172,6 +200,13 @@ pub fn app(state: EdgeState) -> Router {
             "/api/alerts",
             axum::routing::post(alerts::rest::raise_alert),
         )
+        .route("/ws/pressure", get(pressure::websocket::upgrade))
+        .route("/api/workouts/{workout_id}", get(pressure::rest::workout))
+        .route(
+            "/api/workouts/{workout_id}/frames",
+            get(pressure::rest::frames).post(pressure::rest::post_frame),
+        )
+        .layer(state.inner.socketio.clone())
         .with_state(state)
 }
 

@@ -11,11 +11,13 @@
 //! - [`KeyValue`]: get / create / compare-and-swap update / delete, the
 //!   operations the registry and the counters need, with the same semantics
 //!   in both modes (revisions, conflicts).
+//! - [`Log`]: append-only per-key logs that lose nothing (frames).
 //! - [`Mailbox`]: per-owner messages kept until removed (alerts until
 //!   acknowledged), read as backlog then live.
 //! - [`subjects`]: every subject name, in one place.
 
 mod local;
+pub mod log;
 pub mod mailbox;
 
 use std::fmt::Display;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 pub use local::LocalBus;
+pub use log::Log;
 pub use mailbox::{Letter, Mailbox, MailboxReader};
 
 /// How long a call to NATS may take before the bus reports it failed, so a
@@ -50,6 +53,9 @@ pub enum BusError {
     /// existed, for a create): read again and retry.
     #[error("revision conflict on key {0}")]
     Conflict(String),
+    /// An in-process store reached its memory bound.
+    #[error("store full: {0}")]
+    Full(String),
 }
 
 fn nats_error(error: impl Display) -> BusError {
@@ -157,6 +163,16 @@ impl Bus {
                     })
             }
             Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
+        }
+    }
+
+    /// Opens (creating when needed) the log `name`.
+    pub async fn log(&self, name: &str) -> Result<Log, BusError> {
+        match self {
+            Bus::Nats(nats) => Ok(Log::Nats(Box::new(
+                log::NatsLog::open(&nats.jetstream, name).await?,
+            ))),
+            Bus::Local(local) => Ok(Log::Local(local.log(name))),
         }
     }
 
@@ -349,6 +365,7 @@ impl From<BusError> for tonic::Status {
         match error {
             BusError::Nats(_) => tonic::Status::unavailable(error.to_string()),
             BusError::Conflict(_) => tonic::Status::aborted(error.to_string()),
+            BusError::Full(_) => tonic::Status::resource_exhausted(error.to_string()),
         }
     }
 }

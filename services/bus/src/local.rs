@@ -24,6 +24,7 @@ struct LocalInner {
     subscribers: Mutex<Vec<LocalSubscriber>>,
     buckets: Mutex<HashMap<String, LocalKeyValue>>,
     mailboxes: Mutex<HashMap<String, crate::mailbox::LocalMailbox>>,
+    logs: Mutex<HashMap<String, crate::log::LocalLog>>,
 }
 
 #[derive(Debug)]
@@ -78,6 +79,13 @@ impl LocalBus {
             sender,
         });
         receiver
+    }
+
+    pub(crate) fn log(&self, name: &str) -> crate::log::LocalLog {
+        lock(&self.inner.logs)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn mailbox(&self, name: &str) -> crate::mailbox::LocalMailbox {

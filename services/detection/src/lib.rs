@@ -2,7 +2,10 @@
 //!
 //! - [`steps`]: the step detector (Oxford step counter's windowed peak
 //!   detection), pure and synchronous.
-//! - [`fall`]: the fall detector (free fall, then impact), pure.
+//! - [`fall`]: the fall detector (free fall, then an impact, confirmed by
+//!   stillness in a new orientation: reported 2.5 s after the impact), pure.
+//! - [`pressure`]: statistics of a pressure frame and the abnormal-peak
+//!   monitor, pure.
 //! - [`alerts`]: anomalies for a user, stored until acknowledged.
 //! - [`serve`]: the gRPC server. `StreamSteps` is one bidirectional stream
 //!   per live session; the detector's state lives with the stream, so any
@@ -15,6 +18,7 @@
 
 pub mod alerts;
 pub mod fall;
+pub mod pressure;
 pub mod steps;
 
 use std::future::Future;
@@ -26,13 +30,15 @@ use switchboard_proto::server;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
 use switchboard_proto::v1::{
     AccelSample, AckAlertRequest, AckAlertResponse, Alert, CountStepsRequest, CountStepsResponse,
-    ListAlertsRequest, ListAlertsResponse, Observation, RaiseAlertRequest, StepReply, StepRequest,
+    FrameReply, FrameRequest, FrameStats, ListAlertsRequest, ListAlertsResponse, Observation,
+    RaiseAlertRequest, StepReply, StepRequest,
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use alerts::Alerts;
 use fall::{Fall, FallConfig, FallDetector};
+use pressure::{PeakAnomaly, PeakMonitor, PeakMonitorConfig};
 use steps::{DetectorConfig, StepDetector};
 
 /// Why the detection service could not run.
@@ -138,6 +144,83 @@ impl SessionDetectors {
     }
 }
 
+/// The statistics of a frame, or why it is refused.
+fn analyse(request: &FrameRequest) -> Result<pressure::FrameStats, String> {
+    let matrix: Vec<Vec<f64>> = request
+        .matrix
+        .iter()
+        .map(|row| row.values.clone())
+        .collect();
+    pressure::frame_stats(&matrix, pressure::DEFAULT_CONTACT_THRESHOLD)
+        .map_err(|error| error.to_string())
+}
+
+fn to_proto(stats: &pressure::FrameStats) -> FrameStats {
+    let as_u32 = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+    FrameStats {
+        rows: as_u32(stats.rows),
+        columns: as_u32(stats.columns),
+        total_pressure: stats.total_pressure,
+        mean_pressure: stats.mean_pressure,
+        peak_pressure: stats.peak_pressure,
+        peak_row: as_u32(stats.peak_row),
+        peak_column: as_u32(stats.peak_column),
+        contact_cells: as_u32(stats.contact_cells),
+        contact_area_ratio: stats.contact_area_ratio,
+        center_row: stats.center_of_pressure.map(|(row, _)| row),
+        center_column: stats.center_of_pressure.map(|(_, column)| column),
+        left_right_balance: stats.left_right_balance,
+        front_back_balance: stats.front_back_balance,
+    }
+}
+
+/// The detectors of one stream of pressure frames.
+struct FrameDetectors {
+    peaks: PeakMonitor,
+    alerts: Alerts,
+}
+
+impl FrameDetectors {
+    async fn frame(&mut self, request: FrameRequest) -> Result<FrameReply, Status> {
+        let stats = match analyse(&request) {
+            Ok(stats) => stats,
+            Err(error) => {
+                return Ok(FrameReply {
+                    error,
+                    ..Default::default()
+                });
+            }
+        };
+        let mut alert_ids = Vec::new();
+        if let Some(anomaly) = self.peaks.observe(&stats)
+            && !request.user_id.is_empty()
+        {
+            let alert = self.alerts.raise(peak_alert(&request, &anomaly)).await?;
+            alert_ids.push(alert.alert_id);
+        }
+        Ok(FrameReply {
+            stats: Some(to_proto(&stats)),
+            error: String::new(),
+            alert_ids,
+        })
+    }
+}
+
+fn peak_alert(request: &FrameRequest, anomaly: &PeakAnomaly) -> RaiseAlertRequest {
+    let result = format!(
+        r#"{{"detector":"pressure_peak","peak_pressure":{},"baseline":{},"threshold":{},"row":{},"column":{}}}"#,
+        anomaly.peak_pressure, anomaly.baseline, anomaly.threshold, anomaly.row, anomaly.column
+    );
+    RaiseAlertRequest {
+        user_id: request.user_id.clone(),
+        anomaly_type: "pressure_peak".to_owned(),
+        severity: "warning".to_owned(),
+        stream_id: request.workout_id.clone(),
+        detection_result_json: result,
+        source: "detection".to_owned(),
+    }
+}
+
 fn fall_alert(request: &StepRequest, fall: &Fall) -> RaiseAlertRequest {
     let result = format!(
         r#"{{"detector":"fall","at":{},"free_fall_seconds":{},"min_magnitude":{},"impact_magnitude":{},"confidence":{}}}"#,
@@ -154,10 +237,46 @@ fn fall_alert(request: &StepRequest, fall: &Fall) -> RaiseAlertRequest {
 }
 
 type StepReplies = Pin<Box<dyn Stream<Item = Result<StepReply, Status>> + Send>>;
+type FrameReplies = Pin<Box<dyn Stream<Item = Result<FrameReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl DetectionService for Detection {
     type StreamStepsStream = StepReplies;
+    type StreamFramesStream = FrameReplies;
+
+    async fn stream_frames(
+        &self,
+        request: Request<Streaming<FrameRequest>>,
+    ) -> Result<Response<Self::StreamFramesStream>, Status> {
+        let detectors = FrameDetectors {
+            peaks: PeakMonitor::new(PeakMonitorConfig::default()),
+            alerts: self.alerts.clone(),
+        };
+        let replies = futures::stream::unfold(
+            (request.into_inner(), detectors),
+            |(mut requests, mut detectors)| async move {
+                let reply = match requests.next().await? {
+                    Ok(request) => detectors.frame(request).await,
+                    Err(status) => Err(status),
+                };
+                Some((reply, (requests, detectors)))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn analyze_frame(
+        &self,
+        request: Request<FrameRequest>,
+    ) -> Result<Response<FrameReply>, Status> {
+        match analyse(request.get_ref()) {
+            Ok(stats) => Ok(Response::new(FrameReply {
+                stats: Some(to_proto(&stats)),
+                ..Default::default()
+            })),
+            Err(error) => Err(Status::invalid_argument(error)),
+        }
+    }
 
     async fn stream_steps(
         &self,

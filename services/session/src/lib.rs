@@ -15,6 +15,9 @@
 //! - [`SessionSettings`]: the timeout and how often to sweep.
 //! - [`serve`]: the gRPC server, with health and reflection.
 //! - [`Registry`]: the operations themselves, usable without gRPC.
+//! - [`workouts`]: seed 001's workout rooms: every frame stored, then counted.
+
+pub mod workouts;
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,9 +29,10 @@ use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
     CloseSessionRequest, CountSessionsRequest, CountSessionsResponse, GetSessionRequest,
-    LimitPolicy, ListSessionsRequest, ListSessionsResponse, OpenSessionRequest,
-    RecordActivityRequest, ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
-    UserSessions,
+    GetWorkoutRequest, LimitPolicy, ListFramesRequest, ListFramesResponse, ListSessionsRequest,
+    ListSessionsResponse, OpenSessionRequest, RecordActivityRequest, RecordFrameRequest,
+    RecordFrameResponse, ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
+    UserSessions, Workout,
 };
 use switchboard_proto::{server, unix_now};
 use tokio::net::TcpListener;
@@ -117,6 +121,7 @@ pub async fn serve(
 /// The registry's operations over the `sessions` bucket.
 #[derive(Clone, Debug)]
 pub struct Registry {
+    workouts: workouts::Workouts,
     sessions: KeyValue,
     user_index: KeyValue,
     bus: Bus,
@@ -167,6 +172,7 @@ impl Registry {
             return Err(SessionError::InvalidTimeout(timeout));
         }
         Ok(Self {
+            workouts: workouts::Workouts::open(&bus).await?,
             sessions: bus.key_value(BUCKET).await?,
             user_index: bus.key_value(USER_INDEX_BUCKET).await?,
             bus,
@@ -540,6 +546,38 @@ impl SessionService for Registry {
             request.reason
         };
         Registry::terminate_session(self, &request.session_id, reason)
+            .await
+            .map(Response::new)
+    }
+
+    async fn record_frame(
+        &self,
+        request: Request<RecordFrameRequest>,
+    ) -> Result<Response<RecordFrameResponse>, Status> {
+        let frame = request
+            .into_inner()
+            .frame
+            .ok_or_else(|| Status::invalid_argument("frame is required"))?;
+        self.workouts.record_frame(frame).await.map(Response::new)
+    }
+
+    async fn get_workout(
+        &self,
+        request: Request<GetWorkoutRequest>,
+    ) -> Result<Response<Workout>, Status> {
+        self.workouts
+            .workout(&request.into_inner().workout_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_frames(
+        &self,
+        request: Request<ListFramesRequest>,
+    ) -> Result<Response<ListFramesResponse>, Status> {
+        let request = request.into_inner();
+        self.workouts
+            .frames(&request.workout_id, request.after_sequence, request.limit)
             .await
             .map(Response::new)
     }

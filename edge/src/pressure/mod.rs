@@ -1,0 +1,546 @@
+//! Pressure-frame streaming (seed 001), over Socket.IO and plain WebSocket.
+//!
+//! Clients join a workout's room, send frames to it, and leave. Each frame
+//! is analysed on the detection stream this connection holds for that
+//! workout (statistics, and the abnormal-peak monitor), stored and counted
+//! by the session service, and only then published to the room as
+//! `frame_processed`, which every member on every edge receives. So an
+//! acknowledged frame is never lost, and counts are per workout across the
+//! cluster.
+//!
+//! - [`PressureConnection`]: what one client connection does, whatever its
+//!   transport.
+//! - [`websocket`]: `/ws/pressure`, JSON with an `action` field.
+//! - [`socketio`]: Socket.IO v4 on `/socket.io/`, the seed's own events.
+//! - [`rooms`]: rooms across instances, over NATS.
+//! - [`rest`]: `/api/workouts/{id}`, its frames, and `POST` for HTTP clients.
+
+pub mod rest;
+pub mod rooms;
+pub mod socketio;
+pub mod websocket;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use switchboard_proto::unix_now;
+use switchboard_proto::v1::{
+    FrameReply, FrameRequest, FrameStats, MatrixRow, PressureFrame, RecordFrameRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::EdgeState;
+use crate::error::ClientError;
+use rooms::{Member, Membership};
+
+/// Rooms one connection may be in at once.
+pub const MAX_JOINED_WORKOUTS: usize = 16;
+/// Longest workout id.
+pub const MAX_WORKOUT_ID_BYTES: usize = 128;
+/// Largest `nodes` value, serialised.
+pub const MAX_NODES_BYTES: usize = 16 * 1024;
+/// Most rows and columns of a matrix (the detection service checks it too).
+pub const MAX_MATRIX_SIDE: usize = 64;
+
+/// Statistics of a frame, as clients see them.
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    rows: u32,
+    columns: u32,
+    total_pressure: f64,
+    mean_pressure: f64,
+    peak_pressure: f64,
+    peak_row: u32,
+    peak_column: u32,
+    contact_cells: u32,
+    contact_area_ratio: f64,
+    center_of_pressure: Option<Point>,
+    left_right_balance: Option<f64>,
+    front_back_balance: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Point {
+    row: f64,
+    column: f64,
+}
+
+impl From<&FrameStats> for StatsView {
+    fn from(stats: &FrameStats) -> Self {
+        Self {
+            rows: stats.rows,
+            columns: stats.columns,
+            total_pressure: stats.total_pressure,
+            mean_pressure: stats.mean_pressure,
+            peak_pressure: stats.peak_pressure,
+            peak_row: stats.peak_row,
+            peak_column: stats.peak_column,
+            contact_cells: stats.contact_cells,
+            contact_area_ratio: stats.contact_area_ratio,
+            center_of_pressure: stats
+                .center_row
+                .zip(stats.center_column)
+                .map(|(row, column)| Point { row, column }),
+            left_right_balance: stats.left_right_balance,
+            front_back_balance: stats.front_back_balance,
+        }
+    }
+}
+
+/// What the server sends; `type` is the Socket.IO event name.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outbound {
+    SessionJoined {
+        workout_id: String,
+        status: &'static str,
+    },
+    FrameProcessed {
+        workout_id: String,
+        stats: StatsView,
+        frame_count: u64,
+        /// The frame's own timestamp, as the client sent it.
+        timestamp: Value,
+        sequence: u64,
+    },
+    SessionEnded {
+        workout_id: String,
+    },
+    Error {
+        message: String,
+        code: &'static str,
+    },
+}
+
+impl Outbound {
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Outbound::SessionJoined { .. } => "session_joined",
+            Outbound::FrameProcessed { .. } => "frame_processed",
+            Outbound::SessionEnded { .. } => "session_ended",
+            Outbound::Error { .. } => "error",
+        }
+    }
+
+    pub fn error(error: &ClientError) -> Self {
+        Outbound::Error {
+            message: error.to_string(),
+            code: error.code(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("outbound messages always serialize")
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ClientError {
+    ClientError::InvalidMessage(message.into())
+}
+
+/// The `workout_id` of a client message.
+fn workout_id(data: &Value) -> Result<String, ClientError> {
+    match data.get("workout_id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_WORKOUT_ID_BYTES => {
+            Ok(id.clone())
+        }
+        Some(Value::String(_)) => Err(invalid(format!(
+            "workout_id must be 1 to {MAX_WORKOUT_ID_BYTES} bytes"
+        ))),
+        // Numbers are common workout ids; accept them as their text.
+        Some(Value::Number(number)) => Ok(number.to_string()),
+        Some(_) => Err(invalid("workout_id must be a string")),
+        None => Err(invalid("missing workout_id")),
+    }
+}
+
+/// A matrix as JSON (rows of numbers) to rows for the detection service.
+/// Shape and value rules beyond types are the detection service's.
+fn matrix(data: &Value) -> Result<Vec<MatrixRow>, ClientError> {
+    let rows = match data.get("matrix") {
+        Some(Value::Array(rows)) => rows,
+        Some(_) => return Err(invalid("matrix must be an array of rows")),
+        None => return Err(invalid("missing matrix")),
+    };
+    if rows.len() > MAX_MATRIX_SIDE {
+        return Err(invalid(format!(
+            "matrix has {} rows; at most {MAX_MATRIX_SIDE}",
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(row_index, row)| {
+            let cells = row.as_array().ok_or_else(|| {
+                invalid(format!("matrix[{row_index}] must be an array of numbers"))
+            })?;
+            if cells.len() > MAX_MATRIX_SIDE {
+                return Err(invalid(format!(
+                    "matrix[{row_index}] has {} values; at most {MAX_MATRIX_SIDE}",
+                    cells.len()
+                )));
+            }
+            let values = cells
+                .iter()
+                .enumerate()
+                .map(|(column, cell)| {
+                    cell.as_f64().ok_or_else(|| {
+                        invalid(format!("matrix[{row_index}][{column}] must be a number"))
+                    })
+                })
+                .collect::<Result<Vec<f64>, _>>()?;
+            Ok(MatrixRow { values })
+        })
+        .collect()
+}
+
+/// A frame as a client sends it, checked for types and sizes.
+pub struct FrameInput {
+    pub workout_id: String,
+    pub matrix: Vec<MatrixRow>,
+    pub nodes_json: String,
+    /// The client's timestamp as it sent it (the edge's clock when absent).
+    pub timestamp: Value,
+}
+
+impl FrameInput {
+    pub fn parse(data: &Value) -> Result<Self, ClientError> {
+        let nodes_json = match data.get("nodes") {
+            None | Some(Value::Null) => String::new(),
+            Some(nodes) => {
+                let text = nodes.to_string();
+                if text.len() > MAX_NODES_BYTES {
+                    return Err(invalid(format!(
+                        "nodes is larger than {MAX_NODES_BYTES} bytes"
+                    )));
+                }
+                text
+            }
+        };
+        let timestamp = match data.get("timestamp") {
+            None | Some(Value::Null) => Value::from(unix_now()),
+            Some(Value::Number(number)) if number.as_f64().is_some_and(f64::is_finite) => {
+                Value::Number(number.clone())
+            }
+            Some(_) => return Err(invalid("timestamp must be a number")),
+        };
+        Ok(Self {
+            workout_id: workout_id(data)?,
+            matrix: matrix(data)?,
+            nodes_json,
+            timestamp,
+        })
+    }
+
+    /// The frame to store, once analysed.
+    pub fn into_frame(self, stats: FrameStats, user_id: String) -> (PressureFrame, Value) {
+        let frame = PressureFrame {
+            workout_id: self.workout_id,
+            timestamp: self.timestamp.as_f64().unwrap_or_default(),
+            matrix: self.matrix,
+            nodes_json: self.nodes_json,
+            stats: Some(stats),
+            received_at: unix_now(),
+            user_id,
+            sequence: 0,
+        };
+        (frame, self.timestamp)
+    }
+}
+
+/// The detection stream of one joined workout.
+struct FrameStream {
+    requests: mpsc::Sender<FrameRequest>,
+    replies: Streaming<FrameReply>,
+}
+
+/// One joined workout.
+struct Joined {
+    _membership: Membership,
+    detection: Option<FrameStream>,
+}
+
+/// One client connection's pressure streaming, whatever its transport.
+pub struct PressureConnection {
+    state: EdgeState,
+    user_id: String,
+    /// Proven by a token: only then do abnormal peaks raise alerts.
+    authenticated: bool,
+    joined: HashMap<String, Joined>,
+}
+
+/// Who a pressure connection is.
+pub struct PressureUser {
+    pub user_id: String,
+    pub authenticated: bool,
+}
+
+impl PressureUser {
+    /// The user a request's token names, or an anonymous one without a
+    /// token; a bad token is an error.
+    pub fn from_token(
+        state: &EdgeState,
+        token: Option<&str>,
+    ) -> Result<Self, crate::auth::AuthError> {
+        match token {
+            Some(token) => state.authenticate(token).map(|identity| Self {
+                user_id: identity.user_id,
+                authenticated: true,
+            }),
+            None => Ok(Self {
+                user_id: "anonymous".to_owned(),
+                authenticated: false,
+            }),
+        }
+    }
+}
+
+impl PressureConnection {
+    pub fn new(state: EdgeState, user: PressureUser) -> Self {
+        Self {
+            state,
+            user_id: user.user_id,
+            authenticated: user.authenticated,
+            joined: HashMap::new(),
+        }
+    }
+
+    /// `join_session`: enter the workout's room.
+    pub async fn join(
+        &mut self,
+        data: &Value,
+        member: impl FnOnce(&str) -> Member,
+    ) -> Result<Outbound, ClientError> {
+        let workout_id = workout_id(data)?;
+        if !self.joined.contains_key(&workout_id) {
+            if self.joined.len() >= MAX_JOINED_WORKOUTS {
+                return Err(invalid(format!(
+                    "a connection joins at most {MAX_JOINED_WORKOUTS} workouts"
+                )));
+            }
+            let membership = self
+                .state
+                .rooms()
+                .join(&workout_id, member(&workout_id))
+                .await
+                .map_err(|error| ClientError::Unavailable {
+                    service: "rooms",
+                    detail: error.to_string(),
+                })?;
+            self.joined.insert(
+                workout_id.clone(),
+                Joined {
+                    _membership: membership,
+                    detection: None,
+                },
+            );
+            tracing::info!(workout_id = %workout_id, "joined workout");
+        }
+        Ok(Outbound::SessionJoined {
+            workout_id,
+            status: "joined",
+        })
+    }
+
+    /// `leave_session`: leave the room (no error when not in it).
+    pub fn leave(&mut self, data: &Value) -> Result<Outbound, ClientError> {
+        let workout_id = workout_id(data)?;
+        if self.joined.remove(&workout_id).is_some() {
+            tracing::info!(workout_id = %workout_id, "left workout");
+        }
+        Ok(Outbound::SessionEnded { workout_id })
+    }
+
+    /// The workouts this connection is in.
+    pub fn joined(&self) -> impl Iterator<Item = &str> {
+        self.joined.keys().map(String::as_str)
+    }
+
+    /// `pressure_frame`: analyse, store, count, then tell the room.
+    pub async fn frame(&mut self, data: &Value) -> Result<(), ClientError> {
+        let workout_id = workout_id(data)?;
+        if !self.joined.contains_key(&workout_id) {
+            return Err(invalid(format!(
+                "not joined to workout {workout_id}: send join_session first"
+            )));
+        }
+        let input = FrameInput::parse(data)?;
+        let request = FrameRequest {
+            workout_id: workout_id.clone(),
+            user_id: if self.authenticated {
+                self.user_id.clone()
+            } else {
+                String::new()
+            },
+            matrix: input.matrix.clone(),
+        };
+        let reply = self.detect(&workout_id, request).await?;
+        if !reply.error.is_empty() {
+            return Err(invalid(reply.error));
+        }
+        let (frame, timestamp) =
+            input.into_frame(reply.stats.unwrap_or_default(), self.user_id.clone());
+        record_and_publish(&self.state, frame, timestamp).await
+    }
+
+    /// Sends a frame on the workout's detection stream (opening it when
+    /// needed) and waits, bounded, for its reply.
+    async fn detect(
+        &mut self,
+        workout_id: &str,
+        request: FrameRequest,
+    ) -> Result<FrameReply, ClientError> {
+        let unavailable = |detail: &str| ClientError::Unavailable {
+            service: "detection",
+            detail: detail.to_owned(),
+        };
+        let deadline = self.state.settings().grpc_timeout();
+        let joined = self
+            .joined
+            .get_mut(workout_id)
+            .expect("checked by the caller");
+        if joined.detection.is_none() {
+            let (requests, outgoing) = mpsc::channel(4);
+            let opened = tokio::time::timeout(
+                deadline,
+                self.state
+                    .backends()
+                    .detection
+                    .clone()
+                    .stream_frames(ReceiverStream::new(outgoing)),
+            )
+            .await
+            .map_err(|_| unavailable("timed out opening the frame stream"))?
+            .map_err(|status| ClientError::from_status("detection", status))?;
+            joined.detection = Some(FrameStream {
+                requests,
+                replies: opened.into_inner(),
+            });
+        }
+        let stream = joined.detection.as_mut().expect("opened above");
+        let outcome = async {
+            stream
+                .requests
+                .send(request)
+                .await
+                .map_err(|_| unavailable("frame stream closed"))?;
+            match tokio::time::timeout(deadline, stream.replies.message()).await {
+                Ok(Ok(Some(reply))) => Ok(reply),
+                Ok(Ok(None)) => Err(unavailable("frame stream ended")),
+                Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
+                Err(_) => Err(unavailable("no reply within the deadline")),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            joined.detection = None;
+        }
+        outcome
+    }
+}
+
+/// Stores and counts an analysed frame, then publishes `frame_processed`
+/// to its room: the one path every frame takes, from any transport.
+pub async fn record_and_publish(
+    state: &EdgeState,
+    frame: PressureFrame,
+    timestamp: Value,
+) -> Result<(), ClientError> {
+    let recorded = record(state, frame).await?;
+    publish(state, recorded, timestamp).await
+}
+
+/// A frame once stored.
+pub struct Recorded {
+    pub workout_id: String,
+    pub stats: FrameStats,
+    pub frame_count: u64,
+    pub sequence: u64,
+}
+
+pub async fn record(state: &EdgeState, frame: PressureFrame) -> Result<Recorded, ClientError> {
+    let workout_id = frame.workout_id.clone();
+    let stats = frame.stats.unwrap_or_default();
+    let recorded = state
+        .backends()
+        .session
+        .clone()
+        .record_frame(RecordFrameRequest { frame: Some(frame) })
+        .await
+        .map_err(|status| ClientError::from_status("session", status))?
+        .into_inner();
+    Ok(Recorded {
+        workout_id,
+        stats,
+        frame_count: recorded.frame_count,
+        sequence: recorded.sequence,
+    })
+}
+
+pub async fn publish(
+    state: &EdgeState,
+    recorded: Recorded,
+    timestamp: Value,
+) -> Result<(), ClientError> {
+    let event = Outbound::FrameProcessed {
+        workout_id: recorded.workout_id.clone(),
+        stats: StatsView::from(&recorded.stats),
+        frame_count: recorded.frame_count,
+        timestamp,
+        sequence: recorded.sequence,
+    };
+    state
+        .rooms()
+        .publish(&recorded.workout_id, event.to_json())
+        .await
+        .map_err(|error| ClientError::Unavailable {
+            service: "rooms",
+            detail: error.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn workout_ids_and_matrices_are_checked_for_type() {
+        assert_eq!(workout_id(&json!({"workout_id": "w1"})).unwrap(), "w1");
+        assert_eq!(workout_id(&json!({"workout_id": 42})).unwrap(), "42");
+        assert_eq!(
+            workout_id(&json!({})).unwrap_err().to_string(),
+            "missing workout_id"
+        );
+        assert_eq!(
+            workout_id(&json!({"workout_id": ["x"]}))
+                .unwrap_err()
+                .to_string(),
+            "workout_id must be a string"
+        );
+        let rows = matrix(&json!({"matrix": [[1, 2], [3.5, 4]]})).unwrap();
+        assert_eq!(rows[1].values, vec![3.5, 4.0]);
+        assert_eq!(
+            matrix(&json!({"matrix": [[1, "2"]]}))
+                .unwrap_err()
+                .to_string(),
+            "matrix[0][1] must be a number"
+        );
+        assert_eq!(
+            matrix(&json!({"matrix": [1, 2]})).unwrap_err().to_string(),
+            "matrix[0] must be an array of numbers"
+        );
+        assert_eq!(
+            matrix(&json!({})).unwrap_err().to_string(),
+            "missing matrix"
+        );
+        let tall = json!({"matrix": vec![vec![0]; 65]});
+        assert_eq!(
+            matrix(&tall).unwrap_err().to_string(),
+            "matrix has 65 rows; at most 64"
+        );
+    }
+}

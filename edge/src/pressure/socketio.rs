@@ -1,0 +1,118 @@
+//! Socket.IO v4 on `/socket.io/` (websocket and polling transports), so the
+//! seed's own front end and its `socket.io-client` work unchanged: events
+//! `join_session`, `pressure_frame`, `leave_session` in;
+//! `session_joined`, `frame_processed`, `session_ended`, `error` out.
+//!
+//! socketioxide runs each event handler as its own task; every socket's
+//! events are funnelled, in order, into one task that owns the socket's
+//! [`PressureConnection`], through a bounded inbox (a client that floods it
+//! gets an `error` per dropped event, never unbounded memory).
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, SocketRef};
+use tokio::sync::mpsc;
+
+use super::rooms::{Member, socketio_room};
+use super::{Outbound, PressureConnection, PressureUser};
+use crate::EdgeState;
+
+/// Events queued per socket before new ones are refused.
+pub const INBOX: usize = 32;
+
+const EVENTS: [&str; 3] = ["join_session", "pressure_frame", "leave_session"];
+
+/// One event from a socket, for its connection task.
+struct Command {
+    event: &'static str,
+    data: Value,
+}
+
+/// Registers the default namespace's handlers.
+pub fn register(io: &SocketIo, state: EdgeState) {
+    io.ns("/", move |socket: SocketRef| {
+        let state = state.clone();
+        async move { on_connect(socket, state) }
+    });
+}
+
+fn token_of(socket: &SocketRef) -> Option<String> {
+    let query = socket.req_parts().uri.query()?;
+    query.split('&').find_map(|pair| {
+        pair.strip_prefix("token=")
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+fn emit(socket: &SocketRef, message: &Outbound) {
+    if let Err(error) = socket.emit(message.event_name(), message) {
+        tracing::debug!(%error, "socket.io emit failed");
+    }
+}
+
+fn on_connect(socket: SocketRef, state: EdgeState) {
+    let user = match PressureUser::from_token(&state, token_of(&socket).as_deref()) {
+        Ok(user) => user,
+        Err(reason) => {
+            let _ = socket.emit(
+                "error",
+                &json!({ "message": reason.to_string(), "code": "unauthorized" }),
+            );
+            let _ = socket.clone().disconnect();
+            return;
+        }
+    };
+    let (inbox, commands) = mpsc::channel(INBOX);
+    tokio::spawn(serve(socket.clone(), state, user, commands));
+    for event in EVENTS {
+        let inbox = inbox.clone();
+        socket.on(event, move |socket: SocketRef, Data(data): Data<Value>| {
+            let inbox = inbox.clone();
+            async move {
+                if inbox.try_send(Command { event, data }).is_err() {
+                    let busy = json!({ "message": "too many messages in flight; slow down", "code": "busy" });
+                    let _ = socket.emit("error", &busy);
+                }
+            }
+        });
+    }
+}
+
+/// The socket's connection task: its events, one at a time, in order. It
+/// ends when the socket is gone (its handlers, holding the inbox, are
+/// dropped with it).
+async fn serve(
+    socket: SocketRef,
+    state: EdgeState,
+    user: PressureUser,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut connection = PressureConnection::new(state, user);
+    while let Some(Command { event, data }) = commands.recv().await {
+        if !socket.connected() {
+            break;
+        }
+        let outcome = match event {
+            "join_session" => connection
+                .join(&data, |workout_id| {
+                    socket.join(socketio_room(workout_id));
+                    Member::SocketIo
+                })
+                .await
+                .map(Some),
+            "pressure_frame" => connection.frame(&data).await.map(|()| None),
+            _ => connection.leave(&data).map(|ended| {
+                if let Outbound::SessionEnded { workout_id } = &ended {
+                    socket.leave(socketio_room(workout_id));
+                }
+                Some(ended)
+            }),
+        };
+        match outcome {
+            Ok(Some(reply)) => emit(&socket, &reply),
+            Ok(None) => {}
+            Err(error) => emit(&socket, &Outbound::error(&error)),
+        }
+    }
+}
