@@ -479,3 +479,31 @@ async fn a_fall_in_a_realtime_stream_becomes_an_alert_for_its_user() {
     let mut refused = Client::connect(&b.ws("/ws/realtime?token=nonsense")).await;
     assert_eq!(refused.expect_close().await.code, 1008);
 }
+
+#[tokio::test]
+async fn an_abnormal_pressure_peak_becomes_an_alert_for_its_user() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let (mut alerts_socket, _) = alerts(&a, "mo").await;
+
+    let mut stream = Client::connect(&b.ws(&format!("/ws/pressure?token={}", token("mo")))).await;
+    stream
+        .call(json!({"action": "join_session", "workout_id": "run-1"}), "session_joined")
+        .await;
+    let send = |peak: u32| json!({"action": "pressure_frame", "workout_id": "run-1", "matrix": [[1, 2], [peak, 1]]});
+    // A steady stream long enough to learn what normal is...
+    for _ in 0..30 {
+        stream.call(send(3), "frame_processed").await;
+    }
+    nothing_pending(&mut alerts_socket).await;
+    // ...then a peak three times the usual.
+    stream.call(send(9), "frame_processed").await;
+    let alert = alerts_socket.expect("anomaly_detected").await;
+    assert_eq!(alert["anomaly_type"], "pressure_peak");
+    assert_eq!(alert["stream_id"], "run-1");
+    let result = &alert["detection_result"];
+    assert_eq!(result["peak_pressure"], 9.0);
+    assert_eq!((result["row"].as_u64(), result["column"].as_u64()), (Some(1), Some(0)));
+    assert!(result["baseline"].as_f64().unwrap() < 4.0, "{result}");
+}
