@@ -84,6 +84,13 @@ pub struct AllArgs {
     pub edge: EdgeSettings,
     #[command(flatten)]
     pub session: SessionSettings,
+    /// Seconds between two `statistics_update` messages, cluster-wide.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_STATISTICS_INTERVAL_SECS",
+        default_value_t = 5.0
+    )]
+    pub statistics_interval_secs: f64,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +253,7 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let edge_listener = bind("edge", args.http_addr).await?;
     let statistics = StatisticsSettings {
         session_url: urls.session_url.clone(),
+        interval_secs: args.statistics_interval_secs,
     };
     tokio::try_join!(
         async {

@@ -489,7 +489,10 @@ async fn an_abnormal_pressure_peak_becomes_an_alert_for_its_user() {
 
     let mut stream = Client::connect(&b.ws(&format!("/ws/pressure?token={}", token("mo")))).await;
     stream
-        .call(json!({"action": "join_session", "workout_id": "run-1"}), "session_joined")
+        .call(
+            json!({"action": "join_session", "workout_id": "run-1"}),
+            "session_joined",
+        )
         .await;
     let send = |peak: u32| json!({"action": "pressure_frame", "workout_id": "run-1", "matrix": [[1, 2], [peak, 1]]});
     // A steady stream long enough to learn what normal is...
@@ -504,6 +507,9 @@ async fn an_abnormal_pressure_peak_becomes_an_alert_for_its_user() {
     assert_eq!(alert["stream_id"], "run-1");
     let result = &alert["detection_result"];
     assert_eq!(result["peak_pressure"], 9.0);
-    assert_eq!((result["row"].as_u64(), result["column"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (result["row"].as_u64(), result["column"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert!(result["baseline"].as_f64().unwrap() < 4.0, "{result}");
 }

@@ -13,6 +13,9 @@
 //!   their admin routes.
 //! - [`pressure`]: seed 001's pressure-frame streaming over Socket.IO and
 //!   `/ws/pressure`, workout rooms across instances, `/api/workouts`.
+//! - [`hubs`]: seed 003's UI hub `/ws/ui` and seed 004's statistics stream
+//!   `/api/ws/statistics`, with their REST routes.
+//! - [`meter`]: sockets and messages counted, reported for the statistics.
 //! - [`auth`]: JWT verification.
 //! - [`socket`]: what the WebSocket endpoints share.
 //! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
@@ -23,6 +26,8 @@ pub mod alerts;
 pub mod auth;
 pub mod control;
 pub mod error;
+pub mod hubs;
+pub mod meter;
 pub mod pressure;
 pub mod realtime;
 pub mod rest;
@@ -34,7 +39,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::routing::get;
+use axum::routing::{get, post};
 use switchboard_bus::{Bus, BusError, Mailbox, subjects};
 use tokio::net::TcpListener;
 
@@ -95,6 +100,11 @@ struct Inner {
     rooms: Arc<pressure::rooms::Rooms>,
     /// The Socket.IO layer on `/socket.io/`.
     socketio: socketioxide::layer::SocketIoLayer,
+    /// `/ws/ui` clients here.
+    ui_hub: Arc<hubs::Hub>,
+    /// `/api/ws/statistics` clients here.
+    stream_hub: Arc<hubs::Hub>,
+    meter: Arc<meter::Meter>,
 }
 
 impl EdgeState {
@@ -126,6 +136,9 @@ impl EdgeState {
                 authenticator,
                 rooms,
                 socketio,
+                ui_hub: Arc::default(),
+                stream_hub: Arc::default(),
+                meter: Arc::default(),
             }),
         };
         pressure::socketio::register(&io, state.clone());
@@ -134,6 +147,24 @@ impl EdgeState {
 
     pub fn rooms(&self) -> &Arc<pressure::rooms::Rooms> {
         &self.inner.rooms
+    }
+
+    pub fn ui_hub(&self) -> &Arc<hubs::Hub> {
+        &self.inner.ui_hub
+    }
+
+    pub fn stream_hub(&self) -> &Arc<hubs::Hub> {
+        &self.inner.stream_hub
+    }
+
+    pub fn meter(&self) -> &Arc<meter::Meter> {
+        &self.inner.meter
+    }
+
+    /// Whether a JWT key is configured (switches the broadcast routes to
+    /// admin-only).
+    pub fn auth_configured(&self) -> bool {
+        self.inner.authenticator.is_some()
     }
 
     /// Verifies a token with the configured keys.
@@ -201,6 +232,38 @@ pub fn app(state: EdgeState) -> Router {
             axum::routing::post(alerts::rest::raise_alert),
         )
         .route("/ws/pressure", get(pressure::websocket::upgrade))
+        .route("/ws/ui", get(hubs::ui::upgrade))
+        .route("/api/events/broadcast", post(hubs::ui::broadcast_event))
+        .route(
+            "/api/events/broadcast/action",
+            post(hubs::ui::broadcast_action),
+        )
+        .route(
+            "/api/events/broadcast/overlay",
+            post(hubs::ui::broadcast_overlay),
+        )
+        .route(
+            "/api/events/broadcast/telemetry",
+            post(hubs::ui::broadcast_telemetry),
+        )
+        .route("/api/ws/statistics", get(hubs::statistics::upgrade))
+        .route("/api/statistics", get(hubs::statistics::current))
+        .route(
+            "/api/ws/statistics/connections",
+            get(hubs::statistics::connections),
+        )
+        .route(
+            "/api/ws/statistics/broadcast",
+            post(hubs::statistics::broadcast),
+        )
+        .route(
+            "/api/ws/statistics/users/{user_id}/messages",
+            post(hubs::statistics::to_user),
+        )
+        .route(
+            "/api/ws/statistics/connections/{connection_id}/messages",
+            post(hubs::statistics::to_connection),
+        )
         .route("/api/workouts/{workout_id}", get(pressure::rest::workout))
         .route(
             "/api/workouts/{workout_id}/frames",
@@ -223,11 +286,24 @@ pub async fn serve(
     let control = bus
         .subscribe(subjects::edge_control(state.edge_id()))
         .await?;
-    let router = tokio::spawn(control::route(control, Arc::clone(state.sockets())));
+    let ui_messages = bus.subscribe(subjects::UI_MESSAGES.to_owned()).await?;
+    let stream_messages = bus.subscribe(subjects::STREAM_ANY.to_owned()).await?;
+    let edges = bus.key_value("edges").await?;
+    let tasks = [
+        tokio::spawn(control::route(control, Arc::clone(state.sockets()))),
+        tokio::spawn(hubs::relay_ui(ui_messages, Arc::clone(state.ui_hub()))),
+        tokio::spawn(hubs::relay_stream(
+            stream_messages,
+            Arc::clone(state.stream_hub()),
+        )),
+        tokio::spawn(Arc::clone(state.meter()).report_forever(state.edge_id().to_owned(), edges)),
+    ];
     tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %state.edge_id(), "edge listening");
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    router.abort();
+    for task in tasks {
+        task.abort();
+    }
     Ok(served?)
 }

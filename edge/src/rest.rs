@@ -126,8 +126,8 @@ pub struct Health {
     edge_id: String,
     /// `cluster` with NATS, `single-instance` with the in-process bus.
     mode: &'static str,
-    /// Sockets this edge holds.
-    connections: usize,
+    /// Sockets this edge holds, by endpoint.
+    connections: std::collections::HashMap<String, u64>,
     services: std::collections::BTreeMap<&'static str, &'static str>,
     timestamp: f64,
 }
@@ -168,7 +168,7 @@ pub async fn health(State(state): State<EdgeState>) -> Json<Health> {
         } else {
             "cluster"
         },
-        connections: state.sockets().len(),
+        connections: state.meter().connections(),
         services,
         timestamp: unix_now(),
     })

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
@@ -58,6 +59,24 @@ pub struct EdgeSettings {
     )]
     pub alerts_rate_limit: u32,
 
+    /// Statistics-stream connections one user may hold across the cluster;
+    /// the next is refused with 1008.
+    #[arg(
+        long = "statistics-max-connections",
+        env = "SWITCHBOARD_STATISTICS_MAX_CONNECTIONS",
+        default_value_t = 5
+    )]
+    pub statistics_max_connections: u32,
+
+    /// Messages per second one statistics-stream connection may send
+    /// (bursts of twice that); beyond, it is closed with 1008.
+    #[arg(
+        long = "statistics-rate-limit",
+        env = "SWITCHBOARD_STATISTICS_RATE_LIMIT",
+        default_value_t = 10
+    )]
+    pub statistics_rate_limit: u32,
+
     #[command(flatten)]
     pub auth: crate::auth::AuthSettings,
 }
@@ -70,6 +89,8 @@ impl Default for EdgeSettings {
             heartbeat_interval_secs: 30.0,
             heartbeat_timeout_secs: 60.0,
             alerts_rate_limit: 10,
+            statistics_max_connections: 5,
+            statistics_rate_limit: 10,
             auth: crate::auth::AuthSettings::default(),
         }
     }
@@ -142,6 +163,8 @@ pub struct Backends {
     pub session: SessionServiceClient<Channel>,
     pub detection: DetectionServiceClient<Channel>,
     pub statistics: StatisticsServiceClient<Channel>,
+    /// Served by the statistics role.
+    pub broadcast: BroadcastServiceClient<Channel>,
     /// Raw channels, for health checks.
     pub(crate) channels: [(&'static str, Channel); 3],
 }
@@ -174,6 +197,7 @@ impl Backends {
             session: SessionServiceClient::new(session.clone()),
             detection: DetectionServiceClient::new(detection.clone()),
             statistics: StatisticsServiceClient::new(statistics.clone()),
+            broadcast: BroadcastServiceClient::new(statistics.clone()),
             channels: [
                 ("session", session),
                 ("detection", detection),

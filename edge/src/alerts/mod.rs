@@ -212,6 +212,7 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
     };
     tracing::info!(user = %identity.user_id, connection_id = %registration.session_id, "alerts connection opened");
     let (_held, control) = state.sockets().hold(&registration.session_id);
+    let _connected = state.meter().connect(crate::meter::Endpoint::Alerts);
     let rate = NonZeroU32::new(settings.alerts_rate_limit.max(1)).expect("at least 1");
     let burst =
         NonZeroU32::new(settings.alerts_rate_limit.max(1).saturating_mul(2)).expect("at least 1");
@@ -307,6 +308,7 @@ impl AlertsConnection {
     }
 
     async fn send(&mut self, message: &Outbound<'_>) -> Next {
+        self.state.meter().sent();
         match send_json(&mut self.socket, message).await {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close(close_code::GOING_AWAY, String::new()),
@@ -314,6 +316,7 @@ impl AlertsConnection {
     }
 
     async fn on_message(&mut self, message: Message) -> Next {
+        self.state.meter().received();
         if self.limiter.check().is_err() {
             tracing::info!(user = %self.user_id, "alerts connection over its rate limit");
             return Next::Close(

@@ -485,6 +485,12 @@ pub async fn publish(
     recorded: Recorded,
     timestamp: Value,
 ) -> Result<(), ClientError> {
+    let announced = serde_json::json!({
+        "workout_id": recorded.workout_id,
+        "frame_count": recorded.frame_count,
+        "sequence": recorded.sequence,
+    });
+    state.bus().announce("frame_processed", announced).await;
     let event = Outbound::FrameProcessed {
         workout_id: recorded.workout_id.clone(),
         stats: StatsView::from(&recorded.stats),

@@ -88,11 +88,14 @@ async fn serve(
     user: PressureUser,
     mut commands: mpsc::Receiver<Command>,
 ) {
+    let _connected = state.meter().connect(crate::meter::Endpoint::Pressure);
+    let meter = std::sync::Arc::clone(state.meter());
     let mut connection = PressureConnection::new(state, user);
     while let Some(Command { event, data }) = commands.recv().await {
         if !socket.connected() {
             break;
         }
+        meter.received();
         let outcome = match event {
             "join_session" => connection
                 .join(&data, |workout_id| {

@@ -68,12 +68,14 @@ async fn handle(
 }
 
 async fn run(mut socket: WebSocket, state: EdgeState, user: PressureUser) {
+    let _connected = state.meter().connect(crate::meter::Endpoint::Pressure);
     let (events_sender, mut events) = mpsc::channel(MEMBER_QUEUE);
     let mut connection = PressureConnection::new(state.clone(), user);
     loop {
         tokio::select! {
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => {
+                    state.meter().received();
                     let reply = match handle(&mut connection, text.as_str(), &events_sender).await {
                         Ok(Some(reply)) => reply,
                         Ok(None) => continue,
@@ -82,6 +84,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, user: PressureUser) {
                     if send_json(&mut socket, &reply).await.is_err() {
                         return;
                     }
+                    state.meter().sent();
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let error = Outbound::error(&ClientError::BinaryMessage);
@@ -103,6 +106,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, user: PressureUser) {
                 if socket.send(Message::Text(text)).await.is_err() {
                     return;
                 }
+                state.meter().sent();
             }
         }
     }

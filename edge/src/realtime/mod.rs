@@ -181,6 +181,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
         }
     };
     let (_held, control) = state.sockets().hold(&session.session_id);
+    let _connected = state.meter().connect(crate::meter::Endpoint::Realtime);
     let report_interval = MAX_REPORT_INTERVAL
         .min(Duration::from_secs_f64(
             session.inactivity_timeout_seconds / 4.0,
@@ -273,6 +274,7 @@ impl Realtime {
     }
 
     async fn on_message(&mut self, message: Message) -> Next {
+        self.state.meter().received();
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -292,6 +294,8 @@ impl Realtime {
             Ok(Inbound::Action(Action::Stats)) => self.on_stats().await,
             Err(error) => Err(error),
         };
+        // Every text message gets exactly one reply.
+        self.state.meter().sent();
         match result {
             Ok(next) => next,
             Err(error) => self.reply_error(error).await,
@@ -378,6 +382,15 @@ impl Realtime {
         for unreported in [&mut self.for_registry, &mut self.for_statistics] {
             unreported.steps += steps;
             unreported.predictions += 1;
+        }
+        if steps > 0 {
+            let event = serde_json::json!({
+                "session_id": self.session.session_id,
+                "user_id": self.session.user_id,
+                "steps": steps,
+                "total_steps": self.total_steps,
+            });
+            self.state.bus().announce("step_detected", event).await;
         }
         let observation = reply.observation.unwrap_or_default();
         let message = Outbound::StepDetection {

@@ -129,6 +129,24 @@ impl Bus {
         }
     }
 
+    /// Subscribes as one of `group`: each message goes to one member of the
+    /// group across the cluster (in process, to this subscriber).
+    pub async fn queue_subscribe(
+        &self,
+        subject: String,
+        group: String,
+    ) -> Result<Subscription, BusError> {
+        match self {
+            Bus::Nats(nats) => Ok(Subscription::Nats(
+                nats.client
+                    .queue_subscribe(subject, group)
+                    .await
+                    .map_err(nats_error)?,
+            )),
+            Bus::Local(local) => Ok(Subscription::Local(local.subscribe(&subject))),
+        }
+    }
+
     /// Subscribes to `subject`, which may use NATS wildcards (`*`, `>`).
     pub async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
         match self {
@@ -183,6 +201,24 @@ impl Bus {
                 mailbox::NatsMailbox::open(&nats.jetstream, name).await?,
             ))),
             Bus::Local(local) => Ok(Mailbox::Local(local.mailbox(name))),
+        }
+    }
+
+    /// Announces a system event to every `/ws/ui` client (seed 003's
+    /// `event` message) and to the statistics counters. Best effort: an
+    /// event that cannot be published is logged, never an error for the
+    /// caller.
+    pub async fn announce(&self, event_type: &str, mut data: serde_json::Value) {
+        if let serde_json::Value::Object(fields) = &mut data {
+            fields.insert("timestamp".into(), serde_json::Value::String(rfc3339_now()));
+        }
+        let message = serde_json::json!({"type": "event", "event_type": event_type, "data": data});
+        let payload = Bytes::from(message.to_string());
+        if let Err(error) = self
+            .publish(subjects::UI_MESSAGES.to_owned(), payload)
+            .await
+        {
+            tracing::debug!(%error, event_type, "event not announced");
         }
     }
 
@@ -263,6 +299,17 @@ impl KeyValue {
         }
     }
 
+    /// Writes `key` whatever it held: for records with a single writer.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<(), BusError> {
+        match self {
+            KeyValue::Nats(store) => store.put(key, value).await.map(|_| ()).map_err(nats_error),
+            KeyValue::Local(local) => {
+                local.put(key, value);
+                Ok(())
+            }
+        }
+    }
+
     /// Writes `key` only if it has no value; [`BusError::Conflict`] otherwise.
     pub async fn create(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
         match self {
@@ -339,10 +386,28 @@ impl KeyValue {
     }
 }
 
+/// Now as RFC 3339 UTC with milliseconds, the seeds' ISO timestamps.
+pub fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// Any string as one subject token or KV key segment: hex of its UTF-8
 /// bytes, so user ids with dots, spaces or wildcards stay one token.
 pub fn key_token(text: &str) -> String {
     text.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The string [`key_token`] encoded, if `token` is one.
+pub fn key_untoken(token: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|at| {
+            token
+                .get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// Subject names: every subject Switchboard publishes or subscribes to is
@@ -350,6 +415,29 @@ pub fn key_token(text: &str) -> String {
 pub mod subjects {
     /// The mailbox alerts wait in until acknowledged, per user.
     pub const ALERTS_MAILBOX: &str = "alerts";
+
+    /// Messages for every `/ws/ui` client (seed 003), system events
+    /// included; the payload is the message's JSON.
+    pub const UI_MESSAGES: &str = "switchboard.ui.messages";
+
+    /// Messages for every statistics-stream client (seed 004).
+    pub const STREAM_ALL: &str = "switchboard.stream.all";
+
+    /// Everything for statistics-stream clients, as an edge subscribes.
+    pub const STREAM_ANY: &str = "switchboard.stream.>";
+
+    /// Messages for one user's statistics-stream connections.
+    pub fn stream_user(user_id: &str) -> String {
+        format!("switchboard.stream.user.{}", super::key_token(user_id))
+    }
+
+    /// Messages for one statistics-stream connection.
+    pub fn stream_connection(connection_id: &str) -> String {
+        format!(
+            "switchboard.stream.connection.{}",
+            super::key_token(connection_id)
+        )
+    }
 
     /// Control messages (`SessionControl`) for the sockets one edge holds.
     pub fn edge_control(edge_id: &str) -> String {

@@ -138,6 +138,10 @@ impl LocalKeyValue {
         lock(&self.inner).entries.get(key).cloned()
     }
 
+    pub(crate) fn put(&self, key: &str, value: Bytes) {
+        lock(&self.inner).put(key, value);
+    }
+
     pub(crate) fn create(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
         let mut bucket = lock(&self.inner);
         if bucket.entries.contains_key(key) {

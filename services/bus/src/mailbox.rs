@@ -21,21 +21,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::{BusError, key_token as token, nats_error};
+use crate::{BusError, key_token as token, key_untoken as untoken, nats_error};
 
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-
-fn untoken(hex: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|at| {
-            hex.get(at..at + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
 
 /// One message in a mailbox.
 #[derive(Debug, Clone, PartialEq)]

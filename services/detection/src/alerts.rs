@@ -29,6 +29,7 @@ pub const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
 #[derive(Clone, Debug)]
 pub struct Alerts {
     mailbox: Mailbox,
+    bus: Bus,
 }
 
 fn check_label(name: &str, value: &str, required: bool) -> Result<(), Status> {
@@ -47,6 +48,7 @@ impl Alerts {
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
         Ok(Self {
             mailbox: bus.mailbox(ALERTS_MAILBOX).await?,
+            bus: bus.clone(),
         })
     }
 
@@ -114,6 +116,14 @@ impl Alerts {
             severity = %alert.severity,
             "alert raised"
         );
+        let event = serde_json::json!({
+            "alert_id": alert.alert_id,
+            "user_id": alert.user_id,
+            "anomaly_type": alert.anomaly_type,
+            "severity": alert.severity,
+            "stream_id": alert.stream_id,
+        });
+        self.bus.announce("alert_raised", event).await;
         Ok(alert)
     }
 
@@ -124,6 +134,8 @@ impl Alerts {
         check_label("alert_id", alert_id, true)?;
         if self.mailbox.remove(user_id, alert_id).await? {
             tracing::info!(alert_id, "alert acknowledged");
+            let event = serde_json::json!({"alert_id": alert_id, "user_id": user_id});
+            self.bus.announce("alert_acked", event).await;
             Ok(())
         } else {
             Err(Status::not_found(format!(

@@ -209,6 +209,7 @@ impl Registry {
             .create(&session.session_id, encode(&session))
             .await?;
         tracing::info!(session_id = %session.session_id, kind = %session.kind, "session opened");
+        self.announce("session_opened", &session).await;
         for session_id in replaced {
             let no_usage = Usage::none();
             // Already gone (closed meanwhile) is fine: the slot is free.
@@ -304,8 +305,13 @@ impl Registry {
         Ok(sessions)
     }
 
-    pub async fn count_sessions(&self) -> Result<u64, Status> {
-        Ok(self.sessions.keys().await?.len() as u64)
+    /// Live sessions by kind.
+    pub async fn count_sessions(&self) -> Result<std::collections::HashMap<String, u64>, Status> {
+        let mut by_kind = std::collections::HashMap::new();
+        for (_, entry) in self.sessions.entries().await? {
+            *by_kind.entry(decode(&entry.value)?.kind).or_default() += 1;
+        }
+        Ok(by_kind)
     }
 
     /// Applies `change` to the stored record with compare-and-swap, retrying
@@ -394,6 +400,7 @@ impl Registry {
         };
         let session = self.remove(&request.session_id, &usage).await?;
         tracing::info!(session_id = %session.session_id, "session closed");
+        self.announce("session_closed", &session).await;
         Ok(session)
     }
 
@@ -404,9 +411,20 @@ impl Registry {
     ) -> Result<Session, Status> {
         let session = self.remove(session_id, &Usage::none()).await?;
         tracing::info!(session_id, reason = %reason, "session terminated");
+        self.announce("session_terminated", &session).await;
         self.tell_edge(&session, ControlKind::Terminated, reason)
             .await;
         Ok(session)
+    }
+
+    /// Tells the UI hub and the statistics a session's life changed.
+    async fn announce(&self, event_type: &str, session: &Session) {
+        let data = serde_json::json!({
+            "session_id": session.session_id,
+            "user_id": session.user_id,
+            "kind": session.kind,
+        });
+        self.bus.announce(event_type, data).await;
     }
 
     /// Tells the edge holding `session`'s socket to close it. Best effort: if
@@ -444,6 +462,7 @@ impl Registry {
                 Ok(()) => {
                     ended += 1;
                     tracing::info!(session_id, "session timed out");
+                    self.announce("session_timed_out", &session).await;
                     let reason = format!(
                         "no activity for {} seconds",
                         session.inactivity_timeout_seconds
@@ -504,8 +523,11 @@ impl SessionService for Registry {
         &self,
         _request: Request<CountSessionsRequest>,
     ) -> Result<Response<CountSessionsResponse>, Status> {
-        let active_sessions = Registry::count_sessions(self).await?;
-        Ok(Response::new(CountSessionsResponse { active_sessions }))
+        let by_kind = Registry::count_sessions(self).await?;
+        Ok(Response::new(CountSessionsResponse {
+            active_sessions: by_kind.values().sum(),
+            by_kind,
+        }))
     }
 
     async fn record_activity(
@@ -676,7 +698,7 @@ mod tests {
         assert_eq!((session.total_requests, session.total_steps), (5, 3));
         let session = registry.reset_session(&id).await.unwrap();
         assert_eq!((session.total_requests, session.total_steps), (5, 0));
-        assert_eq!(registry.count_sessions().await.unwrap(), 1);
+        assert_eq!(registry.count_sessions().await.unwrap()["realtime"], 1);
         let closed = registry
             .close_session(CloseSessionRequest {
                 session_id: id.clone(),
@@ -706,7 +728,7 @@ mod tests {
         let control = SessionControl::decode(message.payload.as_ref()).unwrap();
         assert_eq!(control.session_id, session.session_id);
         assert_eq!(control.kind(), ControlKind::TimedOut);
-        assert_eq!(registry.count_sessions().await.unwrap(), 0);
+        assert!(registry.count_sessions().await.unwrap().is_empty());
     }
 
     #[tokio::test]

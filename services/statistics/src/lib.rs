@@ -10,21 +10,33 @@
 //!
 //! The number of live sessions is not a counter that could drift: it is
 //! asked of the session registry each time server statistics are read.
+//!
+//! - [`snapshot`]: the cluster's statistics and the one `statistics_update`
+//!   per interval, whatever the number of replicas.
+//! - [`broadcast`]: `BroadcastService`, other backends' way to reach
+//!   WebSocket clients on every edge.
+//! - System events (`session_opened`, `step_detected`, `frame_processed`,
+//!   `alert_raised`, …) are counted from the UI hub's subject through a
+//!   queue group, so each is counted by one replica.
+
+pub mod broadcast;
+pub mod snapshot;
 
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{Bus, BusError, KeyValue};
+use switchboard_bus::{Bus, BusError, KeyValue, subjects};
 use switchboard_proto::server;
+use switchboard_proto::v1::broadcast_service_server::BroadcastServiceServer;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_server::{
     StatisticsService, StatisticsServiceServer,
 };
 use switchboard_proto::v1::{
-    CountSessionsRequest, GetServerStatsRequest, GetUserStatsRequest, RecordUsageRequest,
-    RecordUsageResponse, ServerStats, Usage, UserStats,
+    CountSessionsRequest, GetServerStatsRequest, GetStatisticsRequest, GetUserStatsRequest,
+    RecordUsageRequest, RecordUsageResponse, ServerStats, StatisticsSnapshot, Usage, UserStats,
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
@@ -32,6 +44,20 @@ use tonic::{Request, Response, Status};
 
 const BUCKET: &str = "statistics";
 const SERVER_KEY: &str = "server";
+const EVENTS_KEY: &str = "events";
+/// Counted system events are written this often, summed.
+const EVENT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// The system events counted (others broadcast on the hub are not).
+pub const SYSTEM_EVENTS: [&str; 8] = [
+    "session_opened",
+    "session_closed",
+    "session_timed_out",
+    "session_terminated",
+    "step_detected",
+    "frame_processed",
+    "alert_raised",
+    "alert_acked",
+];
 const CAS_ATTEMPTS: usize = 32;
 
 /// The statistics service's settings.
@@ -44,6 +70,14 @@ pub struct StatisticsSettings {
         default_value = "http://127.0.0.1:50051"
     )]
     pub session_url: String,
+
+    /// Seconds between two `statistics_update` messages, cluster-wide.
+    #[arg(
+        long = "statistics-interval-secs",
+        env = "SWITCHBOARD_STATISTICS_INTERVAL_SECS",
+        default_value_t = 5.0
+    )]
+    pub interval_secs: f64,
 }
 
 /// Why the statistics service could not start or keep running.
@@ -68,22 +102,39 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StatisticsError> {
     let counters = Counters::open(&settings, &bus).await?;
-    let routes = tonic::service::Routes::new(StatisticsServiceServer::new(counters));
-    server::serve(
+    let interval = Duration::from_secs_f64(settings.interval_secs.clamp(0.05, 3600.0));
+    let events = bus
+        .queue_subscribe(
+            subjects::UI_MESSAGES.to_owned(),
+            "statistics-counters".to_owned(),
+        )
+        .await?;
+    let tasks = [
+        tokio::spawn(counters.clone().publish_forever(interval)),
+        tokio::spawn(counters.clone().count_events_forever(events)),
+    ];
+    let routes = tonic::service::Routes::new(StatisticsServiceServer::new(counters))
+        .add_service(BroadcastServiceServer::new(broadcast::Broadcasts::new(bus)));
+    let served = server::serve(
         <StatisticsServiceServer<Counters> as tonic::server::NamedService>::NAME,
         routes,
         listener,
         shutdown,
     )
-    .await?;
-    Ok(())
+    .await;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(served?)
 }
 
 /// The counters and the registry client they need for live sessions.
 #[derive(Clone, Debug)]
 pub struct Counters {
     bucket: KeyValue,
+    edges: KeyValue,
     sessions: SessionServiceClient<Channel>,
+    bus: Bus,
 }
 
 /// Key of one user's record, valid whatever the user id.
@@ -114,7 +165,9 @@ impl Counters {
             .connect_lazy();
         Ok(Self {
             bucket: bus.key_value(BUCKET).await?,
+            edges: snapshot::edges_bucket(bus).await?,
             sessions: SessionServiceClient::new(channel),
+            bus: bus.clone(),
         })
     }
 
@@ -179,11 +232,92 @@ impl Counters {
         })
     }
 
+    async fn server_record(&self) -> Result<ServerStats, Status> {
+        match self.bucket.get(SERVER_KEY).await? {
+            Some(entry) => ServerStats::decode(entry.value.as_ref()).map_err(corrupt),
+            None => Ok(ServerStats::default()),
+        }
+    }
+
+    /// System events counted so far, by type.
+    pub async fn events(&self) -> Result<std::collections::BTreeMap<String, u64>, Status> {
+        match self.bucket.get(EVENTS_KEY).await? {
+            Some(entry) => serde_json::from_slice(&entry.value)
+                .map_err(|error| Status::internal(format!("corrupt event counts: {error}"))),
+            None => Ok(Default::default()),
+        }
+    }
+
+    /// Counts the system events on the hub's subject (as one of the
+    /// replicas' queue group), writing the sums every half second.
+    async fn count_events_forever(self, mut events: switchboard_bus::Subscription) {
+        #[derive(serde::Deserialize)]
+        struct Announced {
+            r#type: String,
+            #[serde(default)]
+            event_type: String,
+        }
+        let mut pending: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut flushes = tokio::time::interval(EVENT_FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                message = events.next() => {
+                    let Some(message) = message else { return };
+                    if let Ok(event) = serde_json::from_slice::<Announced>(&message.payload)
+                        && event.r#type == "event"
+                        && SYSTEM_EVENTS.contains(&event.event_type.as_str())
+                    {
+                        *pending.entry(event.event_type).or_default() += 1;
+                    }
+                }
+                _ = flushes.tick() => {
+                    if !pending.is_empty() {
+                        match self.add_events(&pending).await {
+                            Ok(()) => pending.clear(),
+                            Err(status) => tracing::warn!(message = status.message(), "cannot store event counts"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn add_events(
+        &self,
+        counts: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), Status> {
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self.bucket.get(EVENTS_KEY).await?;
+            let mut totals: std::collections::BTreeMap<String, u64> = match &entry {
+                Some(entry) => serde_json::from_slice(&entry.value)
+                    .map_err(|error| Status::internal(format!("corrupt event counts: {error}")))?,
+                None => Default::default(),
+            };
+            for (event, count) in counts {
+                *totals.entry(event.clone()).or_default() += count;
+            }
+            let value = Bytes::from(serde_json::to_vec(&totals).expect("counts serialize"));
+            let written = match entry {
+                Some(entry) => self
+                    .bucket
+                    .update(EVENTS_KEY, value, entry.revision)
+                    .await
+                    .map(|_| ()),
+                None => self.bucket.create(EVENTS_KEY, value).await.map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(BusError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(
+            "event counts changed concurrently too often",
+        ))
+    }
+
     pub async fn server_stats(&self) -> Result<ServerStats, Status> {
-        let mut stats = match self.bucket.get(SERVER_KEY).await? {
-            Some(entry) => ServerStats::decode(entry.value.as_ref()).map_err(corrupt)?,
-            None => ServerStats::default(),
-        };
+        let mut stats = self.server_record().await?;
         stats.usage.get_or_insert_with(Usage::default);
         stats.active_sessions = self
             .sessions
@@ -226,6 +360,16 @@ impl StatisticsService for Counters {
     ) -> Result<Response<ServerStats>, Status> {
         self.server_stats().await.map(Response::new)
     }
+
+    async fn get_statistics(
+        &self,
+        _request: Request<GetStatisticsRequest>,
+    ) -> Result<Response<StatisticsSnapshot>, Status> {
+        let statistics = self.statistics().await?;
+        Ok(Response::new(StatisticsSnapshot {
+            data_json: serde_json::to_string(&statistics).expect("statistics serialize"),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +382,7 @@ mod tests {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
         let settings = StatisticsSettings {
             session_url: "http://127.0.0.1:1".into(),
+            interval_secs: 5.0,
         };
         let counters = Counters::open(&settings, &bus).await.unwrap();
         let delta = |requests, steps| Usage {

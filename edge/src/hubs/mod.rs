@@ -1,0 +1,322 @@
+//! Broadcast hubs: the UI hub (seed 003, `/ws/ui`) and the statistics
+//! stream (seed 004, `/api/ws/statistics`).
+//!
+//! A message for a hub arrives once per edge, from NATS, and is handed to
+//! each local client's bounded queue as shared bytes (serialised once by
+//! its publisher). A client whose queue is full is dropped from the hub at
+//! once (its queue freed) and its socket closed: it cannot slow anyone
+//! else, and the edge's memory for it stays bounded. Such a client has lost
+//! the messages it did not read; it reconnects, and the statistics stream's
+//! clients can read the current figures from `GET /api/statistics`.
+//!
+//! - [`Hub`]: the fan-out, with per-client type filters and targets.
+//! - [`ui`]: `/ws/ui` and `POST /api/events/broadcast[/action|/overlay|/telemetry]`.
+//! - [`statistics`]: `/api/ws/statistics`, its REST fallbacks, targeted sends.
+
+pub mod statistics;
+pub mod ui;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use switchboard_bus::{Subscription, subjects};
+use tokio::sync::mpsc;
+
+/// Messages queued per client; one more and the client is dropped.
+pub const CLIENT_QUEUE: usize = 256;
+
+/// Longest a single write to a client may take before the client is
+/// considered gone.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which messages of a broadcast a client wants (personal messages always
+/// arrive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Every type but these (the default: every type).
+    AllBut(HashSet<String>),
+    /// Only these types.
+    Only(HashSet<String>),
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter::AllBut(HashSet::new())
+    }
+}
+
+impl Filter {
+    pub fn admits(&self, kind: &str) -> bool {
+        match self {
+            Filter::AllBut(excluded) => !excluded.contains(kind),
+            Filter::Only(included) => included.contains(kind),
+        }
+    }
+
+    /// `subscribe`: the first one narrows "everything" to the list; later
+    /// ones add to it.
+    pub fn subscribe(&mut self, types: &[String]) {
+        match self {
+            Filter::AllBut(excluded) if excluded.is_empty() => {
+                *self = Filter::Only(types.iter().cloned().collect());
+            }
+            Filter::AllBut(excluded) => {
+                for kind in types {
+                    excluded.remove(kind);
+                }
+            }
+            Filter::Only(included) => included.extend(types.iter().cloned()),
+        }
+    }
+
+    pub fn unsubscribe(&mut self, types: &[String]) {
+        match self {
+            Filter::AllBut(excluded) => excluded.extend(types.iter().cloned()),
+            Filter::Only(included) => {
+                for kind in types {
+                    included.remove(kind);
+                }
+            }
+        }
+    }
+
+    /// The subscribed types, for telling the client (`["*"]` for all).
+    pub fn describe(&self) -> Vec<String> {
+        let mut types: Vec<String> = match self {
+            Filter::AllBut(excluded) if excluded.is_empty() => vec!["*".to_owned()],
+            Filter::AllBut(excluded) => excluded.iter().map(|kind| format!("-{kind}")).collect(),
+            Filter::Only(included) => included.iter().cloned().collect(),
+        };
+        types.sort();
+        types
+    }
+}
+
+/// Whom a message is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    All,
+    User(&'a str),
+    Connection(&'a str),
+}
+
+struct Client {
+    user_id: String,
+    connection_id: String,
+    queue: mpsc::Sender<Bytes>,
+    filter: Filter,
+}
+
+/// One hub's local clients.
+#[derive(Default)]
+pub struct Hub {
+    next_id: AtomicU64,
+    clients: Mutex<HashMap<u64, Client>>,
+    /// Clients dropped for not keeping up, since start.
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Hub")
+            .field("clients", &self.lock().len())
+            .field("dropped", &self.dropped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A client's place in a hub; leaving is dropping it.
+pub struct Member {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.hub.lock().remove(&self.id);
+    }
+}
+
+impl Member {
+    pub fn update_filter(&self, change: impl FnOnce(&mut Filter)) -> Vec<String> {
+        let mut clients = self.hub.lock();
+        match clients.get_mut(&self.id) {
+            Some(client) => {
+                change(&mut client.filter);
+                client.filter.describe()
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Client>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a client; its messages arrive on the returned queue, which ends
+    /// if the client is dropped for being too slow.
+    pub fn join(
+        self: &Arc<Self>,
+        user_id: &str,
+        connection_id: &str,
+    ) -> (Member, mpsc::Receiver<Bytes>) {
+        let (queue, receiver) = mpsc::channel(CLIENT_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            id,
+            Client {
+                user_id: user_id.to_owned(),
+                connection_id: connection_id.to_owned(),
+                queue,
+                filter: Filter::default(),
+            },
+        );
+        (
+            Member {
+                hub: Arc::clone(self),
+                id,
+            },
+            receiver,
+        )
+    }
+
+    /// Hands `payload` (a message of type `kind`) to every client it is
+    /// for; drops the clients that cannot take it.
+    pub fn deliver(&self, payload: &Bytes, kind: &str, target: Target<'_>) {
+        let mut clients = self.lock();
+        let mut too_slow = Vec::new();
+        for (id, client) in clients.iter() {
+            let wanted = match target {
+                Target::All => client.filter.admits(kind),
+                Target::User(user_id) => client.user_id == user_id,
+                Target::Connection(connection_id) => client.connection_id == connection_id,
+            };
+            if wanted && client.queue.try_send(payload.clone()).is_err() {
+                too_slow.push(*id);
+            }
+        }
+        for id in too_slow {
+            // Dropping the queue's sender ends the client's receiver: its
+            // socket task closes the connection.
+            if let Some(client) = clients.remove(&id) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(connection_id = %client.connection_id, "slow client dropped from hub");
+            }
+        }
+    }
+}
+
+/// The `type` of a hub message.
+fn message_type(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        r#type: String,
+    }
+    serde_json::from_slice::<Typed>(payload)
+        .ok()
+        .map(|typed| typed.r#type)
+}
+
+/// Relays the UI hub's subject to the local `/ws/ui` clients.
+pub async fn relay_ui(mut subscription: Subscription, hub: Arc<Hub>) {
+    while let Some(message) = subscription.next().await {
+        hub.deliver(&message.payload, "", Target::All);
+    }
+}
+
+/// Relays the statistics stream's subjects to the local clients: to all
+/// (by their filters), to one user, or to one connection.
+pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
+    let user_prefix = format!("{}.", subjects::stream_user("").trim_end_matches('.'));
+    let connection_prefix = format!("{}.", subjects::stream_connection("").trim_end_matches('.'));
+    while let Some(message) = subscription.next().await {
+        let kind = message_type(&message.payload).unwrap_or_default();
+        if message.subject == subjects::STREAM_ALL {
+            hub.deliver(&message.payload, &kind, Target::All);
+        } else if let Some(token) = message.subject.strip_prefix(&user_prefix) {
+            if let Some(user_id) = switchboard_bus::key_untoken(token) {
+                hub.deliver(&message.payload, &kind, Target::User(&user_id));
+            }
+        } else if let Some(token) = message.subject.strip_prefix(&connection_prefix)
+            && let Some(connection_id) = switchboard_bus::key_untoken(token)
+        {
+            hub.deliver(&message.payload, &kind, Target::Connection(&connection_id));
+        }
+    }
+}
+
+/// Writes one hub message to a socket within [`SEND_TIMEOUT`]; false when
+/// the client is gone (or not reading).
+pub async fn send_shared(socket: &mut WebSocket, payload: Bytes) -> bool {
+    let Ok(text) = Utf8Bytes::try_from(payload) else {
+        return true;
+    };
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(list: &[&str]) -> Vec<String> {
+        list.iter().map(|kind| kind.to_string()).collect()
+    }
+
+    #[test]
+    fn filters_start_open_and_narrow_on_the_first_subscribe() {
+        let mut filter = Filter::default();
+        assert!(filter.admits("statistics_update"));
+        filter.subscribe(&types(&["camera_event"]));
+        assert!(filter.admits("camera_event") && !filter.admits("alert"));
+        filter.subscribe(&types(&["alert"]));
+        filter.unsubscribe(&types(&["camera_event"]));
+        assert_eq!(filter.describe(), types(&["alert"]));
+
+        let mut open = Filter::default();
+        open.unsubscribe(&types(&["statistics_update"]));
+        assert!(!open.admits("statistics_update") && open.admits("alert"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_only_that_client() {
+        let hub = Arc::new(Hub::default());
+        let (_slow_member, mut slow) = hub.join("u1", "c1");
+        let (_live_member, mut live) = hub.join("u2", "c2");
+        let message = Bytes::from_static(b"{\"type\":\"x\"}");
+        for _ in 0..=CLIENT_QUEUE {
+            hub.deliver(&message, "x", Target::All);
+            live.recv().await.unwrap();
+        }
+        // The slow client got its queue's worth, then its queue ended.
+        for _ in 0..CLIENT_QUEUE {
+            slow.recv().await.unwrap();
+        }
+        assert!(slow.recv().await.is_none());
+        hub.deliver(&message, "x", Target::All);
+        assert!(live.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn targeted_messages_reach_their_user_or_connection_only() {
+        let hub = Arc::new(Hub::default());
+        let (_a, mut ada) = hub.join("ada", "c1");
+        let (_b, mut bob) = hub.join("bob", "c2");
+        let message = Bytes::from_static(b"{}");
+        hub.deliver(&message, "note", Target::User("ada"));
+        hub.deliver(&message, "note", Target::Connection("c2"));
+        assert!(ada.try_recv().is_ok() && ada.try_recv().is_err());
+        assert!(bob.try_recv().is_ok() && bob.try_recv().is_err());
+    }
+}

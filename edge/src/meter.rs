@@ -1,0 +1,118 @@
+//! What this edge is doing, counted where it happens: open sockets by
+//! endpoint and messages in and out. Every second the edge writes its
+//! counts to the `edges` bucket, where the statistics service sums the
+//! live edges into `statistics_update`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use switchboard_bus::KeyValue;
+use switchboard_proto::unix_now;
+use switchboard_proto::v1::EdgeReport;
+
+/// How often the edge reports.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The WebSocket endpoints, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Realtime,
+    Alerts,
+    Pressure,
+    Ui,
+    Statistics,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 5] = [
+        Endpoint::Realtime,
+        Endpoint::Alerts,
+        Endpoint::Pressure,
+        Endpoint::Ui,
+        Endpoint::Statistics,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Realtime => "realtime",
+            Endpoint::Alerts => "alerts",
+            Endpoint::Pressure => "pressure",
+            Endpoint::Ui => "ui",
+            Endpoint::Statistics => "statistics",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Meter {
+    connections: [AtomicU64; 5],
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+}
+
+/// An open socket, counted until dropped.
+pub struct Connected {
+    meter: Arc<Meter>,
+    endpoint: Endpoint,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.meter.connections[self.endpoint as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Meter {
+    pub fn connect(self: &Arc<Self>, endpoint: Endpoint) -> Connected {
+        self.connections[endpoint as usize].fetch_add(1, Ordering::Relaxed);
+        Connected {
+            meter: Arc::clone(self),
+            endpoint,
+        }
+    }
+
+    pub fn received(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open sockets by endpoint name.
+    pub fn connections(&self) -> HashMap<String, u64> {
+        Endpoint::ALL
+            .iter()
+            .map(|endpoint| {
+                let count = self.connections[*endpoint as usize].load(Ordering::Relaxed);
+                (endpoint.name().to_owned(), count)
+            })
+            .collect()
+    }
+
+    fn report(&self, edge_id: &str) -> EdgeReport {
+        EdgeReport {
+            edge_id: edge_id.to_owned(),
+            connections: self.connections(),
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.messages_out.load(Ordering::Relaxed),
+            reported_at: unix_now(),
+        }
+    }
+
+    /// Writes this edge's report to the `edges` bucket every second.
+    pub async fn report_forever(self: Arc<Self>, edge_id: String, edges: KeyValue) {
+        let mut ticks = tokio::time::interval(REPORT_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let report = Bytes::from(self.report(&edge_id).encode_to_vec());
+            if let Err(error) = edges.put(&edge_id, report).await {
+                tracing::debug!(%error, "edge report not written");
+            }
+        }
+    }
+}
