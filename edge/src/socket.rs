@@ -30,13 +30,29 @@ pub async fn send_json(
     socket.send(Message::text(text)).await
 }
 
-/// Sends a close frame; the connection is over either way.
+/// How long a closing socket waits for the client's close reply.
+const CLOSE_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes with `code` and `reason`, then waits (bounded) for the client's
+/// close reply while discarding what it still sends. Dropping the socket
+/// right away with unread data would make the kernel reset the connection,
+/// and a client can lose the close frame, code and reason, to that reset.
 pub async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
 
 /// True when a read failed because the message exceeded the size limit.

@@ -122,7 +122,7 @@ impl Drop for Nats {
 
 /// A running `switchboard` process.
 pub struct Switchboard {
-    child: Child,
+    child: Mutex<Child>,
     output: Arc<Output>,
     args: Vec<String>,
 }
@@ -160,9 +160,20 @@ impl Switchboard {
         output.follow(name.clone(), child.stdout.take().unwrap());
         output.follow(name, child.stderr.take().unwrap());
         Self {
-            child,
+            child: Mutex::new(child),
             output,
             args,
+        }
+    }
+
+    /// Fails the test, with the process's output, if it has exited.
+    fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+            let lines = self.output.lines.lock().unwrap().join("\n");
+            panic!(
+                "switchboard {:?} exited ({status}); its output:\n{lines}",
+                self.args
+            );
         }
     }
 
@@ -177,10 +188,12 @@ impl Switchboard {
     }
 
     pub fn http(&self) -> String {
+        self.assert_running();
         format!("http://{}", self.addr("edge"))
     }
 
     pub fn ws(&self, path: &str) -> String {
+        self.assert_running();
         format!("ws://{}{path}", self.addr("edge"))
     }
 
@@ -202,8 +215,9 @@ impl Switchboard {
 
     /// Kills the process at once (SIGKILL): a crash, not a shutdown.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Starts the same command again (after [`kill`]).

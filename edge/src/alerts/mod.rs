@@ -47,8 +47,9 @@ use crate::socket::{close, close_code, is_too_big, send_json, timestamp};
 /// The registry's kind for alert connections.
 pub const KIND: &str = "alerts";
 
-/// Heartbeats are reported to the registry at most this often.
-const HEARTBEAT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Heartbeats are reported to the registry at most this often (and at
+/// least four times per heartbeat timeout).
+const MAX_HEARTBEAT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
@@ -190,9 +191,9 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
             edge_id: state.edge_id().to_owned(),
             max_per_user: 1,
             on_limit: LimitPolicy::ReplaceOldest as i32,
-            // The registry sweeps only what this edge failed to clean up:
-            // give it a heartbeat interval of slack.
-            inactivity_timeout_seconds: (timeout + interval).as_secs_f64(),
+            // The edge enforces the heartbeat timeout; the registry only
+            // sweeps what a dead edge left behind, so it waits twice as long.
+            inactivity_timeout_seconds: 2.0 * timeout.as_secs_f64(),
         })
         .await;
     let mut socket = socket;
@@ -355,7 +356,9 @@ impl AlertsConnection {
     async fn heartbeat(&mut self) -> Next {
         self.last_heartbeat = Instant::now();
         self.heartbeat_unreported = true;
-        if self.last_reported.elapsed() >= HEARTBEAT_REPORT_INTERVAL {
+        let report_every =
+            MAX_HEARTBEAT_REPORT_INTERVAL.min(self.state.settings().heartbeat_timeout() / 4);
+        if self.last_reported.elapsed() >= report_every {
             return self.report_heartbeat().await;
         }
         Next::Continue
