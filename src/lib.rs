@@ -11,6 +11,7 @@
 //! them; with `NATS_URL` such processes form one cluster, without it the
 //! process is a cluster of one.
 
+pub mod probe;
 pub mod telemetry;
 
 use std::future::Future;
@@ -34,6 +35,15 @@ use tokio::sync::watch;
 pub struct Cli {
     #[command(flatten)]
     pub log: telemetry::LogSettings,
+    /// Seconds a role may take to shut down after SIGTERM: the edge drains
+    /// its sockets (close 1012) and in-flight calls, services finish theirs.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS",
+        default_value_t = 25.0,
+        global = true
+    )]
+    pub drain_timeout_secs: f64,
     #[command(subcommand)]
     pub role: Role,
 }
@@ -50,6 +60,9 @@ pub enum Role {
     Detection(DetectionArgs),
     /// The statistics service.
     Statistics(StatisticsArgs),
+    /// Checks a server's health and exits 0 when healthy (for container
+    /// health checks).
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -206,12 +219,43 @@ impl Shutdown {
     }
 }
 
-/// Runs the role the command line chose until shutdown.
+/// Runs the role the command line chose until shutdown, or until the drain
+/// deadline after a shutdown signal.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Role::Probe(args) = &cli.role {
+        return probe::run(args).await;
+    }
     let shutdown = Shutdown::start();
-    match cli.role {
-        Role::All(args) => run_all(args, shutdown).await,
-        Role::Edge(args) => {
+    let deadline = std::time::Duration::from_secs_f64(cli.drain_timeout_secs.clamp(0.0, 3600.0));
+    let stopped = shutdown.signal();
+    let overdue = async move {
+        stopped.await;
+        // A little more than the edge's own drain deadline, so the edge
+        // reports how its drain ended before anything is cut short.
+        tokio::time::sleep(deadline + std::time::Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        result = run_role(cli.role, deadline, shutdown) => result,
+        () = overdue => {
+            tracing::warn!("shutdown deadline passed, exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn run_role(
+    role: Role,
+    drain_timeout: std::time::Duration,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    match role {
+        Role::Probe(_) => unreachable!("probes run before any role"),
+        Role::All(mut args) => {
+            args.edge.drain_timeout = drain_timeout;
+            run_all(args, shutdown).await
+        }
+        Role::Edge(mut args) => {
+            args.edge.drain_timeout = drain_timeout;
             let listener = bind("edge", args.http_addr).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal())
@@ -255,19 +299,25 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         session_url: urls.session_url.clone(),
         interval_secs: args.statistics_interval_secs,
     };
+    // The services stop only once the edge has drained, so its last calls
+    // (closing sessions, reporting usage) still find them.
+    let (edge_done, edge_finished) = watch::channel(false);
+    let after_edge = || {
+        let signal = shutdown.signal();
+        let mut edge_finished = edge_finished.clone();
+        async move {
+            signal.await;
+            let _ = edge_finished.wait_for(|done| *done).await;
+        }
+    };
     tokio::try_join!(
         async {
-            switchboard_session::serve(
-                args.session,
-                bus.clone(),
-                session_listener,
-                shutdown.signal(),
-            )
-            .await
-            .context("session service")
+            switchboard_session::serve(args.session, bus.clone(), session_listener, after_edge())
+                .await
+                .context("session service")
         },
         async {
-            switchboard_detection::serve(bus.clone(), detection_listener, shutdown.signal())
+            switchboard_detection::serve(bus.clone(), detection_listener, after_edge())
                 .await
                 .context("detection service")
         },
@@ -276,13 +326,13 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 statistics,
                 bus.clone(),
                 statistics_listener,
-                shutdown.signal(),
+                after_edge(),
             )
             .await
             .context("statistics service")
         },
         async {
-            switchboard_edge::serve(
+            let served = switchboard_edge::serve(
                 args.edge,
                 urls.clone(),
                 bus.clone(),
@@ -290,7 +340,9 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 shutdown.signal(),
             )
             .await
-            .context("edge")
+            .context("edge");
+            let _ = edge_done.send(true);
+            served
         },
     )?;
     Ok(())

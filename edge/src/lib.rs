@@ -105,6 +105,10 @@ struct Inner {
     /// `/api/ws/statistics` clients here.
     stream_hub: Arc<hubs::Hub>,
     meter: Arc<meter::Meter>,
+    /// Flips to true when the edge starts draining.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// Socket.IO's handle, to disconnect its clients on drain.
+    io: socketioxide::SocketIo,
 }
 
 impl EdgeState {
@@ -139,6 +143,8 @@ impl EdgeState {
                 ui_hub: Arc::default(),
                 stream_hub: Arc::default(),
                 meter: Arc::default(),
+                drain: tokio::sync::watch::Sender::new(false),
+                io: io.clone(),
             }),
         };
         pressure::socketio::register(&io, state.clone());
@@ -159,6 +165,31 @@ impl EdgeState {
 
     pub fn meter(&self) -> &Arc<meter::Meter> {
         &self.inner.meter
+    }
+
+    /// Completes when the edge starts draining.
+    pub fn draining(&self) -> socket::Draining {
+        socket::Draining(self.inner.drain.subscribe())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.inner.drain.borrow()
+    }
+
+    /// Starts the drain: readiness fails, every socket closes with 1012.
+    pub async fn begin_drain(&self) {
+        if self.inner.drain.send_replace(true) {
+            return;
+        }
+        tracing::info!(connections = ?self.meter().connections(), "draining");
+        self.inner.io.disconnect().await.ok();
+    }
+
+    /// Waits until every socket of this edge has closed.
+    async fn sockets_closed(&self) {
+        while self.meter().connections().values().sum::<u64>() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Whether a JWT key is configured (switches the broadcast routes to
@@ -221,6 +252,7 @@ pub fn app(state: EdgeState) -> Router {
             get(rest::get_session).delete(rest::terminate_session),
         )
         .route("/health", get(rest::health))
+        .route("/ready", get(rest::ready))
         .route("/ws/alerts/{user_id}", get(alerts::upgrade))
         .route("/ws/connections", get(alerts::rest::list_connections))
         .route(
@@ -299,9 +331,36 @@ pub async fn serve(
         tokio::spawn(Arc::clone(state.meter()).report_forever(state.edge_id().to_owned(), edges)),
     ];
     tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %state.edge_id(), "edge listening");
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let drain_timeout = state.settings().drain_timeout;
+    let signal_state = state.clone();
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        signal_state.begin_drain().await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let mut draining = state.draining();
+    // Until a drain starts, serve; then stop accepting, let every socket
+    // close (1012) and in-flight calls finish, within the deadline.
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = draining.started() => {
+            let drained = async {
+                let served = server.await;
+                state.sockets_closed().await;
+                served
+            };
+            match tokio::time::timeout(drain_timeout, drained).await {
+                Ok(served) => {
+                    tracing::info!("drained");
+                    served
+                }
+                Err(_) => {
+                    tracing::warn!(connections = ?state.meter().connections(), "drain deadline passed");
+                    Ok(())
+                }
+            }
+        }
+    };
     for task in tasks {
         task.abort();
     }

@@ -173,3 +173,37 @@ pub async fn health(State(state): State<EdgeState>) -> Json<Health> {
         timestamp: unix_now(),
     })
 }
+
+/// Readiness: 200 while the edge accepts traffic and reaches the session
+/// registry, 503 while draining or when it cannot (take it out of rotation).
+pub async fn ready(
+    State(state): State<EdgeState>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    use axum::http::StatusCode;
+    if state.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        );
+    }
+    let (_, channel) = &state.backends().channels[0];
+    let mut client = HealthClient::new(channel.clone());
+    let check = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        client.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await;
+    match check {
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => {
+            (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "not_ready", "reason": "session service unreachable"}),
+            ),
+        ),
+    }
+}

@@ -79,6 +79,11 @@ pub struct EdgeSettings {
 
     #[command(flatten)]
     pub auth: crate::auth::AuthSettings,
+
+    /// Longest a drain may take on shutdown; set by the binary from its
+    /// global `--drain-timeout-secs`.
+    #[arg(skip = Duration::from_secs(25))]
+    pub drain_timeout: Duration,
 }
 
 impl Default for EdgeSettings {
@@ -92,6 +97,7 @@ impl Default for EdgeSettings {
             statistics_max_connections: 5,
             statistics_rate_limit: 10,
             auth: crate::auth::AuthSettings::default(),
+            drain_timeout: Duration::from_secs(25),
         }
     }
 }

@@ -12,7 +12,24 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect (to another instance).
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Why every socket closes when its edge drains.
+pub const RESTART_REASON: &str = "server restarting: reconnect";
+
+/// Completes once the edge starts draining (never, if it never does).
+#[derive(Clone, Debug)]
+pub struct Draining(pub(crate) tokio::sync::watch::Receiver<bool>);
+
+impl Draining {
+    pub async fn started(&mut self) {
+        if self.0.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The seeds write timestamps as strings of Unix seconds, e.g.

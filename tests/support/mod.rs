@@ -213,6 +213,30 @@ impl Switchboard {
             .wait_for(needle, |line| line.contains(needle).then_some(()));
     }
 
+    /// Asks the process to shut down (SIGTERM), as Kubernetes does.
+    pub fn terminate(&self) {
+        let pid = self.child.lock().unwrap().id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits, at most `limit`, for the process to exit.
+    pub fn wait_exit(&self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process at once (SIGKILL): a crash, not a shutdown.
     pub fn kill(&mut self) {
         let child = self.child.get_mut().unwrap();

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use crate::EdgeState;
 use crate::auth::AuthError;
 use crate::error::ClientError;
-use crate::socket::{close, close_code, is_too_big, send_json, timestamp};
+use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
 
 /// The registry's kind for alert connections.
 pub const KIND: &str = "alerts";
@@ -280,8 +280,10 @@ impl AlertsConnection {
         }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = self.state.draining();
         loop {
             let next = tokio::select! {
+                () = draining.started() => Next::Close(close_code::SERVICE_RESTART, RESTART_REASON.to_owned()),
                 message = self.socket.recv() => match message {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(error)) if is_too_big(&error) => Next::Close(

@@ -37,7 +37,7 @@ use crate::alerts::TokenQuery;
 use crate::auth::{Admin, AuthError};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
-use crate::socket::{close, close_code, is_too_big, send_json};
+use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json};
 
 /// The registry's kind for statistics-stream connections.
 pub const KIND: &str = "statistics";
@@ -147,9 +147,14 @@ async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {
     let mut keep_alive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let mut registered = true;
+    let mut draining = state.draining();
     if send_json(&mut socket, &welcome).await.is_ok() {
         loop {
             let reply = tokio::select! {
+                () = draining.started() => {
+                    close(&mut socket, close_code::SERVICE_RESTART, RESTART_REASON).await;
+                    break;
+                }
                 message = messages.recv() => match message {
                     Some(payload) => {
                         if !send_shared(&mut socket, payload).await {

@@ -23,7 +23,7 @@ use crate::EdgeState;
 use crate::alerts::TokenQuery;
 use crate::error::ClientError;
 use crate::meter::Endpoint;
-use crate::socket::{close, close_code, is_too_big, send_json};
+use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json};
 
 pub async fn upgrade(State(state): State<EdgeState>, upgrade: WebSocketUpgrade) -> Response {
     state
@@ -47,8 +47,12 @@ async fn run(mut socket: WebSocket, state: EdgeState) {
         return;
     }
     state.meter().sent();
+    let mut draining = state.draining();
     loop {
         tokio::select! {
+            () = draining.started() => {
+                return close(&mut socket, close_code::SERVICE_RESTART, RESTART_REASON).await;
+            }
             message = messages.recv() => match message {
                 Some(payload) => {
                     if !send_shared(&mut socket, payload).await {

@@ -16,7 +16,7 @@ use super::{Outbound, PressureConnection, PressureUser};
 use crate::EdgeState;
 use crate::alerts::TokenQuery;
 use crate::error::ClientError;
-use crate::socket::{close, close_code, is_too_big, send_json};
+use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json};
 
 pub async fn upgrade(
     State(state): State<EdgeState>,
@@ -71,8 +71,12 @@ async fn run(mut socket: WebSocket, state: EdgeState, user: PressureUser) {
     let _connected = state.meter().connect(crate::meter::Endpoint::Pressure);
     let (events_sender, mut events) = mpsc::channel(MEMBER_QUEUE);
     let mut connection = PressureConnection::new(state.clone(), user);
+    let mut draining = state.draining();
     loop {
         tokio::select! {
+            () = draining.started() => {
+                return close(&mut socket, close_code::SERVICE_RESTART, RESTART_REASON).await;
+            }
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => {
                     state.meter().received();

@@ -36,7 +36,7 @@ use tonic::Streaming;
 
 use crate::EdgeState;
 use crate::error::ClientError;
-use crate::socket::{close, close_code, is_too_big, send_json, timestamp};
+use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
 use inbound::{Action, Inbound};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
 use outbound::{Outbound, Prediction};
@@ -246,8 +246,10 @@ impl Realtime {
     ) {
         let mut reports = tokio::time::interval(report_interval);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = self.state.draining();
         loop {
             let next = tokio::select! {
+                () = draining.started() => Next::Close(close_code::SERVICE_RESTART, RESTART_REASON.to_owned()),
                 message = self.socket.recv() => match message {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(error)) if is_too_big(&error) => Next::Close(
