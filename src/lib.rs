@@ -128,6 +128,9 @@ pub struct SessionArgs {
         default_value = "0.0.0.0:50051"
     )]
     pub grpc_addr: SocketAddr,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
@@ -143,6 +146,9 @@ pub struct DetectionArgs {
         default_value = "0.0.0.0:50052"
     )]
     pub grpc_addr: SocketAddr,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub bus: BusSettings,
 }
@@ -156,6 +162,9 @@ pub struct StatisticsArgs {
         default_value = "0.0.0.0:50053"
     )]
     pub grpc_addr: SocketAddr,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
@@ -170,6 +179,37 @@ async fn bind(role: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListene
     let bound = listener.local_addr()?;
     tracing::info!(role, addr = %bound, "listening");
     Ok(listener)
+}
+
+/// Serves `/metrics` on `addr` (when given) until `shutdown`, for the
+/// service roles; the edge serves its own.
+async fn serve_metrics(
+    addr: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = bind("metrics", addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    switchboard_proto::metrics::CONTENT_TYPE,
+                )],
+                switchboard_proto::metrics::encode(),
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(%error, "metrics server failed");
+        }
+    });
+    Ok(())
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -264,18 +304,21 @@ async fn run_role(
         }
         Role::Session(args) => {
             let listener = bind("session", args.grpc_addr).await?;
+            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_session::serve(args.session, bus, listener, shutdown.signal()).await?;
             Ok(())
         }
         Role::Detection(args) => {
             let listener = bind("detection", args.grpc_addr).await?;
+            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_detection::serve(bus, listener, shutdown.signal()).await?;
             Ok(())
         }
         Role::Statistics(args) => {
             let listener = bind("statistics", args.grpc_addr).await?;
+            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_statistics::serve(args.statistics, bus, listener, shutdown.signal())
                 .await?;

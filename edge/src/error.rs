@@ -35,6 +35,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The error's code, counted in the client-error metrics: call it once
+    /// per error a client is told of.
+    pub fn report(&self) -> &'static str {
+        let code = self.code();
+        switchboard_proto::metrics::metrics().client_error(code);
+        code
+    }
+
     /// A stable, machine-readable name for the error's kind.
     pub fn code(&self) -> &'static str {
         match self {
@@ -104,7 +112,7 @@ impl IntoResponse for ClientError {
     fn into_response(self) -> Response {
         let body = HttpErrorBody {
             detail: self.to_string(),
-            code: self.code(),
+            code: self.report(),
         };
         (self.http_status(), axum::Json(body)).into_response()
     }

@@ -253,6 +253,7 @@ pub fn app(state: EdgeState) -> Router {
         )
         .route("/health", get(rest::health))
         .route("/ready", get(rest::ready))
+        .route("/metrics", get(rest::metrics))
         .route("/ws/alerts/{user_id}", get(alerts::upgrade))
         .route("/ws/connections", get(alerts::rest::list_connections))
         .route(

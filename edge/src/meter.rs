@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use switchboard_bus::KeyValue;
+use switchboard_proto::metrics::metrics;
 use switchboard_proto::unix_now;
 use switchboard_proto::v1::EdgeReport;
 
@@ -58,29 +59,36 @@ pub struct Meter {
 pub struct Connected {
     meter: Arc<Meter>,
     endpoint: Endpoint,
+    gauge: switchboard_proto::metrics::ConnectionGauge,
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
         self.meter.connections[self.endpoint as usize].fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
 impl Meter {
     pub fn connect(self: &Arc<Self>, endpoint: Endpoint) -> Connected {
         self.connections[endpoint as usize].fetch_add(1, Ordering::Relaxed);
+        let gauge = metrics().connection(endpoint.name());
+        gauge.inc();
         Connected {
             meter: Arc::clone(self),
             endpoint,
+            gauge,
         }
     }
 
     pub fn received(&self) {
         self.messages_in.fetch_add(1, Ordering::Relaxed);
+        metrics().message("in");
     }
 
     pub fn sent(&self) {
         self.messages_out.fetch_add(1, Ordering::Relaxed);
+        metrics().message("out");
     }
 
     /// Open sockets by endpoint name.

@@ -207,3 +207,14 @@ pub async fn ready(
         ),
     }
 }
+
+/// Prometheus/OpenMetrics text of this process's metrics.
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            switchboard_proto::metrics::CONTENT_TYPE,
+        )],
+        switchboard_proto::metrics::encode(),
+    )
+}

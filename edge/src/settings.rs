@@ -3,11 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use switchboard_proto::metrics::{Side, Timed, TimedLayer};
 use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tonic::transport::{Channel, Endpoint};
+use tower::Layer;
+
+/// A channel whose calls are timed into the gRPC client histograms.
+pub type TimedChannel = Timed<Channel>;
 
 /// Default and documented limit on one inbound WebSocket message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -166,11 +171,11 @@ pub struct InvalidUrl {
 /// recovers when it comes back.
 #[derive(Debug, Clone)]
 pub struct Backends {
-    pub session: SessionServiceClient<Channel>,
-    pub detection: DetectionServiceClient<Channel>,
-    pub statistics: StatisticsServiceClient<Channel>,
+    pub session: SessionServiceClient<TimedChannel>,
+    pub detection: DetectionServiceClient<TimedChannel>,
+    pub statistics: StatisticsServiceClient<TimedChannel>,
     /// Served by the statistics role.
-    pub broadcast: BroadcastServiceClient<Channel>,
+    pub broadcast: BroadcastServiceClient<TimedChannel>,
     /// Raw channels, for health checks.
     pub(crate) channels: [(&'static str, Channel); 3],
 }
@@ -199,11 +204,12 @@ impl Backends {
         // deadline on that channel, the edge bounds each reply instead.
         let detection = channel(&urls.detection_url, None)?;
         let statistics = channel(&urls.statistics_url, Some(timeout))?;
+        let timed = |channel: &Channel| TimedLayer(Side::Client).layer(channel.clone());
         Ok(Self {
-            session: SessionServiceClient::new(session.clone()),
-            detection: DetectionServiceClient::new(detection.clone()),
-            statistics: StatisticsServiceClient::new(statistics.clone()),
-            broadcast: BroadcastServiceClient::new(statistics.clone()),
+            session: SessionServiceClient::new(timed(&session)),
+            detection: DetectionServiceClient::new(timed(&detection)),
+            statistics: StatisticsServiceClient::new(timed(&statistics)),
+            broadcast: BroadcastServiceClient::new(timed(&statistics)),
             channels: [
                 ("session", session),
                 ("detection", detection),

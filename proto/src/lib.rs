@@ -4,9 +4,11 @@
 //!   (clients, servers, messages), compiled at build time by protox.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, which server reflection
 //!   serves so `grpcurl list` and `describe` work without the `.proto` files.
+//! - [`metrics`]: the process's Prometheus metrics and the gRPC timing layer.
 //! - [`server`]: the one way a Switchboard service is put on the network, with
 //!   health, reflection and graceful shutdown, so every role behaves alike.
 
+pub mod metrics;
 pub mod server;
 
 /// Generated messages, clients and servers of `switchboard.v1`.

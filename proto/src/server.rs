@@ -85,6 +85,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .tcp_nodelay(true)
+        .layer(crate::metrics::TimedLayer(crate::metrics::Side::Server))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;

@@ -143,7 +143,7 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
 
 fn error_message(error: &ClientError) -> Outbound<'static> {
     Outbound::Error {
-        code: error.code(),
+        code: error.report(),
         message: error.to_string(),
         timestamp: timestamp(),
     }

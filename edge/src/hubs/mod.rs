@@ -209,6 +209,7 @@ impl Hub {
             // socket task closes the connection.
             if let Some(client) = clients.remove(&id) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                switchboard_proto::metrics::metrics().outbound_drop("hub_client");
                 tracing::info!(connection_id = %client.connection_id, "slow client dropped from hub");
             }
         }

@@ -81,7 +81,7 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
 }
 
 fn error_message(error: &ClientError) -> Value {
-    json!({"type": "error", "code": error.code(), "message": error.to_string(), "timestamp": switchboard_bus::rfc3339_now()})
+    json!({"type": "error", "code": error.report(), "message": error.to_string(), "timestamp": switchboard_bus::rfc3339_now()})
 }
 
 async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {

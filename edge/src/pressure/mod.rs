@@ -128,7 +128,7 @@ impl Outbound {
     pub fn error(error: &ClientError) -> Self {
         Outbound::Error {
             message: error.to_string(),
-            code: error.code(),
+            code: error.report(),
         }
     }
 

@@ -194,6 +194,7 @@ async fn relay(
         };
         for member in rooms.websocket_members(&workout_id) {
             if member.try_send(message.payload.clone()).is_err() {
+                switchboard_proto::metrics::metrics().outbound_drop("room_member");
                 tracing::debug!(workout_id = %workout_id, "slow room member, event dropped");
             }
         }

@@ -214,7 +214,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
 fn error_message<'a>(error: &ClientError, session_id: Option<&'a str>) -> Outbound<'a> {
     Outbound::Error {
         status: "error",
-        code: error.code(),
+        code: error.report(),
         message: error.to_string(),
         session_id,
         timestamp: timestamp(),

@@ -121,7 +121,12 @@ impl Bus {
                 .client
                 .publish(subject, payload)
                 .await
-                .map_err(nats_error),
+                .map_err(|error| {
+                    switchboard_proto::metrics::metrics()
+                        .nats_publish_failures
+                        .inc();
+                    nats_error(error)
+                }),
             Bus::Local(local) => {
                 local.publish(&subject, payload);
                 Ok(())

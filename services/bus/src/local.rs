@@ -66,6 +66,7 @@ impl LocalBus {
                     payload: payload.clone(),
                 };
                 if subscriber.sender.try_send(message).is_err() {
+                    switchboard_proto::metrics::metrics().outbound_drop("local_bus");
                     tracing::warn!(subject, pattern = %subscriber.pattern, "local subscriber full, message dropped");
                 }
             }

@@ -1,0 +1,234 @@
+//! Metrics: one set per process (every role of `all` shares it), exposed
+//! as Prometheus/OpenMetrics text by the edge's `/metrics` and by each
+//! service role's `--metrics-addr`.
+//!
+//! What is measured, and where it is counted:
+//! - `switchboard_connections{endpoint}`: open WebSocket connections (edge).
+//! - `switchboard_messages_total{direction}`: client messages in and out (edge).
+//! - `switchboard_client_errors_total{kind}`: errors a client was told of,
+//!   by code (`invalid_json`, `service_unavailable`, …) (edge).
+//! - `switchboard_grpc_client_duration_seconds{method}` and
+//!   `switchboard_grpc_server_duration_seconds{method}`: gRPC latency
+//!   histograms, until the response headers (the [`Timed`] layer).
+//! - `switchboard_nats_publish_failures_total`: publishes NATS refused (bus).
+//! - `switchboard_outbound_drops_total{queue}`: messages or clients dropped
+//!   because a bounded queue was full (`hub_client`, `room_member`,
+//!   `local_bus`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+/// A connection gauge, as [`Metrics::connection`] hands it out.
+pub use prometheus_client::metrics::gauge::Gauge as ConnectionGauge;
+
+type Histograms = Family<MethodLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    pub connections: Family<EndpointLabel, Gauge>,
+    pub messages: Family<DirectionLabel, Counter>,
+    pub client_errors: Family<KindLabel, Counter>,
+    pub grpc_client_duration: Histograms,
+    pub grpc_server_duration: Histograms,
+    pub nats_publish_failures: Counter,
+    pub outbound_drops: Family<QueueLabel, Counter>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    connections: Family::default(),
+    messages: Family::default(),
+    client_errors: Family::default(),
+    grpc_client_duration: Family::new_with_constructor(latency_histogram),
+    grpc_server_duration: Family::new_with_constructor(latency_histogram),
+    nats_publish_failures: Counter::default(),
+    outbound_drops: Family::default(),
+});
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    pub fn client_error(&self, kind: &str) {
+        self.client_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn outbound_drop(&self, queue: &str) {
+        self.outbound_drops
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn message(&self, direction: &'static str) {
+        self.messages
+            .get_or_create(&DirectionLabel {
+                direction: direction.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn connection(&self, endpoint: &str) -> Gauge {
+        self.connections
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_owned(),
+            })
+            .clone()
+    }
+}
+
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric as OpenMetrics text.
+pub fn encode() -> String {
+    let metrics = metrics();
+    let mut registry = Registry::with_prefix("switchboard");
+    registry.register(
+        "connections",
+        "Open WebSocket connections",
+        metrics.connections.clone(),
+    );
+    registry.register(
+        "messages",
+        "Client messages in and out",
+        metrics.messages.clone(),
+    );
+    registry.register(
+        "client_errors",
+        "Errors a client was told of, by code",
+        metrics.client_errors.clone(),
+    );
+    registry.register(
+        "grpc_client_duration_seconds",
+        "gRPC calls made, until their response headers",
+        metrics.grpc_client_duration.clone(),
+    );
+    registry.register(
+        "grpc_server_duration_seconds",
+        "gRPC calls served, until their response headers",
+        metrics.grpc_server_duration.clone(),
+    );
+    registry.register(
+        "nats_publish_failures",
+        "Publishes NATS refused",
+        metrics.nats_publish_failures.clone(),
+    );
+    registry.register(
+        "outbound_drops",
+        "Messages or clients dropped because a bounded queue was full",
+        metrics.outbound_drops.clone(),
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String");
+    text
+}
+
+/// Which side of a gRPC call a [`Timed`] service measures.
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// A tower layer that times every gRPC call by method.
+#[derive(Clone, Copy, Debug)]
+pub struct TimedLayer(pub Side);
+
+impl<S> tower::Layer<S> for TimedLayer {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timed {
+            inner,
+            side: self.0,
+        }
+    }
+}
+
+/// A gRPC service (client or server) whose calls are timed.
+#[derive(Clone, Debug)]
+pub struct Timed<S> {
+    inner: S,
+    side: Side,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Timed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = MethodLabel {
+            method: request.uri().path().to_owned(),
+        };
+        let side = self.side;
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            let histograms = match side {
+                Side::Client => &metrics().grpc_client_duration,
+                Side::Server => &metrics().grpc_server_duration,
+            };
+            histograms
+                .get_or_create(&method)
+                .observe(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}
