@@ -11,6 +11,7 @@
 //! them; with `NATS_URL` such processes form one cluster, without it the
 //! process is a cluster of one.
 
+pub mod bench;
 pub mod probe;
 pub mod telemetry;
 
@@ -63,6 +64,8 @@ pub enum Role {
     /// Checks a server's health and exits 0 when healthy (for container
     /// health checks).
     Probe(probe::ProbeArgs),
+    /// Load generator: measures a running deployment against a bare baseline.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +174,20 @@ pub struct StatisticsArgs {
     pub statistics: StatisticsSettings,
 }
 
+impl Role {
+    /// The role's name, as traces and logs call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::All(_) => "all",
+            Role::Edge(_) => "edge",
+            Role::Session(_) => "session",
+            Role::Detection(_) => "detection",
+            Role::Statistics(_) => "statistics",
+            _ => "tool",
+        }
+    }
+}
+
 /// Binds `addr` and logs where `role` listens (tests and operators read it).
 async fn bind(role: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
@@ -265,6 +282,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Role::Probe(args) = &cli.role {
         return probe::run(args).await;
     }
+    if let Role::Bench(args) = &cli.role {
+        return bench::run(args).await;
+    }
     let shutdown = Shutdown::start();
     let deadline = std::time::Duration::from_secs_f64(cli.drain_timeout_secs.clamp(0.0, 3600.0));
     let stopped = shutdown.signal();
@@ -290,6 +310,7 @@ async fn run_role(
 ) -> anyhow::Result<()> {
     match role {
         Role::Probe(_) => unreachable!("probes run before any role"),
+        Role::Bench(_) => unreachable!("benches run before any role"),
         Role::All(mut args) => {
             args.edge.drain_timeout = drain_timeout;
             run_all(args, shutdown).await

@@ -6,6 +6,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = switchboard::Cli::parse();
-    switchboard::telemetry::init(&cli.log)?;
+    let _telemetry = switchboard::telemetry::init(&cli.log, cli.role.name())?;
     switchboard::run(cli).await
 }

@@ -1,8 +1,23 @@
-//! Logging: human-readable text by default, one JSON object per line with
-//! `--log-format json` (what log shippers and the test harness read). The
+//! Logs and traces.
+//!
+//! Logs: human-readable text by default, one JSON object per line with
+//! `--log-format json` (what log shippers and the test harness read); each
+//! line logged inside a traced span carries that span's `trace_id`. The
 //! filter is `RUST_LOG`, `info` when unset.
+//!
+//! Traces: only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are
+//! exported over OTLP/HTTP (protobuf) in batches, with W3C trace context
+//! propagated through gRPC metadata and NATS headers (see
+//! `switchboard_proto::trace`). Without it nothing is exported.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -15,19 +30,73 @@ pub struct LogSettings {
     /// Log line format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP endpoint to export traces to (e.g. http://collector:4318);
+    /// no traces are exported when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service name traces carry; `switchboard-<role>` by default.
+    #[arg(long, env = "OTEL_SERVICE_NAME", global = true)]
+    pub otel_service_name: Option<String>,
 }
 
-/// Installs the global subscriber; call once, first thing.
-pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
+/// Flushes the spans still buffered when dropped (at exit).
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {error}");
+        }
+    }
+}
+
+/// Installs logging, and tracing when configured; call once, first thing.
+pub fn init(settings: &LogSettings, role: &str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = match settings.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let logs = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
     };
-    installed.map_err(|error| anyhow::anyhow!("cannot install logging: {error}"))
+    let tracer_provider = match &settings.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()?;
+            let name = settings
+                .otel_service_name
+                .clone()
+                .unwrap_or_else(|| format!("switchboard-{role}"));
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(name).build())
+                .build();
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            Some(provider)
+        }
+        None => None,
+    };
+    let traces = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("switchboard"))
+            .boxed()
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .map_err(|error| anyhow::anyhow!("cannot install logging: {error}"))?;
+    Ok(Telemetry { tracer_provider })
 }

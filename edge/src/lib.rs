@@ -303,7 +303,26 @@ pub fn app(state: EdgeState) -> Router {
             get(pressure::rest::frames).post(pressure::rest::post_frame),
         )
         .layer(state.inner.socketio.clone())
+        .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// Every HTTP request gets a span that continues the caller's trace
+/// (`traceparent`), so a REST action and what it causes are one trace.
+async fn trace_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "http.request",
+        http.method = %request.method(),
+        http.path = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    let parent = switchboard_proto::trace::extract(request.headers());
+    switchboard_proto::trace::continue_trace(&span, parent);
+    next.run(request).instrument(span).await
 }
 
 /// Serves the edge on `listener` until `shutdown` completes.

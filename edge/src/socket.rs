@@ -17,6 +17,21 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// What a connection loop does after handling one event.
+pub enum Next {
+    Continue,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// The close reason for a message over the size limit (close 1009).
+pub fn too_big(limit: usize) -> Next {
+    Next::Close(
+        close_code::TOO_BIG,
+        format!("message too big: the limit is {limit} bytes"),
+    )
+}
+
 /// Why every socket closes when its edge drains.
 pub const RESTART_REASON: &str = "server restarting: reconnect";
 

@@ -5,11 +5,13 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, which server reflection
 //!   serves so `grpcurl list` and `describe` work without the `.proto` files.
 //! - [`metrics`]: the process's Prometheus metrics and the gRPC timing layer.
+//! - [`trace`]: trace context across gRPC and NATS.
 //! - [`server`]: the one way a Switchboard service is put on the network, with
 //!   health, reflection and graceful shutdown, so every role behaves alike.
 
 pub mod metrics;
 pub mod server;
+pub mod trace;
 
 /// Generated messages, clients and servers of `switchboard.v1`.
 pub mod v1 {

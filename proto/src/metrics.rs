@@ -212,23 +212,42 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let method = MethodLabel {
             method: request.uri().path().to_owned(),
         };
         let side = self.side;
+        // The call's span: a client span sends its context along; a server
+        // span continues the caller's.
+        let span = match side {
+            Side::Client => {
+                let span = tracing::info_span!("grpc.client", rpc.method = %method.method, trace_id = tracing::field::Empty);
+                crate::trace::continue_trace(&span, opentelemetry::Context::new());
+                crate::trace::inject(&span, request.headers_mut());
+                span
+            }
+            Side::Server => {
+                let span = tracing::info_span!("grpc.server", rpc.method = %method.method, trace_id = tracing::field::Empty);
+                crate::trace::continue_trace(&span, crate::trace::extract(request.headers()));
+                span
+            }
+        };
         let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            let histograms = match side {
-                Side::Client => &metrics().grpc_client_duration,
-                Side::Server => &metrics().grpc_server_duration,
-            };
-            histograms
-                .get_or_create(&method)
-                .observe(started.elapsed().as_secs_f64());
-            response
-        })
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = response.await;
+                let histograms = match side {
+                    Side::Client => &metrics().grpc_client_duration,
+                    Side::Server => &metrics().grpc_server_duration,
+                };
+                histograms
+                    .get_or_create(&method)
+                    .observe(started.elapsed().as_secs_f64());
+                response
+            }
+            .instrument(span),
+        )
     }
 }

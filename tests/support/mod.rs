@@ -134,6 +134,21 @@ impl Switchboard {
         Self::spawn(args)
     }
 
+    /// `switchboard all` with extra environment variables.
+    pub fn all_with_env(nats: Option<&Nats>, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["all", "--http-addr", "127.0.0.1:0"];
+        if let Some(nats) = nats {
+            args.extend(["--nats-url", nats.url.as_str()]);
+        }
+        args.extend(extra);
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn_with(args, env)
+    }
+
     /// `switchboard all` on a free port, joined to `nats` when given.
     pub fn all(nats: Option<&Nats>, extra: &[&str]) -> Self {
         let mut args = vec!["all", "--http-addr", "127.0.0.1:0"];
@@ -145,6 +160,10 @@ impl Switchboard {
     }
 
     fn spawn(args: Vec<String>) -> Self {
+        Self::spawn_with(args, Vec::new())
+    }
+
+    fn spawn_with(args: Vec<String>, env: Vec<(String, String)>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .args(&args)
@@ -152,6 +171,7 @@ impl Switchboard {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SWITCHBOARD_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("switchboard binary");

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use crate::EdgeState;
 use crate::auth::AuthError;
 use crate::error::ClientError;
-use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
+use crate::socket::{Next, RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
 
 /// The registry's kind for alert connections.
 pub const KIND: &str = "alerts";
@@ -253,12 +253,6 @@ async fn run(socket: WebSocket, state: EdgeState, user_id: String, token: Option
     connection.finish().await;
 }
 
-/// What the loop does after a step.
-enum Next {
-    Continue,
-    Close(u16, String),
-}
-
 impl AlertsConnection {
     async fn serve(
         &mut self,
@@ -286,10 +280,7 @@ impl AlertsConnection {
                 () = draining.started() => Next::Close(close_code::SERVICE_RESTART, RESTART_REASON.to_owned()),
                 message = self.socket.recv() => match message {
                     Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) if is_too_big(&error) => Next::Close(
-                        close_code::TOO_BIG,
-                        format!("message too big: the limit is {} bytes", self.state.settings().max_message_bytes),
-                    ),
+                    Some(Err(error)) if is_too_big(&error) => crate::socket::too_big(self.state.settings().max_message_bytes),
                     Some(Err(_)) | None => return,
                 },
                 letter = alerts.next() => match letter {

@@ -36,7 +36,7 @@ use tonic::Streaming;
 
 use crate::EdgeState;
 use crate::error::ClientError;
-use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
+use crate::socket::{Next, RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
 use inbound::{Action, Inbound};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
 use outbound::{Outbound, Prediction};
@@ -96,12 +96,6 @@ pub async fn upgrade(
                 }
             }
         })
-}
-
-/// What a message handler asks the connection loop to do next.
-enum Next {
-    Continue,
-    Close(u16, String),
 }
 
 /// Counts of what a socket did since it last reported them.
@@ -252,10 +246,7 @@ impl Realtime {
                 () = draining.started() => Next::Close(close_code::SERVICE_RESTART, RESTART_REASON.to_owned()),
                 message = self.socket.recv() => match message {
                     Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) if is_too_big(&error) => Next::Close(
-                        close_code::TOO_BIG,
-                        format!("message too big: the limit is {} bytes", self.state.settings().max_message_bytes),
-                    ),
+                    Some(Err(error)) if is_too_big(&error) => crate::socket::too_big(self.state.settings().max_message_bytes),
                     Some(Err(error)) => {
                         tracing::debug!(session_id = %self.session_id(), %error, "websocket read failed");
                         return;

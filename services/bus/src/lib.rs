@@ -67,6 +67,26 @@ fn nats_error(error: impl Display) -> BusError {
 pub struct Message {
     pub subject: String,
     pub payload: Bytes,
+    /// The publisher's trace context (empty when tracing is off): a
+    /// receiver's span continues it, so the NATS hop stays in one trace.
+    pub trace: opentelemetry::Context,
+}
+
+/// NATS headers as a trace-context carrier.
+struct NatsHeaders(async_nats::HeaderMap);
+
+impl switchboard_proto::trace::Carrier for NatsHeaders {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
 }
 
 /// The bus: NATS when configured, otherwise in process.
@@ -117,16 +137,23 @@ impl Bus {
     /// semantics: subscribers that are not there miss it).
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
         match self {
-            Bus::Nats(nats) => nats
-                .client
-                .publish(subject, payload)
-                .await
-                .map_err(|error| {
+            Bus::Nats(nats) => {
+                let mut headers = NatsHeaders(async_nats::HeaderMap::new());
+                switchboard_proto::trace::inject(&tracing::Span::current(), &mut headers);
+                let published = if headers.0.is_empty() {
+                    nats.client.publish(subject, payload).await
+                } else {
+                    nats.client
+                        .publish_with_headers(subject, headers.0, payload)
+                        .await
+                };
+                published.map_err(|error| {
                     switchboard_proto::metrics::metrics()
                         .nats_publish_failures
                         .inc();
                     nats_error(error)
-                }),
+                })
+            }
             Bus::Local(local) => {
                 local.publish(&subject, payload);
                 Ok(())
@@ -264,9 +291,16 @@ impl Subscription {
     /// The next message, or `None` once the bus is gone.
     pub async fn next(&mut self) -> Option<Message> {
         match self {
-            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| Message {
-                subject: message.subject.to_string(),
-                payload: message.payload,
+            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| {
+                let trace = match message.headers {
+                    Some(headers) => switchboard_proto::trace::extract(&NatsHeaders(headers)),
+                    None => opentelemetry::Context::new(),
+                };
+                Message {
+                    subject: message.subject.to_string(),
+                    payload: message.payload,
+                    trace,
+                }
             }),
             Subscription::Local(receiver) => receiver.recv().await,
         }

@@ -64,6 +64,9 @@ impl LocalBus {
                 let message = Message {
                     subject: subject.to_owned(),
                     payload: payload.clone(),
+                    trace: tracing_opentelemetry::OpenTelemetrySpanExt::context(
+                        &tracing::Span::current(),
+                    ),
                 };
                 if subscriber.sender.try_send(message).is_err() {
                     switchboard_proto::metrics::metrics().outbound_drop("local_bus");

@@ -99,10 +99,10 @@
 //! orientation and at most one free fall, one armed free fall and one impact
 //! under confirmation) and never allocates.
 
+use crate::limits::MAX_MAGNITUDE;
+
 /// Standard gravity, m/s^2: converts the thresholds given in g.
 const G: f64 = 9.806_65;
-/// Magnitudes above this (about 100 g) are not physical for a phone and are ignored.
-const MAX_MAGNITUDE: f64 = 1000.0;
 /// Time constant of the running orientation (exponential average of the
 /// acceleration vector): long enough to average out a stride, short enough to
 /// describe the posture just before the fall.
@@ -164,13 +164,7 @@ impl FallConfig {
     /// defined (e.g. a free-fall threshold above the impact threshold).
     fn sanitized(self) -> Self {
         let d = Self::default();
-        let pick = |v: f64, default: f64, lo: f64, hi: f64| {
-            if v.is_finite() {
-                v.clamp(lo, hi)
-            } else {
-                default
-            }
-        };
+        let pick = crate::limits::finite_within;
         Self {
             free_fall_g: pick(self.free_fall_g, d.free_fall_g, 0.05, 0.95),
             min_free_fall_s: pick(self.min_free_fall_s, d.min_free_fall_s, 0.0, 2.0),

@@ -18,6 +18,7 @@
 
 pub mod alerts;
 pub mod fall;
+mod limits;
 pub mod pressure;
 pub mod steps;
 

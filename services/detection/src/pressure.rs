@@ -413,13 +413,7 @@ impl PeakMonitorConfig {
     /// usable threshold.
     fn sanitized(self) -> Self {
         let d = Self::default();
-        let pick = |v: f64, default: f64, lo: f64, hi: f64| {
-            if v.is_finite() {
-                v.clamp(lo, hi)
-            } else {
-                default
-            }
-        };
+        let pick = crate::limits::finite_within;
         Self {
             warmup_frames: self.warmup_frames,
             time_constant_frames: pick(

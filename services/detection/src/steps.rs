@@ -89,6 +89,8 @@
 //! read from `$CARGO_MANIFEST_DIR/../../tests/data/oxford-steps/validation`
 //! or from the directory named by the `OXFORD_STEPS_DIR` environment variable.
 
+use crate::limits::MAX_MAGNITUDE;
+
 /// Lowest accepted resampling rate; below it a step peak spans too few samples.
 const MIN_RATE_HZ: f64 = 10.0;
 /// Highest accepted resampling rate; keeps the windows (and so memory) small.
@@ -97,8 +99,6 @@ const MAX_RATE_HZ: f64 = 200.0;
 const MAX_SMOOTHING_TAPS: usize = 101;
 /// Largest scoring window, in samples.
 const MAX_SCORE_WINDOW: usize = 201;
-/// Magnitudes above this (about 100 g) are not physical for a phone and are ignored.
-const MAX_MAGNITUDE: f64 = 1000.0;
 
 /// Tuning knobs of [`StepDetector`]. Times are in seconds, independent of the
 /// input rate, so one configuration serves 20 Hz and 100 Hz clients alike.
@@ -164,13 +164,7 @@ impl DetectorConfig {
     /// built with unbounded windows or a degenerate threshold.
     fn sanitized(self) -> Self {
         let d = Self::default();
-        let pick = |v: f64, default: f64, lo: f64, hi: f64| {
-            if v.is_finite() {
-                v.clamp(lo, hi)
-            } else {
-                default
-            }
-        };
+        let pick = crate::limits::finite_within;
         Self {
             sample_rate_hz: pick(
                 self.sample_rate_hz,

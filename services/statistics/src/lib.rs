@@ -35,8 +35,9 @@ use switchboard_proto::v1::statistics_service_server::{
     StatisticsService, StatisticsServiceServer,
 };
 use switchboard_proto::v1::{
-    CountSessionsRequest, GetServerStatsRequest, GetStatisticsRequest, GetUserStatsRequest,
-    RecordUsageRequest, RecordUsageResponse, ServerStats, StatisticsSnapshot, Usage, UserStats,
+    CountSessionsRequest, CountSessionsResponse, GetServerStatsRequest, GetStatisticsRequest,
+    GetUserStatsRequest, RecordUsageRequest, RecordUsageResponse, ServerStats, StatisticsSnapshot,
+    Usage, UserStats,
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
@@ -316,19 +317,20 @@ impl Counters {
         ))
     }
 
-    pub async fn server_stats(&self) -> Result<ServerStats, Status> {
-        let mut stats = self.server_record().await?;
-        stats.usage.get_or_insert_with(Usage::default);
-        stats.active_sessions = self
-            .sessions
+    /// Live sessions, as the registry counts them.
+    pub(crate) async fn live_sessions(&self) -> Result<CountSessionsResponse, Status> {
+        self.sessions
             .clone()
             .count_sessions(CountSessionsRequest {})
             .await
-            .map_err(|status| {
-                Status::unavailable(format!("session service: {}", status.message()))
-            })?
-            .into_inner()
-            .active_sessions;
+            .map(tonic::Response::into_inner)
+            .map_err(|status| Status::unavailable(format!("session service: {}", status.message())))
+    }
+
+    pub async fn server_stats(&self) -> Result<ServerStats, Status> {
+        let mut stats = self.server_record().await?;
+        stats.usage.get_or_insert_with(Usage::default);
+        stats.active_sessions = self.live_sessions().await?.active_sessions;
         Ok(stats)
     }
 }

@@ -20,7 +20,7 @@ use prost::Message as _;
 use serde::Serialize;
 use switchboard_bus::{BusError, KeyValue, subjects};
 use switchboard_proto::unix_now;
-use switchboard_proto::v1::{CountSessionsRequest, EdgeReport};
+use switchboard_proto::v1::EdgeReport;
 use tonic::Status;
 
 use crate::Counters;
@@ -78,15 +78,7 @@ pub struct MessagesView {
 impl Counters {
     /// The cluster's statistics now.
     pub async fn statistics(&self) -> Result<Statistics, Status> {
-        let sessions = self
-            .sessions
-            .clone()
-            .count_sessions(CountSessionsRequest {})
-            .await
-            .map_err(|status| {
-                Status::unavailable(format!("session service: {}", status.message()))
-            })?
-            .into_inner();
+        let sessions = self.live_sessions().await?;
         let server = self.server_record().await?;
         let usage = server.usage.unwrap_or_default();
         let events = self.events().await?;

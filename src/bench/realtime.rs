@@ -1,0 +1,487 @@
+//! `bench realtime`: step-detection sessions streaming accelerometer
+//! samples on `/ws/realtime`.
+//!
+//! Two ways to load:
+//!
+//! - **open loop** (`--rate R`): every session sends R messages a second
+//!   on a fixed schedule (sessions staggered across the period), whatever
+//!   the replies do, as phones would. A session with 1000 messages
+//!   unanswered skips its sends (counted) rather than queueing forever.
+//! - **closed loop** (`--rate 0`, the default): every session sends its next
+//!   message as soon as the previous one is answered, so exactly
+//!   `--sessions` messages are in flight; this finds the deployment's
+//!   maximum throughput at that concurrency.
+//!
+//! A message carries one sample, or `--batch K` samples in the `samples`
+//! array form. Samples follow a walking-like signal at 50 Hz of sample time
+//! (the detector's clock is the samples' timestamps, not the wall clock).
+//! Each reply is matched with the oldest unanswered message of its session
+//! (the edge answers every message, in order); only messages sent inside the
+//! measured window, after the warm-up, count.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::Common;
+use super::baseline::BaselineProcess;
+use super::client::{self, Ended, Socket};
+use super::measure::{Summary, instant_at, now_us, per_second};
+use super::report::{Figure, Goal, Report};
+use super::target::Target;
+
+/// At most this many sessions, whatever is asked.
+const MAX_SESSIONS: usize = 20_000;
+
+/// Unanswered messages a session may have before it skips sends.
+const MAX_OUTSTANDING: usize = 1000;
+
+/// How long a session waits for its last replies after the window.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Handshakes in flight while the sessions connect.
+const CONNECT_CONCURRENCY: usize = 32;
+
+/// Sample period of the synthetic sensor: 50 Hz.
+const SAMPLE_PERIOD: f64 = 0.02;
+
+#[derive(Debug, Args)]
+pub struct RealtimeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Sessions streaming at once [default: 100; 4 with --tiny].
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// Messages per second each session sends; 0 is a closed loop (each
+    /// session sends as soon as its last message is answered, so
+    /// `--sessions` messages are in flight).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Samples per message: 1 sends single-sample messages, more sends
+    /// batches (`{"samples": [[t, x, y, z], ...]}`, at most 1000).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Seconds measured [default: 10; 1 with --tiny].
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// Seconds of load before the measured window [default: 2; 0.2 with
+    /// --tiny].
+    #[arg(long)]
+    pub warmup_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    sessions: usize,
+    rate: f64,
+    batch: usize,
+    warmup: Duration,
+    duration: Duration,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Measured {
+    sessions_requested: usize,
+    sessions_opened: usize,
+    connect_errors: BTreeMap<String, u64>,
+    seconds: f64,
+    /// Messages sent in the measured window.
+    sent: u64,
+    /// Of those, answered with `step_detection`.
+    answered: u64,
+    samples_answered: u64,
+    messages_per_second: Option<f64>,
+    samples_per_second: Option<f64>,
+    offered_messages_per_second: Option<f64>,
+    latency: Summary,
+    /// Error replies by `code`, and sessions that ended by how.
+    errors: BTreeMap<String, u64>,
+    /// Messages sent in the window and never answered.
+    unanswered: u64,
+    /// Sends skipped because a session had too many unanswered.
+    skipped_sends: u64,
+}
+
+impl Measured {
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum::<u64>()
+            + self.connect_errors.values().sum::<u64>()
+            + self.unanswered
+    }
+}
+
+pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
+    let tiny = args.common.tiny;
+    let load = Load {
+        sessions: args
+            .sessions
+            .unwrap_or(if tiny { 4 } else { 100 })
+            .clamp(1, MAX_SESSIONS),
+        rate: args.rate.clamp(0.0, 10_000.0),
+        batch: args.batch.clamp(1, 1000),
+        warmup: Duration::from_secs_f64(
+            args.warmup_secs
+                .unwrap_or(if tiny { 0.2 } else { 2.0 })
+                .clamp(0.0, 600.0),
+        ),
+        duration: Duration::from_secs_f64(
+            args.duration_secs
+                .unwrap_or(if tiny { 1.0 } else { 10.0 })
+                .clamp(0.1, 3600.0),
+        ),
+    };
+    let deployment = Target::deployment(&args.common)?;
+    let measured = measure(&deployment, load).await?;
+    let baseline = if args.common.no_baseline {
+        None
+    } else {
+        let process = BaselineProcess::start()?;
+        Some(measure(&Target::baseline(&process), load).await?)
+    };
+    let closed_loop = load.rate == 0.0;
+    let figure = |name: &str, unit: &'static str, value: fn(&Measured) -> Option<f64>| {
+        Figure::new(
+            name,
+            unit,
+            value(&measured),
+            baseline.as_ref().and_then(value),
+        )
+    };
+    let mut messages = figure("messages/s", "msg/s", |m| m.messages_per_second);
+    let mut p99 = figure("reply latency p99", "ms", |m| m.latency.p99_ms);
+    if closed_loop && load.batch == 1 {
+        messages = messages.goal(Goal::AtLeast(20_000.0));
+        p99 = p99.goal(Goal::AtMost(5.0));
+    }
+    let figures = vec![
+        messages,
+        figure("samples/s", "samples/s", |m| m.samples_per_second),
+        figure("reply latency p50", "ms", |m| m.latency.p50_ms),
+        p99,
+        figure("reply latency p99.9", "ms", |m| m.latency.p999_ms),
+        figure("errors", "messages", |m| Some(m.error_count() as f64)).goal(Goal::AtMost(0.0)),
+    ];
+    Ok(Report {
+        scenario: "realtime",
+        config: json!({
+            "sessions": load.sessions,
+            "rate_per_session": load.rate,
+            "mode": if closed_loop { "closed loop" } else { "open loop" },
+            "batch": load.batch,
+            "warmup_secs": load.warmup.as_secs_f64(),
+            "duration_secs": load.duration.as_secs_f64(),
+            "edges": deployment.edges,
+        }),
+        deployment: serde_json::to_value(&measured)?,
+        baseline: baseline.map(|b| serde_json::to_value(&b)).transpose()?,
+        figures,
+    })
+}
+
+async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
+    let mut measured = Measured {
+        sessions_requested: load.sessions,
+        ..Measured::default()
+    };
+    let semaphore = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut connecting = Vec::with_capacity(load.sessions);
+    for index in 0..load.sessions {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let url = target.ws(index, "/ws/realtime");
+        connecting.push(tokio::spawn(async move {
+            let mut socket = client::connect(&url)
+                .await
+                .map_err(|error| error.root_cause().to_string())?;
+            client::next_text(&mut socket, client::REPLY_TIMEOUT)
+                .await
+                .map_err(|ended| format!("no session_started: {ended}"))?;
+            drop(permit);
+            Ok::<Socket, String>(socket)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(load.sessions);
+    for connection in connecting {
+        match connection.await {
+            Ok(Ok(socket)) => sockets.push(socket),
+            Ok(Err(cause)) => *measured.connect_errors.entry(cause).or_default() += 1,
+            Err(_) => {
+                *measured
+                    .connect_errors
+                    .entry("task failed".into())
+                    .or_default() += 1
+            }
+        }
+    }
+    measured.sessions_opened = sockets.len();
+    let start_us = now_us() + 100_000;
+    let window = Window {
+        start_us,
+        measure_from_us: start_us + micros(load.warmup),
+        end_us: start_us + micros(load.warmup) + micros(load.duration),
+    };
+    let count = sockets.len();
+    let sessions: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            let stagger = index as f64 / count as f64;
+            tokio::spawn(session(socket, load, window, stagger, index))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for session in sessions {
+        let Ok(outcome) = session.await else {
+            *measured.errors.entry("task failed".into()).or_default() += 1;
+            continue;
+        };
+        measured.sent += outcome.sent;
+        measured.answered += outcome.answered;
+        measured.samples_answered += outcome.answered * load.batch as u64;
+        measured.unanswered += outcome.unanswered;
+        measured.skipped_sends += outcome.skipped;
+        for (cause, count) in outcome.errors {
+            *measured.errors.entry(cause).or_default() += count;
+        }
+        latencies.extend(outcome.latencies.into_iter().map(u64::from));
+    }
+    measured.seconds = load.duration.as_secs_f64();
+    measured.messages_per_second = per_second(measured.answered, measured.seconds);
+    measured.samples_per_second = per_second(measured.samples_answered, measured.seconds);
+    measured.offered_messages_per_second =
+        (load.rate > 0.0).then_some(load.rate * measured.sessions_opened as f64);
+    measured.latency = Summary::of(latencies);
+    Ok(measured)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// When the load starts, when measuring starts, when sending stops (bench
+/// clock, microseconds).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start_us: u64,
+    measure_from_us: u64,
+    end_us: u64,
+}
+
+impl Window {
+    fn measures(&self, sent_us: u64) -> bool {
+        sent_us >= self.measure_from_us && sent_us < self.end_us
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    sent: u64,
+    answered: u64,
+    latencies: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+    unanswered: u64,
+    skipped: u64,
+}
+
+impl Outcome {
+    fn error(&mut self, cause: impl Into<String>) {
+        *self.errors.entry(cause.into()).or_default() += 1;
+    }
+
+    /// Accounts a reply to the message sent at `sent_us`.
+    fn reply(&mut self, window: &Window, sent_us: u64, text: &str) {
+        if !window.measures(sent_us) {
+            return;
+        }
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(rename = "type", default)]
+            kind: String,
+            #[serde(default)]
+            code: String,
+        }
+        match serde_json::from_str::<Reply>(text) {
+            Ok(reply) if reply.kind == "step_detection" => {
+                self.answered += 1;
+                let latency = now_us().saturating_sub(sent_us);
+                self.latencies
+                    .push(u32::try_from(latency).unwrap_or(u32::MAX));
+            }
+            Ok(reply) if reply.kind == "error" => self.error(format!("error {}", reply.code)),
+            Ok(reply) => self.error(format!("unexpected {}", reply.kind)),
+            Err(_) => self.error("reply not JSON"),
+        }
+    }
+}
+
+/// A synthetic accelerometer: a walking-like signal at 50 Hz.
+struct Sensor {
+    next: u64,
+    phase: f64,
+}
+
+impl Sensor {
+    fn sample(&mut self) -> [f64; 4] {
+        let t = 1_700_000_000.0 + self.next as f64 * SAMPLE_PERIOD;
+        self.next += 1;
+        let step = std::f64::consts::TAU * 1.8 * (self.next as f64 * SAMPLE_PERIOD) + self.phase;
+        [
+            t,
+            0.4 * (step / 2.0).sin(),
+            9.81 + 2.5 * step.sin(),
+            0.6 * step.cos(),
+        ]
+    }
+
+    fn message(&mut self, batch: usize) -> String {
+        if batch == 1 {
+            let [t, x, y, z] = self.sample();
+            return format!(r#"{{"x":{x:.3},"y":{y:.3},"z":{z:.3},"timestamp":{t:.3}}}"#);
+        }
+        let mut message = String::with_capacity(16 + batch * 48);
+        message.push_str(r#"{"samples":["#);
+        for index in 0..batch {
+            if index > 0 {
+                message.push(',');
+            }
+            let [t, x, y, z] = self.sample();
+            let _ = write!(message, "[{t:.3},{x:.3},{y:.3},{z:.3}]");
+        }
+        message.push_str("]}");
+        message
+    }
+}
+
+async fn session(
+    mut socket: Socket,
+    load: Load,
+    window: Window,
+    stagger: f64,
+    index: usize,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut sensor = Sensor {
+        next: 0,
+        phase: index as f64 * 0.37,
+    };
+    tokio::time::sleep_until(instant_at(window.start_us).into()).await;
+    if load.rate == 0.0 {
+        closed_loop(&mut socket, &mut sensor, load, window, &mut outcome).await;
+    } else {
+        let first_us = window.start_us + (stagger * 1e6 / load.rate) as u64;
+        open_loop(
+            &mut socket,
+            &mut sensor,
+            load,
+            window,
+            first_us,
+            &mut outcome,
+        )
+        .await;
+    }
+    client::close(socket).await;
+    outcome
+}
+
+async fn closed_loop(
+    socket: &mut Socket,
+    sensor: &mut Sensor,
+    load: Load,
+    window: Window,
+    outcome: &mut Outcome,
+) {
+    while now_us() < window.end_us {
+        let message = sensor.message(load.batch);
+        let sent_us = now_us();
+        if let Err(ended) = client::send_text(socket, message).await {
+            outcome.error(format!("send failed: {ended}"));
+            return;
+        }
+        if window.measures(sent_us) {
+            outcome.sent += 1;
+        }
+        match client::next_text(socket, client::REPLY_TIMEOUT).await {
+            Ok(text) => outcome.reply(&window, sent_us, text.as_str()),
+            Err(ended) => {
+                if window.measures(sent_us) {
+                    outcome.unanswered += 1;
+                }
+                outcome.error(format!("session ended: {ended}"));
+                return;
+            }
+        }
+    }
+}
+
+async fn open_loop(
+    socket: &mut Socket,
+    sensor: &mut Sensor,
+    load: Load,
+    window: Window,
+    first_us: u64,
+    outcome: &mut Outcome,
+) {
+    let period_us = 1e6 / load.rate;
+    let mut sends: u64 = 0;
+    let mut outstanding: VecDeque<u64> = VecDeque::new();
+    let mut ended: Option<Ended> = None;
+    loop {
+        let due_us = first_us + (sends as f64 * period_us) as u64;
+        if due_us >= window.end_us {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(instant_at(due_us).into()) => {
+                sends += 1;
+                if outstanding.len() >= MAX_OUTSTANDING {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                let sent_us = now_us();
+                if let Err(failed) = client::send_text(socket, sensor.message(load.batch)).await {
+                    ended = Some(failed);
+                    break;
+                }
+                if window.measures(sent_us) {
+                    outcome.sent += 1;
+                }
+                outstanding.push_back(sent_us);
+            }
+            message = socket.next() => match client::text_of(message) {
+                Ok(Some(text)) => match outstanding.pop_front() {
+                    Some(sent_us) => outcome.reply(&window, sent_us, text.as_str()),
+                    None => outcome.error("reply to nothing"),
+                },
+                Ok(None) => {}
+                Err(closed) => {
+                    ended = Some(closed);
+                    break;
+                }
+            },
+        }
+    }
+    let drain_until = tokio::time::Instant::now() + DRAIN;
+    while ended.is_none() && !outstanding.is_empty() {
+        let left = drain_until.saturating_duration_since(tokio::time::Instant::now());
+        match client::next_text(socket, left).await {
+            Ok(text) => {
+                let sent_us = outstanding.pop_front().unwrap_or_default();
+                outcome.reply(&window, sent_us, text.as_str());
+            }
+            Err(stopped) => ended = Some(stopped),
+        }
+    }
+    outcome.unanswered += outstanding
+        .iter()
+        .filter(|sent_us| window.measures(**sent_us))
+        .count() as u64;
+    if let Some(ended) = ended {
+        outcome.error(format!("session ended: {ended}"));
+    }
+}
