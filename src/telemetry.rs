@@ -68,7 +68,12 @@ pub fn init(settings: &LogSettings, role: &str) -> anyhow::Result<Telemetry> {
             .with_span_list(false)
             .boxed(),
     };
-    let tracer_provider = match &settings.otlp_endpoint {
+    // An empty endpoint (as compose passes an unset variable) means none.
+    let endpoint = settings
+        .otlp_endpoint
+        .as_deref()
+        .filter(|endpoint| !endpoint.is_empty());
+    let tracer_provider = match endpoint {
         Some(endpoint) => {
             let exporter = SpanExporter::builder()
                 .with_http()
