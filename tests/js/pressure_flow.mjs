@@ -26,8 +26,16 @@ function once(socket, event) {
   });
 }
 
+// Like the seed's front end, retry a failed connection (a few times); say
+// why each attempt failed, so a failure shows its cause.
 function connect(url, transports) {
-  const socket = io(url, { transports, reconnection: false, timeout: WAIT_MS });
+  const socket = io(url, {
+    transports,
+    reconnectionAttempts: 5,
+    reconnectionDelay: 200,
+    timeout: WAIT_MS,
+  });
+  socket.on("connect_error", (error) => console.error(`connect_error ${url}: ${error.message}`));
   return once(socket, "connect").then(() => socket);
 }
 

@@ -264,6 +264,26 @@ impl Bus {
     }
 }
 
+/// Opens the stream `config` names, creating it when it does not exist.
+/// Replicas starting together race to create it: whoever loses finds it
+/// created and opens it, rather than failing.
+pub(crate) async fn open_stream(
+    jetstream: &jetstream::Context,
+    config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let name = config.name.clone();
+    if let Ok(stream) = jetstream.get_stream(&name).await {
+        return Ok(stream);
+    }
+    match jetstream.create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        Err(create_error) => jetstream
+            .get_stream(&name)
+            .await
+            .map_err(|_| nats_error(create_error)),
+    }
+}
+
 /// The stream behind a JetStream KV bucket with one revision per key, as
 /// NATS's KV specification (ADR-8) lays it out.
 fn kv_stream_config(bucket: &str) -> jetstream::stream::Config {

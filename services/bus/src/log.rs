@@ -52,10 +52,7 @@ impl NatsLog {
             allow_direct: true,
             ..Default::default()
         };
-        let stream = jetstream
-            .get_or_create_stream(config)
-            .await
-            .map_err(nats_error)?;
+        let stream = crate::open_stream(jetstream, config).await?;
         Ok(Self {
             jetstream: jetstream.clone(),
             stream,
