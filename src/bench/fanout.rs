@@ -1,6 +1,6 @@
-//! `bench fanout`: `/ws/ui` clients spread over the edges, one publisher.
+//! `bench fanout`: `/ws/ui` clients spread over the edges, and publishers.
 //!
-//! The publisher broadcasts `--rate` telemetry messages a second through
+//! The publishers broadcast `--rate` telemetry messages a second through
 //! the first instance (`POST /api/events/broadcast/telemetry`), each
 //! carrying this run's id, a sequence number and its send time on the
 //! bench's clock; clients on every edge receive them (those on other edges
@@ -8,6 +8,11 @@
 //! sequence numbers it saw, so a message lost by a client that kept up is
 //! counted, not guessed. "Full delivery" is, per broadcast, the time until
 //! the last client keeping up had it.
+//!
+//! One publisher waits for each broadcast to be acknowledged before the
+//! next, so its round trip caps the rate; `--publishers K` shares the
+//! schedule among K publishers (broadcast `i` goes to publisher `i mod K`),
+//! and messages may then arrive out of order (counted, not lost).
 //!
 //! `--slow-percent P` makes P % of the clients stop reading once connected:
 //! they stand for slow consumers. They are left out of latency and loss;
@@ -28,9 +33,9 @@ use tokio::sync::{Semaphore, watch};
 use super::Common;
 use super::baseline::BaselineProcess;
 use super::client::{self, Ended, Socket};
-use super::measure::{Summary, instant_at, now_us, per_second, run_id};
+use super::measure::{CpuMeter, CpuUse, Summary, instant_at, now_us, per_second, run_id};
 use super::report::{Figure, Goal, Report};
-use super::target::Target;
+use super::target::{Publisher, Target};
 
 /// At most this many clients, whatever is asked.
 const MAX_CLIENTS: usize = 100_000;
@@ -65,6 +70,10 @@ pub struct FanoutArgs {
     /// consumers); they are left out of latency and loss.
     #[arg(long, default_value_t = 0.0)]
     pub slow_percent: f64,
+    /// Publishers sharing the schedule, each waiting for its broadcast to
+    /// be acknowledged before its next.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
     /// Handshakes in flight while the clients connect.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -76,6 +85,7 @@ struct Load {
     slow: usize,
     rate: f64,
     broadcasts: usize,
+    publishers: usize,
     concurrency: usize,
 }
 
@@ -118,6 +128,8 @@ struct Measured {
     /// still open.
     slow_outcome: BTreeMap<String, u64>,
     memory: Memory,
+    /// From the first broadcast until every client is done.
+    cpu: CpuUse,
 }
 
 pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
@@ -140,6 +152,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
         slow: (clients as f64 * slow_percent / 100.0).round() as usize,
         rate,
         broadcasts: ((rate * duration).ceil() as usize).clamp(1, MAX_BROADCASTS),
+        publishers: args.publishers.clamp(1, 64),
         concurrency: args.concurrency.clamp(1, 1000),
     };
     let deployment = Target::deployment(&args.common)?;
@@ -175,6 +188,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             Some(m.clients_closed.values().sum::<u64>() as f64)
         })
         .goal(Goal::AtMost(0.0)),
+        figure("CPU of the target", "cores", |m| m.cpu.target_cores),
+        figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
     if load.slow > 0 {
         figures.push(
@@ -200,6 +215,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             "slow_clients": load.slow,
             "rate": load.rate,
             "broadcasts": load.broadcasts,
+            "publishers": load.publishers,
             "duration_secs": duration,
             "edges": deployment.edges,
             "edge_pids": deployment.pids,
@@ -272,34 +288,43 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
     tokio::time::sleep(SETTLE).await;
     measured.memory.rss_kib_before = target.rss_kib();
 
-    let mut publisher = target.ui_publisher(0).await?;
-    let mut calls = Vec::with_capacity(load.broadcasts);
-    let period_us = 1e6 / load.rate;
+    let mut publishers = Vec::with_capacity(load.publishers);
+    for _ in 0..load.publishers {
+        publishers.push(target.ui_publisher(0).await?);
+    }
+    let cpu = CpuMeter::start(&target.pids);
     let start_us = now_us();
-    for seq in 0..load.broadcasts {
-        let due_us = start_us + (seq as f64 * period_us) as u64;
-        tokio::time::sleep_until(instant_at(due_us).into()).await;
-        let sent_us = now_us();
-        let data = json!({"bench_run": shared.run, "seq": seq, "sent_us": sent_us});
-        let delivered = json!({"type": "telemetry", "data": data});
-        match publisher.publish(&json!({"data": data}), &delivered).await {
-            Ok(()) => {
-                shared.published.fetch_add(1, Ordering::Relaxed);
-                calls.push(now_us() - sent_us);
-            }
-            Err(error) => {
-                *measured
-                    .publish_errors
-                    .entry(error.to_string())
-                    .or_default() += 1;
-            }
+    let schedules: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(first, publisher)| {
+            tokio::spawn(publish(
+                publisher,
+                Arc::clone(&shared),
+                load,
+                first,
+                start_us,
+            ))
+        })
+        .collect();
+    let mut calls = Vec::with_capacity(load.broadcasts);
+    for schedule in schedules {
+        let Ok((done_calls, errors)) = schedule.await else {
+            *measured
+                .publish_errors
+                .entry("task failed".into())
+                .or_default() += 1;
+            continue;
+        };
+        calls.extend(done_calls);
+        for (cause, count) in errors {
+            *measured.publish_errors.entry(cause).or_default() += count;
         }
     }
     // The schedule's length, or longer if publishing fell behind it.
     let planned_seconds = load.broadcasts as f64 / load.rate;
     measured.publish_seconds = ((now_us() - start_us) as f64 / 1e6).max(planned_seconds);
     measured.memory.rss_kib_after = target.rss_kib();
-    publisher.finish().await;
     let _ = publishing_done.send(true);
 
     measured.published = shared.published.load(Ordering::Relaxed);
@@ -342,6 +367,7 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
             }
         }
     }
+    measured.cpu = cpu.stop();
     measured.latency = Summary::of(latencies);
     let last_us = shared.last_delivery_us.load(Ordering::Relaxed);
     measured.deliveries_per_second = per_second(
@@ -366,6 +392,36 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
         _ => None,
     };
     Ok(measured)
+}
+
+/// Publishes broadcasts `first`, `first + K`, … of the schedule (K
+/// publishers); returns each call's duration and the failures by cause.
+async fn publish(
+    mut publisher: Publisher,
+    shared: Arc<Shared>,
+    load: Load,
+    first: usize,
+    start_us: u64,
+) -> (Vec<u64>, BTreeMap<String, u64>) {
+    let period_us = 1e6 / load.rate;
+    let mut calls = Vec::new();
+    let mut errors = BTreeMap::new();
+    for seq in (first..load.broadcasts).step_by(load.publishers) {
+        let due_us = start_us + (seq as f64 * period_us) as u64;
+        tokio::time::sleep_until(instant_at(due_us).into()).await;
+        let sent_us = now_us();
+        let data = json!({"bench_run": shared.run, "seq": seq, "sent_us": sent_us});
+        let delivered = json!({"type": "telemetry", "data": data});
+        match publisher.publish(&json!({"data": data}), &delivered).await {
+            Ok(()) => {
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                calls.push(now_us() - sent_us);
+            }
+            Err(error) => *errors.entry(error.to_string()).or_default() += 1,
+        }
+    }
+    publisher.finish().await;
+    (calls, errors)
 }
 
 /// Whether client `index` is one of the slow ones (spread evenly).

@@ -90,6 +90,68 @@ pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|pid| rss_kib(*pid)).sum()
 }
 
+/// CPU time (user and system) `pid` has used, in seconds, from
+/// `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// CPU used while a load ran, in cores (CPU seconds per second): by the
+/// target's processes (when their pids are known) and by the bench itself,
+/// which shares the machine with them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuUse {
+    pub seconds: f64,
+    pub target_cores: Option<f64>,
+    pub bench_cores: Option<f64>,
+}
+
+/// Measures [`CpuUse`] from [`CpuMeter::start`] to [`CpuMeter::stop`].
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    started: Instant,
+    target: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            started: Instant::now(),
+            target: total_cpu_seconds(pids),
+            bench: cpu_seconds(std::process::id()),
+        }
+    }
+
+    pub fn stop(self) -> CpuUse {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let cores = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(before), Some(after)) if seconds > 0.0 => Some((after - before) / seconds),
+            _ => None,
+        };
+        CpuUse {
+            seconds,
+            target_cores: cores(self.target, total_cpu_seconds(&self.pids)),
+            bench_cores: cores(self.bench, cpu_seconds(std::process::id())),
+        }
+    }
+}
+
 /// Events per second over `seconds`, `None` for an empty window.
 pub fn per_second(events: u64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| events as f64 / seconds)

@@ -54,8 +54,9 @@ pub enum Scenario {
     /// Sessions streaming accelerometer samples on `/ws/realtime`:
     /// messages/s, samples/s, reply latency, errors.
     Realtime(realtime::RealtimeArgs),
-    /// `/ws/ui` clients over the edges and a publisher broadcasting:
-    /// publish→delivery latency, deliveries/s, messages lost.
+    /// `/ws/ui` clients over the edges and publishers broadcasting:
+    /// publish→delivery latency, deliveries/s, messages lost, slow
+    /// consumers.
     Fanout(fanout::FanoutArgs),
     /// Alerts raised by REST on one instance and received on
     /// `/ws/alerts/{user}` on another: latency and losses.

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use super::Common;
 use super::baseline::BaselineProcess;
 use super::client::{self, Ended, Socket};
-use super::measure::{Summary, instant_at, now_us, per_second};
+use super::measure::{CpuMeter, CpuUse, Summary, instant_at, now_us, per_second};
 use super::report::{Figure, Goal, Report};
 use super::target::Target;
 
@@ -107,6 +107,9 @@ struct Measured {
     unanswered: u64,
     /// Sends skipped because a session had too many unanswered.
     skipped_sends: u64,
+    /// From the start of the load (warm-up included) until every session
+    /// is done.
+    cpu: CpuUse,
 }
 
 impl Measured {
@@ -167,6 +170,8 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         p99,
         figure("reply latency p99.9", "ms", |m| m.latency.p999_ms),
         figure("errors", "messages", |m| Some(m.error_count() as f64)).goal(Goal::AtMost(0.0)),
+        figure("CPU of the target", "cores", |m| m.cpu.target_cores),
+        figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
     Ok(Report {
         scenario: "realtime",
@@ -227,6 +232,8 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
         end_us: start_us + micros(load.warmup) + micros(load.duration),
     };
     let count = sockets.len();
+    tokio::time::sleep_until(instant_at(window.start_us).into()).await;
+    let cpu = CpuMeter::start(&target.pids);
     let sessions: Vec<_> = sockets
         .into_iter()
         .enumerate()
@@ -251,6 +258,7 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
         }
         latencies.extend(outcome.latencies.into_iter().map(u64::from));
     }
+    measured.cpu = cpu.stop();
     measured.seconds = load.duration.as_secs_f64();
     measured.messages_per_second = per_second(measured.answered, measured.seconds);
     measured.samples_per_second = per_second(measured.samples_answered, measured.seconds);
