@@ -3,7 +3,7 @@
 //! The session service publishes a `SessionControl` on
 //! `switchboard.edge.<edge_id>.control` when a session is terminated or
 //! times out. Each edge subscribes to its own subject and hands the message
-//! to the socket it holds through that socket's small bounded queue. The
+//! to the socket it holds through that socket's one-message slot. The
 //! table of held sockets is the only thing an edge keeps, and only for as
 //! long as the sockets are open.
 
@@ -13,16 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prost::Message as _;
 use switchboard_bus::Subscription;
 use switchboard_proto::v1::SessionControl;
-use tokio::sync::mpsc;
-
-/// Control messages queued per socket; a socket receives at most one or two
-/// in its life.
-pub const CONTROL_QUEUE: usize = 4;
+use tokio::sync::oneshot;
 
 /// The sockets this edge holds, by session id.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    held: Mutex<HashMap<String, mpsc::Sender<SessionControl>>>,
+    held: Mutex<HashMap<String, oneshot::Sender<SessionControl>>>,
 }
 
 /// Removes its socket from the table when the connection ends.
@@ -38,7 +34,7 @@ impl Drop for HeldSocket {
 }
 
 impl Sockets {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<SessionControl>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<SessionControl>>> {
         self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -49,8 +45,8 @@ impl Sockets {
     pub fn hold(
         self: &Arc<Self>,
         session_id: &str,
-    ) -> (HeldSocket, mpsc::Receiver<SessionControl>) {
-        let (sender, receiver) = mpsc::channel(CONTROL_QUEUE);
+    ) -> (HeldSocket, oneshot::Receiver<SessionControl>) {
+        let (sender, receiver) = oneshot::channel();
         self.lock().insert(session_id.to_owned(), sender);
         let guard = HeldSocket {
             sockets: Arc::clone(self),
@@ -69,10 +65,11 @@ impl Sockets {
     }
 
     fn deliver(&self, control: SessionControl) {
-        let sender = self.lock().get(&control.session_id).cloned();
+        // A socket takes one control message in its life: the first ends it.
+        let sender = self.lock().remove(&control.session_id);
         match sender {
             Some(sender) => {
-                if sender.try_send(control).is_err() {
+                if sender.send(control).is_err() {
                     tracing::debug!("socket already closing, control message dropped");
                 }
             }

@@ -37,7 +37,6 @@ use switchboard_proto::v1::{
     AckAlertRequest, Alert, CloseSessionRequest, LimitPolicy, OpenSessionRequest,
     RecordActivityRequest, SessionControl,
 };
-use tokio::sync::mpsc;
 
 use crate::EdgeState;
 use crate::auth::AuthError;
@@ -257,7 +256,7 @@ impl AlertsConnection {
     async fn serve(
         &mut self,
         mut alerts: MailboxReader,
-        mut control: mpsc::Receiver<SessionControl>,
+        mut control: tokio::sync::oneshot::Receiver<SessionControl>,
         interval: Duration,
         timeout: Duration,
     ) {
@@ -291,7 +290,7 @@ impl AlertsConnection {
                         Next::Close(close_code::TRY_AGAIN_LATER, "alerts unavailable".into())
                     }
                 },
-                Some(control) = control.recv() => self.on_control(control).await,
+                Ok(control) = &mut control => self.on_control(control).await,
                 _ = ticks.tick() => self.on_tick(timeout).await,
             };
             if let Next::Close(code, reason) = next {

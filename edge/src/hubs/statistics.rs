@@ -148,7 +148,9 @@ async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {
         tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let mut registered = true;
     let mut draining = state.draining();
-    if send_json(&mut socket, &welcome).await.is_ok() {
+    let welcomed = send_json(&mut socket, &welcome).await;
+    drop(welcome);
+    if welcomed.is_ok() {
         loop {
             let reply = tokio::select! {
                 () = draining.started() => {
@@ -200,7 +202,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {
                     }
                     Some(Err(_)) => break,
                 },
-                Some(_) = control.recv() => {
+                Ok(_) = &mut control => {
                     registered = false;
                     close(&mut socket, close_code::NORMAL, "connection ended by the server").await;
                     break;

@@ -43,7 +43,10 @@ async fn run(mut socket: WebSocket, state: EdgeState) {
             "timestamp": switchboard_bus::rfc3339_now(),
         },
     });
-    if send_json(&mut socket, &welcome).await.is_err() {
+    let welcomed = send_json(&mut socket, &welcome).await;
+    // Not kept for the connection's life: a kilobyte per socket otherwise.
+    drop(welcome);
+    if welcomed.is_err() {
         return;
     }
     state.meter().sent();

@@ -202,7 +202,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
     if send(&mut connection.socket, &started).await.is_ok() {
         connection.serve(control, report_interval).await;
     }
-    connection.finish().await;
+    Box::pin(connection.finish()).await;
 }
 
 fn error_message<'a>(error: &ClientError, session_id: Option<&'a str>) -> Outbound<'a> {
@@ -235,7 +235,7 @@ impl Realtime {
     /// The connection loop: client messages, control messages, report ticks.
     async fn serve(
         &mut self,
-        mut control: mpsc::Receiver<SessionControl>,
+        mut control: tokio::sync::oneshot::Receiver<SessionControl>,
         report_interval: Duration,
     ) {
         let mut reports = tokio::time::interval(report_interval);
@@ -253,7 +253,7 @@ impl Realtime {
                     }
                     None => return,
                 },
-                Some(control) = control.recv() => {
+                Ok(control) = &mut control => {
                     self.on_control(control).await;
                     return;
                 }
@@ -282,9 +282,11 @@ impl Realtime {
         self.for_statistics.requests += 1;
         let result = match inbound::parse(text.as_str(), unix_now()) {
             Ok(Inbound::Samples(samples)) => self.on_samples(samples).await,
-            Ok(Inbound::Action(Action::Stop)) => self.on_stop().await,
-            Ok(Inbound::Action(Action::Reset)) => self.on_reset().await,
-            Ok(Inbound::Action(Action::Stats)) => self.on_stats().await,
+            // Rare actions are boxed: their futures would otherwise sit in
+            // every connection's task, a few kilobytes each.
+            Ok(Inbound::Action(Action::Stop)) => Box::pin(self.on_stop()).await,
+            Ok(Inbound::Action(Action::Reset)) => Box::pin(self.on_reset()).await,
+            Ok(Inbound::Action(Action::Stats)) => Box::pin(self.on_stats()).await,
             Err(error) => Err(error),
         };
         // Every text message gets exactly one reply.
