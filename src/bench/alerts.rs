@@ -180,19 +180,7 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
             Ok(tokio::spawn(receive(socket, run, index, raised, done)))
         }));
     }
-    let mut receivers = Vec::with_capacity(load.users);
-    for connection in connecting {
-        match connection.await {
-            Ok(Ok(receiver)) => receivers.push(receiver),
-            Ok(Err(cause)) => *measured.connect_errors.entry(cause).or_default() += 1,
-            Err(_) => {
-                *measured
-                    .connect_errors
-                    .entry("task failed".into())
-                    .or_default() += 1
-            }
-        }
-    }
+    let receivers = super::measure::opened(connecting, &mut measured.connect_errors).await;
     measured.connected = receivers.len();
 
     let start_us = now_us() + 100_000;

@@ -271,19 +271,7 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
             Ok::<_, String>(tokio::spawn(receive(socket, slow, shared, done)))
         }));
     }
-    let mut receivers = Vec::with_capacity(load.clients);
-    for connection in connecting {
-        match connection.await {
-            Ok(Ok(receiver)) => receivers.push(receiver),
-            Ok(Err(cause)) => *measured.connect_errors.entry(cause).or_default() += 1,
-            Err(_) => {
-                *measured
-                    .connect_errors
-                    .entry("task failed".into())
-                    .or_default() += 1
-            }
-        }
-    }
+    let receivers = super::measure::opened(connecting, &mut measured.connect_errors).await;
     measured.clients_connected = receivers.len();
     tokio::time::sleep(SETTLE).await;
     measured.memory.rss_kib_before = target.rss_kib();

@@ -156,3 +156,20 @@ impl CpuMeter {
 pub fn per_second(events: u64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| events as f64 / seconds)
 }
+
+/// Awaits the connection tasks, keeping the connections that opened and
+/// counting why the others did not.
+pub async fn opened<T>(
+    connecting: Vec<tokio::task::JoinHandle<Result<T, String>>>,
+    errors: &mut std::collections::BTreeMap<String, u64>,
+) -> Vec<T> {
+    let mut opened = Vec::with_capacity(connecting.len());
+    for connection in connecting {
+        match connection.await {
+            Ok(Ok(connection)) => opened.push(connection),
+            Ok(Err(cause)) => *errors.entry(cause).or_default() += 1,
+            Err(_) => *errors.entry("task failed".into()).or_default() += 1,
+        }
+    }
+    opened
+}

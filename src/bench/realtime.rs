@@ -211,19 +211,7 @@ async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
             Ok::<Socket, String>(socket)
         }));
     }
-    let mut sockets = Vec::with_capacity(load.sessions);
-    for connection in connecting {
-        match connection.await {
-            Ok(Ok(socket)) => sockets.push(socket),
-            Ok(Err(cause)) => *measured.connect_errors.entry(cause).or_default() += 1,
-            Err(_) => {
-                *measured
-                    .connect_errors
-                    .entry("task failed".into())
-                    .or_default() += 1
-            }
-        }
-    }
+    let sockets = super::measure::opened(connecting, &mut measured.connect_errors).await;
     measured.sessions_opened = sockets.len();
     let start_us = now_us() + 100_000;
     let window = Window {
