@@ -251,16 +251,23 @@ async fn a_connection_without_heartbeats_is_closed_and_cleaned_up_everywhere() {
     let (mut silent, _) = alerts(&a, "erin").await;
     let (mut lively, _) = alerts(&a, "fay").await;
 
-    // The server pings both; only fay answers, for longer than the timeout.
-    let closed = loop {
-        tokio::select! {
-            closed = silent.expect_close() => break closed,
-            ping = lively.expect("ping") => {
-                assert!(ping["timestamp"].is_string());
-                lively.send_json(json!({"type": "pong"})).await;
+    // The server pings both; only fay answers, all along (a task keeps
+    // answering while the test looks at the registry).
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let responder = tokio::spawn(async move {
+        let mut pings = 0;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return (lively, pings),
+                ping = lively.expect("ping") => {
+                    assert!(ping["timestamp"].is_string());
+                    lively.send_json(json!({"type": "pong"})).await;
+                    pings += 1;
+                }
             }
         }
-    };
+    });
+    let closed = silent.expect_close().await;
     assert_eq!(closed.code, 1001, "{closed:?}");
     assert_eq!(closed.reason, "no heartbeat for 1 seconds");
 
@@ -278,6 +285,12 @@ async fn a_connection_without_heartbeats_is_closed_and_cleaned_up_everywhere() {
     ))
     .await;
     assert_eq!(fay["connected"], true);
+    stop.send(()).unwrap();
+    let (mut lively, pings) = responder.await.unwrap();
+    assert!(
+        pings >= 2,
+        "fay answered {pings} pings through erin's timeout"
+    );
     lively.expect("ping").await;
 }
 

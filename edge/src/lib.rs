@@ -18,6 +18,7 @@
 //! - [`meter`]: sockets and messages counted, reported for the statistics.
 //! - [`auth`]: JWT verification.
 //! - [`socket`]: what the WebSocket endpoints share.
+//! - [`stream_call`]: request and reply over a long-lived gRPC stream.
 //! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
 //! - [`control`]: closing a socket held here when the cluster says so.
 //! - [`error`]: the one mapping from failures to what a client sees.
@@ -33,6 +34,7 @@ pub mod realtime;
 pub mod rest;
 pub mod settings;
 pub mod socket;
+pub mod stream_call;
 
 use std::future::Future;
 use std::sync::Arc;

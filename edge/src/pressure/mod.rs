@@ -28,9 +28,6 @@ use switchboard_proto::unix_now;
 use switchboard_proto::v1::{
     FrameReply, FrameRequest, FrameStats, MatrixRow, PressureFrame, RecordFrameRequest,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 use crate::EdgeState;
 use crate::error::ClientError;
@@ -251,16 +248,10 @@ impl FrameInput {
     }
 }
 
-/// The detection stream of one joined workout.
-struct FrameStream {
-    requests: mpsc::Sender<FrameRequest>,
-    replies: Streaming<FrameReply>,
-}
-
 /// One joined workout.
 struct Joined {
     _membership: Membership,
-    detection: Option<FrameStream>,
+    detection: Option<crate::stream_call::StreamCall<FrameRequest, FrameReply>>,
 }
 
 /// One client connection's pressure streaming, whatever its transport.
@@ -393,52 +384,19 @@ impl PressureConnection {
         workout_id: &str,
         request: FrameRequest,
     ) -> Result<FrameReply, ClientError> {
-        let unavailable = |detail: &str| ClientError::Unavailable {
-            service: "detection",
-            detail: detail.to_owned(),
-        };
-        let deadline = self.state.settings().grpc_timeout();
+        let mut detection = self.state.backends().detection.clone();
         let joined = self
             .joined
             .get_mut(workout_id)
             .expect("checked by the caller");
-        if joined.detection.is_none() {
-            let (requests, outgoing) = mpsc::channel(4);
-            let opened = tokio::time::timeout(
-                deadline,
-                self.state
-                    .backends()
-                    .detection
-                    .clone()
-                    .stream_frames(ReceiverStream::new(outgoing)),
-            )
-            .await
-            .map_err(|_| unavailable("timed out opening the frame stream"))?
-            .map_err(|status| ClientError::from_status("detection", status))?;
-            joined.detection = Some(FrameStream {
-                requests,
-                replies: opened.into_inner(),
-            });
-        }
-        let stream = joined.detection.as_mut().expect("opened above");
-        let outcome = async {
-            stream
-                .requests
-                .send(request)
-                .await
-                .map_err(|_| unavailable("frame stream closed"))?;
-            match tokio::time::timeout(deadline, stream.replies.message()).await {
-                Ok(Ok(Some(reply))) => Ok(reply),
-                Ok(Ok(None)) => Err(unavailable("frame stream ended")),
-                Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
-                Err(_) => Err(unavailable("no reply within the deadline")),
-            }
-        }
-        .await;
-        if outcome.is_err() {
-            joined.detection = None;
-        }
-        outcome
+        crate::stream_call::call(
+            &mut joined.detection,
+            "detection",
+            self.state.settings().grpc_timeout(),
+            move |outgoing| async move { detection.stream_frames(outgoing).await },
+            request,
+        )
+        .await
     }
 }
 

@@ -30,13 +30,11 @@ use switchboard_proto::v1::{
     RecordActivityRequest, RecordUsageRequest, ResetSessionRequest, Session, SessionControl,
     StepReply, StepRequest, Usage,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 use crate::EdgeState;
 use crate::error::ClientError;
 use crate::socket::{Next, RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
+use crate::stream_call::StreamCall;
 use inbound::{Action, Inbound};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
 use outbound::{Outbound, Prediction};
@@ -118,12 +116,6 @@ impl Unreported {
     }
 }
 
-/// The detection stream of one session: requests out, replies in, in order.
-struct DetectionStream {
-    requests: mpsc::Sender<StepRequest>,
-    replies: Streaming<StepReply>,
-}
-
 /// One `/ws/realtime` connection.
 struct Realtime {
     state: EdgeState,
@@ -141,7 +133,7 @@ struct Realtime {
     for_registry: Unreported,
     /// Not yet added to the statistics counters.
     for_statistics: Unreported,
-    detection: Option<DetectionStream>,
+    detection: Option<StreamCall<StepRequest, StepReply>>,
 }
 
 async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
@@ -303,55 +295,17 @@ impl Realtime {
     }
 
     /// Sends one request on the session's detection stream (opening it when
-    /// needed) and waits, bounded, for its reply. Any failure drops the
-    /// stream so the next message opens a fresh one.
+    /// needed) and waits, bounded, for its reply.
     async fn detect(&mut self, request: StepRequest) -> Result<StepReply, ClientError> {
-        let unavailable = |detail: String| ClientError::Unavailable {
-            service: "detection",
-            detail,
-        };
-        if self.detection.is_none() {
-            let (requests, outgoing) = mpsc::channel(4);
-            let replies = tokio::time::timeout(
-                self.state.settings().grpc_timeout(),
-                self.state
-                    .backends()
-                    .detection
-                    .clone()
-                    .stream_steps(ReceiverStream::new(outgoing)),
-            )
-            .await
-            .map_err(|_| unavailable("timed out opening the detection stream".into()))?
-            .map_err(|status| ClientError::from_status("detection", status))?;
-            self.detection = Some(DetectionStream {
-                requests,
-                replies: replies.into_inner(),
-            });
-        }
-        let stream = self.detection.as_mut().expect("opened above");
-        let outcome = async {
-            stream
-                .requests
-                .send(request)
-                .await
-                .map_err(|_| unavailable("detection stream closed".into()))?;
-            match tokio::time::timeout(
-                self.state.settings().grpc_timeout(),
-                stream.replies.message(),
-            )
-            .await
-            {
-                Ok(Ok(Some(reply))) => Ok(reply),
-                Ok(Ok(None)) => Err(unavailable("detection stream ended".into())),
-                Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
-                Err(_) => Err(unavailable("no reply within the deadline".into())),
-            }
-        }
-        .await;
-        if outcome.is_err() {
-            self.detection = None;
-        }
-        outcome
+        let mut detection = self.state.backends().detection.clone();
+        crate::stream_call::call(
+            &mut self.detection,
+            "detection",
+            self.state.settings().grpc_timeout(),
+            move |outgoing| async move { detection.stream_steps(outgoing).await },
+            request,
+        )
+        .await
     }
 
     async fn on_samples(
