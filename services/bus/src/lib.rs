@@ -219,9 +219,7 @@ impl Bus {
     /// Opens (creating when needed) the log `name`.
     pub async fn log(&self, name: &str) -> Result<Log, BusError> {
         match self {
-            Bus::Nats(nats) => Ok(Log::Nats(Box::new(
-                log::NatsLog::open(&nats.jetstream, name).await?,
-            ))),
+            Bus::Nats(nats) => Ok(Log::Nats(Box::new(log::open(&nats.jetstream, name).await?))),
             Bus::Local(local) => Ok(Log::Local(local.log(name))),
         }
     }
@@ -230,7 +228,7 @@ impl Bus {
     pub async fn mailbox(&self, name: &str) -> Result<Mailbox, BusError> {
         match self {
             Bus::Nats(nats) => Ok(Mailbox::Nats(Box::new(
-                mailbox::NatsMailbox::open(&nats.jetstream, name).await?,
+                mailbox::open(&nats.jetstream, name).await?,
             ))),
             Bus::Local(local) => Ok(Mailbox::Local(local.mailbox(name))),
         }
@@ -281,6 +279,57 @@ pub(crate) async fn open_stream(
             .get_stream(&name)
             .await
             .map_err(|_| nats_error(create_error)),
+    }
+}
+
+/// A JetStream stream whose subjects share a prefix, one subject token per
+/// key segment: what logs and mailboxes are built on.
+#[derive(Clone, Debug)]
+pub struct PrefixedStream {
+    jetstream: jetstream::Context,
+    pub(crate) stream: jetstream::stream::Stream,
+    prefix: String,
+}
+
+impl PrefixedStream {
+    /// Opens (creating when needed) the stream `config` describes, whose
+    /// subjects start with `prefix`.
+    pub(crate) async fn open(
+        jetstream: &jetstream::Context,
+        prefix: String,
+        config: jetstream::stream::Config,
+    ) -> Result<Self, BusError> {
+        Ok(Self {
+            jetstream: jetstream.clone(),
+            stream: open_stream(jetstream, config).await?,
+            prefix,
+        })
+    }
+
+    /// The subject of a message keyed by `segments` (any strings).
+    pub(crate) fn subject(&self, segments: &[&str]) -> String {
+        segments
+            .iter()
+            .fold(self.prefix.clone(), |subject, segment| {
+                format!("{subject}.{}", key_token(segment))
+            })
+    }
+
+    /// Publishes and waits for JetStream's acknowledgement: the message is
+    /// stored when this returns. Returns its sequence.
+    pub(crate) async fn publish_durably(
+        &self,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<u64, BusError> {
+        let ack = self
+            .jetstream
+            .publish(subject, payload)
+            .await
+            .map_err(nats_error)?
+            .await
+            .map_err(nats_error)?;
+        Ok(ack.sequence)
     }
 }
 

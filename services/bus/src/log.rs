@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
-use crate::{BusError, key_token, nats_error};
+use crate::{BusError, PrefixedStream, nats_error};
 
 /// Most bytes an in-process log holds in all.
 pub const LOCAL_LOG_MAX_BYTES: usize = 256 * 1024 * 1024;
@@ -31,54 +31,31 @@ pub struct Entry {
 /// A named log.
 #[derive(Clone, Debug)]
 pub enum Log {
-    Nats(Box<NatsLog>),
+    Nats(Box<PrefixedStream>),
     Local(LocalLog),
 }
 
-#[derive(Clone, Debug)]
-pub struct NatsLog {
-    jetstream: jetstream::Context,
-    stream: stream::Stream,
-    prefix: String,
-}
-
-impl NatsLog {
-    pub(crate) async fn open(jetstream: &jetstream::Context, name: &str) -> Result<Self, BusError> {
-        let prefix = format!("switchboard.log.{name}");
-        let config = stream::Config {
-            name: format!("LOG_{}", name.to_uppercase()),
-            subjects: vec![format!("{prefix}.*")],
-            storage: stream::StorageType::File,
-            allow_direct: true,
-            ..Default::default()
-        };
-        let stream = crate::open_stream(jetstream, config).await?;
-        Ok(Self {
-            jetstream: jetstream.clone(),
-            stream,
-            prefix,
-        })
-    }
-
-    fn subject(&self, key: &str) -> String {
-        format!("{}.{}", self.prefix, key_token(key))
-    }
+/// Opens (creating when needed) the JetStream stream behind log `name`.
+pub(crate) async fn open(
+    jetstream: &jetstream::Context,
+    name: &str,
+) -> Result<PrefixedStream, BusError> {
+    let prefix = format!("switchboard.log.{name}");
+    let config = stream::Config {
+        name: format!("LOG_{}", name.to_uppercase()),
+        subjects: vec![format!("{prefix}.*")],
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    };
+    PrefixedStream::open(jetstream, prefix, config).await
 }
 
 impl Log {
     /// Appends to `key`'s log; when this returns the entry is durable.
     pub async fn append(&self, key: &str, payload: Bytes) -> Result<u64, BusError> {
         match self {
-            Log::Nats(nats) => {
-                let ack = nats
-                    .jetstream
-                    .publish(nats.subject(key), payload)
-                    .await
-                    .map_err(nats_error)?
-                    .await
-                    .map_err(nats_error)?;
-                Ok(ack.sequence)
-            }
+            Log::Nats(nats) => nats.publish_durably(nats.subject(&[key]), payload).await,
             Log::Local(local) => local.append(key, payload),
         }
     }
@@ -88,7 +65,7 @@ impl Log {
         match self {
             Log::Nats(nats) => {
                 use stream::DirectGetErrorKind;
-                let subject = nats.subject(key);
+                let subject = nats.subject(&[key]);
                 let mut entries = Vec::new();
                 let mut next = after + 1;
                 while entries.len() < limit {

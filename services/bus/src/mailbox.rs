@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::{BusError, key_token as token, key_untoken as untoken, nats_error};
+use crate::{BusError, PrefixedStream, key_untoken as untoken, nats_error};
 
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -36,40 +36,27 @@ pub struct Letter {
 /// A named mailbox.
 #[derive(Clone, Debug)]
 pub enum Mailbox {
-    Nats(Box<NatsMailbox>),
+    Nats(Box<PrefixedStream>),
     Local(LocalMailbox),
 }
 
-#[derive(Clone, Debug)]
-pub struct NatsMailbox {
-    jetstream: jetstream::Context,
-    stream: stream::Stream,
-    prefix: String,
-}
-
-impl NatsMailbox {
-    pub(crate) async fn open(jetstream: &jetstream::Context, name: &str) -> Result<Self, BusError> {
-        let prefix = format!("switchboard.{name}");
-        let config = stream::Config {
-            name: format!("MAILBOX_{}", name.to_uppercase()),
-            subjects: vec![format!("{prefix}.*.*")],
-            max_messages_per_subject: 1,
-            max_age: MAILBOX_MAX_AGE,
-            storage: stream::StorageType::File,
-            allow_direct: true,
-            ..Default::default()
-        };
-        let stream = crate::open_stream(jetstream, config).await?;
-        Ok(Self {
-            jetstream: jetstream.clone(),
-            stream,
-            prefix,
-        })
-    }
-
-    fn subject(&self, owner: &str, id: &str) -> String {
-        format!("{}.{}.{}", self.prefix, token(owner), token(id))
-    }
+/// Opens (creating when needed) the JetStream stream behind mailbox `name`:
+/// one message per `<owner>.<id>` subject.
+pub(crate) async fn open(
+    jetstream: &jetstream::Context,
+    name: &str,
+) -> Result<PrefixedStream, BusError> {
+    let prefix = format!("switchboard.{name}");
+    let config = stream::Config {
+        name: format!("MAILBOX_{}", name.to_uppercase()),
+        subjects: vec![format!("{prefix}.*.*")],
+        max_messages_per_subject: 1,
+        max_age: MAILBOX_MAX_AGE,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    };
+    PrefixedStream::open(jetstream, prefix, config).await
 }
 
 impl Mailbox {
@@ -77,15 +64,10 @@ impl Mailbox {
     /// message is durable (JetStream acknowledged it).
     pub async fn put(&self, owner: &str, id: &str, payload: Bytes) -> Result<(), BusError> {
         match self {
-            Mailbox::Nats(nats) => {
-                let ack = nats
-                    .jetstream
-                    .publish(nats.subject(owner, id), payload)
-                    .await
-                    .map_err(nats_error)?;
-                ack.await.map_err(nats_error)?;
-                Ok(())
-            }
+            Mailbox::Nats(nats) => nats
+                .publish_durably(nats.subject(&[owner, id]), payload)
+                .await
+                .map(|_| ()),
             Mailbox::Local(local) => {
                 local.put(owner, id, payload);
                 Ok(())
@@ -98,7 +80,7 @@ impl Mailbox {
     pub async fn remove(&self, owner: &str, id: &str) -> Result<bool, BusError> {
         match self {
             Mailbox::Nats(nats) => {
-                let subject = nats.subject(owner, id);
+                let subject = nats.subject(&[owner, id]);
                 let message = match nats.stream.get_last_raw_message_by_subject(&subject).await {
                     Ok(message) => message,
                     Err(error)
@@ -122,7 +104,7 @@ impl Mailbox {
         match self {
             Mailbox::Nats(nats) => {
                 let config = consumer::pull::OrderedConfig {
-                    filter_subject: format!("{}.{}.*", nats.prefix, token(owner)),
+                    filter_subject: format!("{}.*", nats.subject(&[owner])),
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
                 };
@@ -331,7 +313,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_any_string() {
         for text in ["user-1", "a.b*c>", "ü ✓", ""] {
-            assert_eq!(untoken(&token(text)).as_deref(), Some(text));
+            assert_eq!(untoken(&crate::key_token(text)).as_deref(), Some(text));
         }
     }
 
