@@ -88,6 +88,7 @@ pub fn init(settings: &LogSettings, role: &str) -> anyhow::Result<Telemetry> {
                 .with_resource(Resource::builder().with_service_name(name).build())
                 .build();
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            switchboard_proto::trace::enable();
             Some(provider)
         }
         None => None,

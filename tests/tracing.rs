@@ -1,7 +1,17 @@
-//! One broadcast is one trace across processes: a REST call on edge A
-//! (continuing the caller's `traceparent`), A's gRPC call to the statistics
-//! service, the service, the NATS hop, and edge B delivering it. A small
-//! OTLP/HTTP receiver in the test collects what both processes export.
+//! One action is one trace across processes, as an operator reading
+//! Jaeger expects:
+//!
+//! - a broadcast: a REST call on edge A (continuing the caller's
+//!   `traceparent`), A's gRPC call to the statistics service, the service,
+//!   the NATS hop, and edge B delivering it;
+//! - a sensor message: a pressure frame on edge A's socket, its message on
+//!   the long-lived detection stream, the alert the detection service
+//!   stores, the session service storing the frame, and edge B delivering
+//!   both the room's `frame_processed` and the alert; and a realtime sample
+//!   through its detection stream.
+//!
+//! A small OTLP/HTTP receiver in the test collects what both processes
+//! export.
 
 mod support;
 
@@ -13,6 +23,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use serde_json::json;
 use support::{Client, Nats, Switchboard, eventually};
+
+const SECRET: &str = "switchboard-test-secret-0123456789abcdef";
 
 /// (service name, span name, trace id as hex)
 type Collected = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -58,20 +70,66 @@ async fn receiver(collected: Collected) -> String {
     url
 }
 
+/// A whole system (`all`) on `nats` with `args`, exporting its spans as
+/// `name` to the OTLP receiver at `endpoint`.
+fn traced(nats: &Nats, endpoint: &str, name: &str, args: &[&str]) -> Switchboard {
+    Switchboard::all_with_env(
+        Some(nats),
+        args,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_SERVICE_NAME", name),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+}
+
+fn token(user: &str) -> String {
+    let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 60});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn pairs(spans: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    spans
+        .iter()
+        .map(|(service, span)| ((*service).to_owned(), (*span).to_owned()))
+        .collect()
+}
+
+/// Waits until one trace holds every (service, span) of `expected`; returns
+/// its id.
+async fn one_trace_with(collected: &Collected, expected: &[(&str, &str)]) -> String {
+    let expected = pairs(expected);
+    eventually(&format!("one trace with {expected:?}"), || {
+        let mut traces: std::collections::BTreeMap<String, BTreeSet<(String, String)>> =
+            Default::default();
+        for (service, span, id) in collected.lock().unwrap().iter() {
+            traces
+                .entry(id.clone())
+                .or_default()
+                .insert((service.clone(), span.clone()));
+        }
+        let found = traces
+            .into_iter()
+            .find(|(_, spans)| expected.is_subset(spans))
+            .map(|(id, _)| id);
+        async move { found }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_is_one_trace_across_edge_service_nats_and_edge() {
     let collected = Collected::default();
     let endpoint = receiver(collected.clone()).await;
     let nats = Nats::start();
-    let env = |name| {
-        [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_SERVICE_NAME", name),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ]
-    };
-    let a = Switchboard::all_with_env(Some(&nats), &[], &env("node-a"));
-    let b = Switchboard::all_with_env(Some(&nats), &[], &env("node-b"));
+    let a = traced(&nats, &endpoint, "node-a", &[]);
+    let b = traced(&nats, &endpoint, "node-b", &[]);
     let mut ui = Client::connect(&b.ws("/ws/ui")).await;
     ui.expect("connection").await;
 
@@ -91,25 +149,70 @@ async fn a_broadcast_is_one_trace_across_edge_service_nats_and_edge() {
         }
     }
 
-    let expected: BTreeSet<(String, String)> = [
-        ("node-a", "http.request"),
-        ("node-a", "grpc.client"),
-        ("node-a", "grpc.server"),
-        ("node-b", "nats.receive"),
-    ]
-    .into_iter()
-    .map(|(service, span)| (service.to_owned(), span.to_owned()))
-    .collect();
-    eventually("both processes to export the trace's spans", || {
-        let seen: BTreeSet<(String, String)> = collected
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, _, id)| id == trace_id)
-            .map(|(service, span, _)| (service.clone(), span.clone()))
-            .collect();
-        let complete = expected.is_subset(&seen);
-        async move { complete.then_some(()) }
-    })
+    let id = one_trace_with(
+        &collected,
+        &[
+            ("node-a", "http.request"),
+            ("node-a", "grpc.client"),
+            ("node-a", "grpc.server"),
+            ("node-b", "nats.receive"),
+        ],
+    )
+    .await;
+    assert_eq!(id, trace_id, "the trace continues the caller's traceparent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_message_is_one_trace_through_detection_nats_and_the_delivering_edge() {
+    let collected = Collected::default();
+    let endpoint = receiver(collected.clone()).await;
+    let nats = Nats::start();
+    // Tokens signed with SECRET: alerts are for authenticated users.
+    let auth = ["--jwt-secret", SECRET];
+    let a = traced(&nats, &endpoint, "node-a", &auth);
+    let b = traced(&nats, &endpoint, "node-b", &auth);
+
+    // On edge B: mo's alerts, and a watcher in the workout's room.
+    let mut alerts = Client::connect(&b.ws(&format!("/ws/alerts/mo?token={}", token("mo")))).await;
+    alerts.expect("connected").await;
+    let mut watcher = Client::connect(&b.ws("/ws/pressure")).await;
+    let join = json!({"action": "join_session", "workout_id": "run-1"});
+    watcher.call(join.clone(), "session_joined").await;
+
+    // On edge A: mo's insole. Steady frames, then one abnormal peak, which
+    // raises an alert for mo.
+    let mut insole = Client::connect(&a.ws(&format!("/ws/pressure?token={}", token("mo")))).await;
+    insole.call(join, "session_joined").await;
+    let frame = |peak: u32| json!({"action": "pressure_frame", "workout_id": "run-1", "matrix": [[1, 2], [peak, 1]]});
+    for _ in 0..30 {
+        insole.call(frame(3), "frame_processed").await;
+    }
+    insole.call(frame(9), "frame_processed").await;
+    let alert = alerts.expect("anomaly_detected").await;
+    assert_eq!(alert["anomaly_type"], "pressure_peak");
+
+    // Only the abnormal frame's trace has an alert delivery in it.
+    one_trace_with(
+        &collected,
+        &[
+            ("node-a", "ws.message"),
+            ("node-a", "detection.frame"),
+            ("node-a", "grpc.server"),
+            ("node-b", "room.deliver"),
+            ("node-b", "alert.deliver"),
+        ],
+    )
+    .await;
+
+    // A realtime sample: the edge's message and its detection-stream step.
+    let mut realtime = Client::connect(&a.ws("/ws/realtime")).await;
+    realtime.expect("session_started").await;
+    realtime
+        .call(json!({"x": 0.1, "y": 9.8, "z": 0.3}), "step_detection")
+        .await;
+    one_trace_with(
+        &collected,
+        &[("node-a", "ws.message"), ("node-a", "detection.steps")],
+    )
     .await;
 }

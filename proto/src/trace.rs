@@ -8,6 +8,9 @@
 //! Without that, these helpers carry an empty context and cost next to
 //! nothing.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -37,6 +40,22 @@ impl Carrier for http::HeaderMap {
         http::HeaderMap::keys(self)
             .map(http::HeaderName::as_str)
             .collect()
+    }
+}
+
+/// A protobuf `map<string, string>`: the trace context of one message on a
+/// long-lived gRPC stream, whose call metadata belongs to the whole stream.
+impl Carrier for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<&str> {
+        HashMap::get(self, key).map(String::as_str)
+    }
+
+    fn set(&mut self, key: &str, value: String) {
+        self.insert(key.to_owned(), value);
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        HashMap::keys(self).map(String::as_str).collect()
     }
 }
 
@@ -86,5 +105,89 @@ pub fn continue_trace(span: &tracing::Span, parent: Context) {
     let trace_id = span.context().span().span_context().trace_id();
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Says that spans are exported (the binary calls it once it installed an
+/// exporter), so [`message_span`] starts making spans.
+pub fn enable() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+/// True once [`enable`] was called.
+pub fn enabled() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// A span for one client message (a sensor sample, a pressure frame): the
+/// root of that message's trace. Made by `make` only while spans are
+/// exported; otherwise none, so the hot paths pay nothing for tracing that
+/// nobody collects.
+pub fn message_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    continue_trace(&span, Context::new());
+    span
+}
+
+/// The current span's trace context as a protobuf map, for a message on a
+/// long-lived stream; empty (and not allocated) while spans are not
+/// exported.
+pub fn current_context() -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    if enabled() {
+        inject(&tracing::Span::current(), &mut carrier);
+    }
+    carrier
+}
+
+/// A span (made by `make`) that continues the trace `carrier` holds; none
+/// when it holds no trace context.
+pub fn continued(carrier: &impl Carrier, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if carrier.keys().is_empty() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    continue_trace(&span, extract(carrier));
+    span
+}
+
+/// A span (made by `make`) for something another process sent with trace
+/// context `parent` (a NATS message, a mailbox letter); none when the sender
+/// was not traced.
+pub fn received(parent: &Context, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    if !parent.span().span_context().is_valid() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    continue_trace(&span, parent.clone());
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_span_is_none_until_spans_are_exported() {
+        let span = message_span(|| tracing::info_span!("message"));
+        assert!(span.is_none());
+    }
+
+    #[test]
+    fn an_untraced_message_gets_no_span() {
+        let span = received(&Context::new(), || tracing::info_span!("message"));
+        assert!(span.is_none());
+    }
+
+    #[test]
+    fn an_empty_carrier_continues_nothing() {
+        let span = continued(&HashMap::new(), || tracing::info_span!("message"));
+        assert!(span.is_none());
     }
 }

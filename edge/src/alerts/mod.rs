@@ -32,11 +32,13 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_bus::MailboxReader;
+use switchboard_proto::trace::received;
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::{
     AckAlertRequest, Alert, CloseSessionRequest, LimitPolicy, OpenSessionRequest,
     RecordActivityRequest, SessionControl,
 };
+use tracing::Instrument;
 
 use crate::EdgeState;
 use crate::auth::AuthError;
@@ -283,7 +285,12 @@ impl AlertsConnection {
                     Some(Err(_)) | None => return,
                 },
                 letter = alerts.next() => match letter {
-                    Ok(Some(letter)) => self.deliver(&letter.payload).await,
+                    Ok(Some(letter)) => {
+                        let span = received(&letter.trace, || {
+                            tracing::info_span!("alert.deliver", alert_id = %letter.id, trace_id = tracing::field::Empty)
+                        });
+                        self.deliver(&letter.payload).instrument(span).await
+                    }
                     Ok(None) => Next::Close(close_code::TRY_AGAIN_LATER, "alerts unavailable".into()),
                     Err(error) => {
                         tracing::warn!(%error, "alerts mailbox failed");

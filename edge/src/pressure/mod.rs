@@ -28,6 +28,7 @@ use switchboard_proto::unix_now;
 use switchboard_proto::v1::{
     FrameReply, FrameRequest, FrameStats, MatrixRow, PressureFrame, RecordFrameRequest,
 };
+use tracing::Instrument;
 
 use crate::EdgeState;
 use crate::error::ClientError;
@@ -350,8 +351,17 @@ impl PressureConnection {
         self.joined.keys().map(String::as_str)
     }
 
-    /// `pressure_frame`: analyse, store, count, then tell the room.
+    /// `pressure_frame`: analyse, store, count, then tell the room; one
+    /// trace (when traces are exported) from this edge through detection
+    /// and the session service to every edge that delivers it.
     pub async fn frame(&mut self, data: &Value) -> Result<(), ClientError> {
+        let span = switchboard_proto::trace::message_span(|| {
+            tracing::info_span!("ws.message", endpoint = "pressure", trace_id = tracing::field::Empty)
+        });
+        self.analyse_and_record(data).instrument(span).await
+    }
+
+    async fn analyse_and_record(&mut self, data: &Value) -> Result<(), ClientError> {
         let workout_id = workout_id(data)?;
         if !self.joined.contains_key(&workout_id) {
             return Err(invalid(format!(
@@ -367,6 +377,7 @@ impl PressureConnection {
                 String::new()
             },
             matrix: input.matrix.clone(),
+            trace_context: switchboard_proto::trace::current_context(),
         };
         let reply = self.detect(&workout_id, request).await?;
         if !reply.error.is_empty() {

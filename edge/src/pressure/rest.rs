@@ -159,6 +159,8 @@ pub async fn post_frame(
             workout_id: workout_id.clone(),
             user_id: String::new(),
             matrix: input.matrix.clone(),
+            // A unary call: its trace context travels in the call's metadata.
+            trace_context: Default::default(),
         })
         .await
         .map_err(|status| ClientError::from_status("detection", status))?

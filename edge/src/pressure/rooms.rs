@@ -15,8 +15,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use switchboard_bus::{Bus, BusError};
+use switchboard_proto::trace::received;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Events queued for one WebSocket member before it starts losing them.
 pub const MEMBER_QUEUE: usize = 64;
@@ -188,25 +190,36 @@ async fn relay(
     let socketio_room = socketio_room(&workout_id);
     while let Some(message) = subscription.next().await {
         let Some(rooms) = rooms.upgrade() else { return };
-        let Ok(text) = std::str::from_utf8(&message.payload) else {
-            tracing::warn!("room event is not UTF-8");
-            continue;
-        };
-        for member in rooms.websocket_members(&workout_id) {
-            if member.try_send(message.payload.clone()).is_err() {
-                switchboard_proto::metrics::metrics().outbound_drop("room_member");
-                tracing::debug!(workout_id = %workout_id, "slow room member, event dropped");
+        let span = received(&message.trace, || {
+            tracing::info_span!("room.deliver", workout_id = %workout_id, trace_id = tracing::field::Empty)
+        });
+        deliver(&rooms, &workout_id, &socketio_room, message.payload)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Hands one room event to the local WebSocket members (never waiting for
+/// a slow one) and to the Socket.IO room.
+async fn deliver(rooms: &Rooms, workout_id: &str, socketio_room: &str, payload: Bytes) {
+    let Ok(text) = std::str::from_utf8(&payload) else {
+        tracing::warn!("room event is not UTF-8");
+        return;
+    };
+    for member in rooms.websocket_members(workout_id) {
+        if member.try_send(payload.clone()).is_err() {
+            switchboard_proto::metrics::metrics().outbound_drop("room_member");
+            tracing::debug!(workout_id = %workout_id, "slow room member, event dropped");
+        }
+    }
+    match RawValue::from_string(text.to_owned()) {
+        Ok(raw) => {
+            let name = event_name(text);
+            if let Err(error) = rooms.io.to(socketio_room.to_owned()).emit(name, &raw).await {
+                tracing::debug!(%error, "socket.io room emit failed");
             }
         }
-        match RawValue::from_string(text.to_owned()) {
-            Ok(raw) => {
-                let name = event_name(text);
-                if let Err(error) = rooms.io.to(socketio_room.clone()).emit(name, &raw).await {
-                    tracing::debug!(%error, "socket.io room emit failed");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "room event is not JSON"),
-        }
+        Err(error) => tracing::warn!(%error, "room event is not JSON"),
     }
 }
 

@@ -30,6 +30,7 @@ use switchboard_proto::v1::{
     RecordActivityRequest, RecordUsageRequest, ResetSessionRequest, Session, SessionControl,
     StepReply, StepRequest, Usage,
 };
+use tracing::Instrument;
 
 use crate::EdgeState;
 use crate::error::ClientError;
@@ -273,7 +274,15 @@ impl Realtime {
         self.for_registry.requests += 1;
         self.for_statistics.requests += 1;
         let result = match inbound::parse(text.as_str(), unix_now()) {
-            Ok(Inbound::Samples(samples)) => self.on_samples(samples).await,
+            Ok(Inbound::Samples(samples)) => {
+                // A sensor message is a trace of its own (when traces are
+                // exported): this span, the detection service's, and any
+                // alert it raises, to the edge that delivers it.
+                let span = switchboard_proto::trace::message_span(|| {
+                    tracing::info_span!("ws.message", endpoint = "/ws/realtime", trace_id = tracing::field::Empty)
+                });
+                self.on_samples(samples).instrument(span).await
+            }
             // Rare actions are boxed: their futures would otherwise sit in
             // every connection's task, a few kilobytes each.
             Ok(Inbound::Action(Action::Stop)) => Box::pin(self.on_stop()).await,
@@ -322,6 +331,7 @@ impl Realtime {
                 } else {
                     String::new()
                 },
+                trace_context: switchboard_proto::trace::current_context(),
                 ..Default::default()
             })
             .await?;

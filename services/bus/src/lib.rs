@@ -75,6 +75,14 @@ pub struct Message {
 /// NATS headers as a trace-context carrier.
 struct NatsHeaders(async_nats::HeaderMap);
 
+/// The trace context a NATS message's headers carry (empty when none).
+pub(crate) fn trace_of(headers: Option<async_nats::HeaderMap>) -> opentelemetry::Context {
+    match headers {
+        Some(headers) => switchboard_proto::trace::extract(&NatsHeaders(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
 impl switchboard_proto::trace::Carrier for NatsHeaders {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|value| value.as_str())
@@ -322,10 +330,16 @@ impl PrefixedStream {
         subject: String,
         payload: Bytes,
     ) -> Result<u64, BusError> {
-        let ack = self
-            .jetstream
-            .publish(subject, payload)
-            .await
+        let mut headers = NatsHeaders(async_nats::HeaderMap::new());
+        switchboard_proto::trace::inject(&tracing::Span::current(), &mut headers);
+        let published = if headers.0.is_empty() {
+            self.jetstream.publish(subject, payload).await
+        } else {
+            self.jetstream
+                .publish_with_headers(subject, headers.0, payload)
+                .await
+        };
+        let ack = published
             .map_err(nats_error)?
             .await
             .map_err(nats_error)?;
@@ -360,16 +374,10 @@ impl Subscription {
     /// The next message, or `None` once the bus is gone.
     pub async fn next(&mut self) -> Option<Message> {
         match self {
-            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| {
-                let trace = match message.headers {
-                    Some(headers) => switchboard_proto::trace::extract(&NatsHeaders(headers)),
-                    None => opentelemetry::Context::new(),
-                };
-                Message {
-                    subject: message.subject.to_string(),
-                    payload: message.payload,
-                    trace,
-                }
+            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| Message {
+                trace: trace_of(message.headers),
+                subject: message.subject.to_string(),
+                payload: message.payload,
             }),
             Subscription::Local(receiver) => receiver.recv().await,
         }

@@ -27,10 +27,21 @@ use crate::{BusError, PrefixedStream, key_untoken as untoken, nats_error};
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One message in a mailbox.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Letter {
     pub id: String,
     pub payload: Bytes,
+    /// The trace context of whoever put it (empty when tracing is off, and
+    /// in process), so its delivery joins that trace.
+    pub trace: opentelemetry::Context,
+}
+
+impl PartialEq for Letter {
+    /// Same id and payload; the trace context says how it got here, not
+    /// what it is.
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.payload == other.payload
+    }
 }
 
 /// A named mailbox.
@@ -191,6 +202,7 @@ impl MailboxReader {
                         return Ok(Some(Letter {
                             id,
                             payload: message.payload.clone(),
+                            trace: crate::trace_of(message.headers.clone()),
                         }));
                     }
                     None => {
@@ -254,6 +266,9 @@ impl LocalMailbox {
                 Letter {
                     id: id.to_owned(),
                     payload,
+                    trace: tracing_opentelemetry::OpenTelemetrySpanExt::context(
+                        &tracing::Span::current(),
+                    ),
                 },
             ),
         );
@@ -307,6 +322,7 @@ mod tests {
         Letter {
             id: id.into(),
             payload: Bytes::from_static(payload.as_bytes()),
+            trace: opentelemetry::Context::new(),
         }
     }
 

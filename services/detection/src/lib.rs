@@ -28,6 +28,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use switchboard_bus::{Bus, BusError};
 use switchboard_proto::server;
+use switchboard_proto::trace::continued;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
 use switchboard_proto::v1::{
     AccelSample, AckAlertRequest, AckAlertResponse, Alert, CountStepsRequest, CountStepsResponse,
@@ -36,6 +37,7 @@ use switchboard_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use alerts::Alerts;
 use fall::{Fall, FallConfig, FallDetector};
@@ -257,7 +259,14 @@ impl DetectionService for Detection {
             (request.into_inner(), detectors),
             |(mut requests, mut detectors)| async move {
                 let reply = match requests.next().await? {
-                    Ok(request) => detectors.frame(request).await,
+                    Ok(request) => {
+                        // Each message continues the trace of the client message the edge sent
+                        // it for, so an alert it raises is in that trace too.
+                        let span = continued(&request.trace_context, || {
+                            tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty)
+                        });
+                        detectors.frame(request).instrument(span).await
+                    }
                     Err(status) => Err(status),
                 };
                 Some((reply, (requests, detectors)))
@@ -288,7 +297,14 @@ impl DetectionService for Detection {
             (request.into_inner(), detectors),
             |(mut requests, mut detectors)| async move {
                 let reply = match requests.next().await? {
-                    Ok(request) => detectors.step(request).await,
+                    Ok(request) => {
+                        // Each message continues the trace of the client message the edge sent
+                        // it for, so an alert it raises is in that trace too.
+                        let span = continued(&request.trace_context, || {
+                            tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty)
+                        });
+                        detectors.step(request).instrument(span).await
+                    }
                     Err(status) => Err(status),
                 };
                 Some((reply, (requests, detectors)))
