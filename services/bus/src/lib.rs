@@ -75,6 +75,14 @@ pub struct Message {
 /// NATS headers as a trace-context carrier.
 struct NatsHeaders(async_nats::HeaderMap);
 
+/// Headers carrying the current span's trace context; none when there is
+/// no trace to carry (then a message goes without headers).
+fn trace_headers() -> Option<async_nats::HeaderMap> {
+    let mut headers = NatsHeaders(async_nats::HeaderMap::new());
+    switchboard_proto::trace::inject(&tracing::Span::current(), &mut headers);
+    (!headers.0.is_empty()).then_some(headers.0)
+}
+
 /// The trace context a NATS message's headers carry (empty when none).
 pub(crate) fn trace_of(headers: Option<async_nats::HeaderMap>) -> opentelemetry::Context {
     match headers {
@@ -146,14 +154,13 @@ impl Bus {
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
         match self {
             Bus::Nats(nats) => {
-                let mut headers = NatsHeaders(async_nats::HeaderMap::new());
-                switchboard_proto::trace::inject(&tracing::Span::current(), &mut headers);
-                let published = if headers.0.is_empty() {
-                    nats.client.publish(subject, payload).await
-                } else {
-                    nats.client
-                        .publish_with_headers(subject, headers.0, payload)
-                        .await
+                let published = match trace_headers() {
+                    None => nats.client.publish(subject, payload).await,
+                    Some(headers) => {
+                        nats.client
+                            .publish_with_headers(subject, headers, payload)
+                            .await
+                    }
                 };
                 published.map_err(|error| {
                     switchboard_proto::metrics::metrics()
@@ -330,14 +337,13 @@ impl PrefixedStream {
         subject: String,
         payload: Bytes,
     ) -> Result<u64, BusError> {
-        let mut headers = NatsHeaders(async_nats::HeaderMap::new());
-        switchboard_proto::trace::inject(&tracing::Span::current(), &mut headers);
-        let published = if headers.0.is_empty() {
-            self.jetstream.publish(subject, payload).await
-        } else {
-            self.jetstream
-                .publish_with_headers(subject, headers.0, payload)
-                .await
+        let published = match trace_headers() {
+            None => self.jetstream.publish(subject, payload).await,
+            Some(headers) => {
+                self.jetstream
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            }
         };
         let ack = published
             .map_err(nats_error)?
