@@ -58,6 +58,10 @@ pub enum BusError {
     Full(String),
 }
 
+/// The header of a KV message that says whether it is a put or a removal
+/// (ADR-8).
+const KV_OPERATION: &str = "KV-Operation";
+
 fn nats_error(error: impl Display) -> BusError {
     BusError::Nats(error.to_string())
 }
@@ -471,30 +475,62 @@ impl KeyValue {
         }
     }
 
-    /// Every key that has a value.
-    pub async fn keys(&self) -> Result<Vec<String>, BusError> {
+    /// Every key with its value. With NATS this is one pass over the
+    /// bucket's stream (an ordered consumer delivering the last message of
+    /// each key), not a round trip per key: the registry's sweep, listings
+    /// and counts read whole buckets every few seconds.
+    pub async fn entries(&self) -> Result<Vec<(String, Entry)>, BusError> {
         match self {
             KeyValue::Nats(store) => {
-                let mut keys = store.keys().await.map_err(nats_error)?;
-                let mut all = Vec::new();
-                while let Some(key) = keys.next().await {
-                    all.push(key.map_err(nats_error)?);
+                let consumer = store
+                    .stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        filter_subject: format!("{}>", store.prefix),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(nats_error)?;
+                let mut pending = consumer.cached_info().num_pending;
+                let mut entries = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+                if pending == 0 {
+                    return Ok(entries);
                 }
-                Ok(all)
+                let mut messages = consumer.messages().await.map_err(nats_error)?;
+                while pending > 0 {
+                    let Some(message) = messages.next().await else {
+                        break;
+                    };
+                    let message = message.map_err(nats_error)?;
+                    let info = message.info().map_err(nats_error)?;
+                    pending = info.pending;
+                    let revision = info.stream_sequence;
+                    // A delete or purge leaves a marker as the key's last message.
+                    let removed = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(KV_OPERATION))
+                        .is_some_and(|operation| operation.as_str() != "PUT");
+                    if let Some(key) = message.subject.strip_prefix(store.prefix.as_str())
+                        && !removed
+                    {
+                        entries.push((
+                            key.to_owned(),
+                            Entry {
+                                value: message.payload.clone(),
+                                revision,
+                            },
+                        ));
+                    }
+                }
+                Ok(entries)
             }
-            KeyValue::Local(local) => Ok(local.keys()),
+            KeyValue::Local(local) => Ok(local
+                .keys()
+                .into_iter()
+                .filter_map(|key| local.get(&key).map(|entry| (key, entry)))
+                .collect()),
         }
-    }
-
-    /// Every key with its value, skipping keys deleted while listing.
-    pub async fn entries(&self) -> Result<Vec<(String, Entry)>, BusError> {
-        let mut entries = Vec::new();
-        for key in self.keys().await? {
-            if let Some(entry) = self.get(&key).await? {
-                entries.push((key, entry));
-            }
-        }
-        Ok(entries)
     }
 
     /// A failed JetStream compare-and-swap is a conflict when the key moved
