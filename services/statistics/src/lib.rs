@@ -6,7 +6,9 @@
 //! compare-and-swap, so every edge and every statistics replica adds to the
 //! same totals and any replica reads them. Edges report usage in deltas
 //! (about once a second per session, not per message), which keeps the
-//! bucket's write rate far below the message rate.
+//! bucket's write rate far below the message rate; and each replica writes
+//! the server record for all the reports it holds at once
+//! ([`server_totals`]), so reports do not collide on that one key.
 //!
 //! The number of live sessions is not a counter that could drift: it is
 //! asked of the session registry each time server statistics are read.
@@ -20,6 +22,7 @@
 //!   queue group, so each is counted by one replica.
 
 pub mod broadcast;
+mod server_totals;
 pub mod snapshot;
 
 use std::future::Future;
@@ -136,6 +139,7 @@ pub struct Counters {
     edges: KeyValue,
     sessions: SessionServiceClient<Channel>,
     bus: Bus,
+    server_totals: server_totals::ServerTotals,
 }
 
 /// Key of one user's record, valid whatever the user id.
@@ -148,6 +152,43 @@ fn add(total: &mut Usage, delta: &Usage) {
     total.steps += delta.steps;
     total.predictions += delta.predictions;
     total.sessions_opened += delta.sessions_opened;
+}
+
+/// Applies `change` to the record at `key` in `bucket` by compare-and-swap,
+/// creating it from the default when missing. Returns whether it was
+/// created.
+async fn modify<T: prost::Message + Default>(
+    bucket: &KeyValue,
+    key: &str,
+    change: impl Fn(&mut T),
+) -> Result<bool, Status> {
+    for _ in 0..CAS_ATTEMPTS {
+        let written = match bucket.get(key).await? {
+            Some(entry) => {
+                let mut record = T::decode(entry.value.as_ref()).map_err(corrupt)?;
+                change(&mut record);
+                let value = Bytes::from(record.encode_to_vec());
+                bucket
+                    .update(key, value, entry.revision)
+                    .await
+                    .map(|_| false)
+            }
+            None => {
+                let mut record = T::default();
+                change(&mut record);
+                let value = Bytes::from(record.encode_to_vec());
+                bucket.create(key, value).await.map(|_| true)
+            }
+        };
+        match written {
+            Ok(created) => return Ok(created),
+            Err(BusError::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(Status::aborted(format!(
+        "{key} changed concurrently too often"
+    )))
 }
 
 fn corrupt(error: prost::DecodeError) -> Status {
@@ -164,62 +205,23 @@ impl Counters {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
+        let bucket = bus.key_value(BUCKET).await?;
         Ok(Self {
-            bucket: bus.key_value(BUCKET).await?,
+            server_totals: server_totals::ServerTotals::start(bucket.clone()),
+            bucket,
             edges: snapshot::edges_bucket(bus).await?,
             sessions: SessionServiceClient::new(channel),
             bus: bus.clone(),
         })
     }
 
-    /// Applies `change` to the record at `key` by compare-and-swap, creating
-    /// it from the default when missing. Returns whether it was created.
-    async fn modify<T: prost::Message + Default>(
-        &self,
-        key: &str,
-        change: impl Fn(&mut T),
-    ) -> Result<bool, Status> {
-        for _ in 0..CAS_ATTEMPTS {
-            let written = match self.bucket.get(key).await? {
-                Some(entry) => {
-                    let mut record = T::decode(entry.value.as_ref()).map_err(corrupt)?;
-                    change(&mut record);
-                    let value = Bytes::from(record.encode_to_vec());
-                    self.bucket
-                        .update(key, value, entry.revision)
-                        .await
-                        .map(|_| false)
-                }
-                None => {
-                    let mut record = T::default();
-                    change(&mut record);
-                    let value = Bytes::from(record.encode_to_vec());
-                    self.bucket.create(key, value).await.map(|_| true)
-                }
-            };
-            match written {
-                Ok(created) => return Ok(created),
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(format!(
-            "{key} changed concurrently too often"
-        )))
-    }
-
     pub async fn record_usage(&self, user_id: &str, delta: Usage) -> Result<(), Status> {
-        let new_user = self
-            .modify(&user_key(user_id), |total: &mut Usage| add(total, &delta))
-            .await?;
-        self.modify(SERVER_KEY, |server: &mut ServerStats| {
-            add(server.usage.get_or_insert_with(Usage::default), &delta);
-            if new_user {
-                server.users += 1;
-            }
+        let new_user = modify(&self.bucket, &user_key(user_id), |total: &mut Usage| {
+            add(total, &delta)
         })
         .await?;
-        Ok(())
+        // The server record takes every report: batched (server_totals).
+        self.server_totals.add(delta, new_user).await
     }
 
     pub async fn user_stats(&self, user_id: &str) -> Result<UserStats, Status> {
@@ -402,6 +404,42 @@ mod tests {
         let server = ServerStats::decode(server.value.as_ref()).unwrap();
         assert_eq!(server.users, 2);
         assert_eq!(server.usage.unwrap().requests, 15);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reports_are_all_counted_once() {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let settings = StatisticsSettings {
+            session_url: "http://127.0.0.1:1".into(),
+            interval_secs: 5.0,
+        };
+        let counters = Counters::open(&settings, &bus).await.unwrap();
+        let reports: Vec<_> = (0..400)
+            .map(|report| {
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    let usage = Usage {
+                        requests: 2,
+                        steps: 1,
+                        predictions: 2,
+                        sessions_opened: 0,
+                    };
+                    counters
+                        .record_usage(&format!("user-{}", report % 25), usage)
+                        .await
+                })
+            })
+            .collect();
+        for report in reports {
+            report.await.unwrap().unwrap();
+        }
+        let server = counters.bucket.get(SERVER_KEY).await.unwrap().unwrap();
+        let server = ServerStats::decode(server.value.as_ref()).unwrap();
+        assert_eq!(server.users, 25);
+        let usage = server.usage.unwrap();
+        assert_eq!((usage.requests, usage.steps), (800, 400));
+        let one = counters.user_stats("user-7").await.unwrap().usage.unwrap();
+        assert_eq!(one.requests, 32);
     }
 
     #[test]
