@@ -9,7 +9,8 @@
 //!   Compose Specification schema (`check-jsonschema`'s builtin
 //!   `vendor.compose-spec`). Both come from PyPI at the versions pinned in
 //!   `deploy/validate-requirements.txt`, installed into `target/deploy-venv`
-//!   on first use (so the test needs `python3` with `venv`, and PyPI once).
+//!   on first use (`support::venv`; so the test needs `python3` with `venv`,
+//!   and PyPI once).
 //!   And `kustomization.yaml` lists every manifest, so none is left out of
 //!   `kubectl apply -k`.
 //! - **Environment variables.** The binary ignores a variable it does not
@@ -23,119 +24,26 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tokio::process::Command;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+mod support;
+use support::venv::{Venv, printed, root, run};
+
 const SWITCHBOARD: &str = env!("CARGO_BIN_EXE_switchboard");
 const ROLES: [&str; 5] = ["all", "edge", "session", "detection", "statistics"];
 /// The oldest Kubernetes the manifests support (native gRPC probes, the
 /// preStop `sleep` action) and the newest schema kubernetes-validate has.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
-const VENV: &str = "target/deploy-venv";
-const REQUIREMENTS: &str = "deploy/validate-requirements.txt";
-/// In a virtualenv: the requirements it was made from.
-const STAMP: &str = "installed-requirements.txt";
+/// The validators, from PyPI: kubernetes-validate and check-jsonschema.
+const VALIDATORS: Venv = Venv {
+    dir: "target/deploy-venv",
+    requirements: "deploy/validate-requirements.txt",
+    imports: &["kubernetes_validate", "check_jsonschema"],
+    what: "the validators",
+};
 const KUSTOMIZATION: &str = "kustomization.yaml";
-
-fn root() -> &'static Path {
-    Path::new(ROOT)
-}
-
-/// Runs `command` (from the repository root) within `limit`; killed past it.
-async fn run(command: &mut Command, what: &str, limit: Duration) -> Output {
-    command
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(limit, command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) => panic!("{what}: cannot start: {error}"),
-        Err(_) => panic!("{what}: not done within {limit:?}"),
-    }
-}
-
-fn printed(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The Python of a virtualenv with the pinned validators: `VENV`, made on
-/// first use and remade when the requirements change. A new one is made in a
-/// directory of this process's own and then renamed into place, so that test
-/// runs at the same time never share a half-made one (the validators run as
-/// `python -m`, so a renamed virtualenv works).
-async fn validators() -> PathBuf {
-    let venv = root().join(VENV);
-    let requirements = std::fs::read_to_string(root().join(REQUIREMENTS))
-        .unwrap_or_else(|error| panic!("{REQUIREMENTS}: {error}"));
-    if ready(&venv, &requirements).await {
-        return venv.join("bin/python");
-    }
-
-    let fresh = root().join(format!("{VENV}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&fresh);
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let created = run(
-        Command::new(&python).args(["-m", "venv"]).arg(&fresh),
-        "python3 -m venv",
-        Duration::from_secs(120),
-    )
-    .await;
-    assert!(
-        created.status.success(),
-        "cannot create a virtualenv with `{python} -m venv` (Debian: apt-get install \
-         python3-venv; or set PYTHON):\n{}",
-        printed(&created)
-    );
-    let installed = run(
-        Command::new(fresh.join("bin/python"))
-            .args(["-m", "pip", "install", "--require-virtualenv"])
-            .args(["--disable-pip-version-check", "--no-input", "--quiet"])
-            .args(["--requirement", REQUIREMENTS]),
-        "pip install",
-        Duration::from_secs(600),
-    )
-    .await;
-    assert!(
-        installed.status.success(),
-        "cannot install the validators ({REQUIREMENTS}) from PyPI:\n{}",
-        printed(&installed)
-    );
-    std::fs::write(fresh.join(STAMP), &requirements).unwrap();
-
-    if ready(&venv, &requirements).await {
-        // Another run finished first.
-        let _ = std::fs::remove_dir_all(&fresh);
-        return venv.join("bin/python");
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    match std::fs::rename(&fresh, &venv) {
-        Ok(()) => venv.join("bin/python"),
-        Err(_) => fresh.join("bin/python"),
-    }
-}
-
-/// Whether `venv` has the validators of exactly these requirements.
-async fn ready(venv: &Path, requirements: &str) -> bool {
-    let stamped = std::fs::read_to_string(venv.join(STAMP)).ok();
-    if stamped.as_deref() != Some(requirements) || !venv.join("bin/python").exists() {
-        return false;
-    }
-    let imports = run(
-        Command::new(venv.join("bin/python"))
-            .args(["-c", "import kubernetes_validate, check_jsonschema"]),
-        "the validators' virtualenv",
-        Duration::from_secs(60),
-    )
-    .await;
-    imports.status.success()
-}
 
 /// Every `.yaml`/`.yml` file under `deploy/k8s`, relative to the repository
 /// root, sorted.
@@ -171,7 +79,7 @@ fn k8s_manifests() -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn manifests_match_their_schemas() {
-    let python = validators().await;
+    let python = VALIDATORS.python().await;
 
     let manifests = k8s_manifests();
     let mut command = Command::new(&python);

@@ -7,10 +7,13 @@
 //!   parsed to learn the addresses it bound; killed on drop.
 //! - [`Client`]: a WebSocket client that speaks JSON.
 //! - [`eventually`]: polls a condition until it holds or a deadline passes.
+//! - [`venv`]: tools from PyPI, pinned, in virtualenvs under `target/`.
 //!
 //! Set `TEST_LOG=1` to see every process's output.
 
 #![allow(dead_code)]
+
+pub mod venv;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
