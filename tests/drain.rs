@@ -45,6 +45,10 @@ async fn sigterm_closes_every_socket_with_1012_and_exits_within_the_deadline() {
         .expect("the edge exits");
     assert!(status.success(), "clean exit, got {status}");
     assert!(
+        node.logged("\"drained\""),
+        "the edge waited for its sockets before it exited"
+    );
+    assert!(
         started.elapsed() < Duration::from_secs(5 + 2),
         "exited within the drain deadline: {:?}",
         started.elapsed()

@@ -361,27 +361,36 @@ pub async fn serve(
     });
     let mut server = std::pin::pin!(server.into_future());
     let mut draining = state.draining();
-    // Until a drain starts, serve; then stop accepting, let every socket
-    // close (1012) and in-flight calls finish, within the deadline.
-    let served = tokio::select! {
-        served = &mut server => served,
-        () = draining.started() => {
-            let drained = async {
-                let served = server.await;
-                state.sockets_closed().await;
-                served
+    // Until a drain starts, serve. The server may also end first, in the
+    // same instant as the drain starts (axum does not wait for upgraded
+    // sockets), so whichever comes first, a started drain is waited for:
+    // every socket closes (1012) and its in-flight calls finish, within the
+    // deadline.
+    let ended = tokio::select! {
+        served = &mut server => Some(served),
+        () = draining.started() => None,
+    };
+    let served = if state.is_draining() {
+        let drained = async {
+            let served = match ended {
+                Some(served) => served,
+                None => server.await,
             };
-            match tokio::time::timeout(drain_timeout, drained).await {
-                Ok(served) => {
-                    tracing::info!("drained");
-                    served
-                }
-                Err(_) => {
-                    tracing::warn!(connections = ?state.meter().connections(), "drain deadline passed");
-                    Ok(())
-                }
+            state.sockets_closed().await;
+            served
+        };
+        match tokio::time::timeout(drain_timeout, drained).await {
+            Ok(served) => {
+                tracing::info!("drained");
+                served
+            }
+            Err(_) => {
+                tracing::warn!(connections = ?state.meter().connections(), "drain deadline passed");
+                Ok(())
             }
         }
+    } else {
+        ended.expect("not draining, so the server ended on its own")
     };
     for task in tasks {
         task.abort();
