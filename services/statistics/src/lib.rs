@@ -7,8 +7,8 @@
 //! same totals and any replica reads them. Edges report usage in deltas
 //! (about once a second per session, not per message), which keeps the
 //! bucket's write rate far below the message rate; and each replica writes
-//! the server record for all the reports it holds at once
-//! ([`server_totals`]), so reports do not collide on that one key.
+//! the reports it holds at once, one write per user and one for the server
+//! ([`usage_writer`]), so reports do not collide on hot keys.
 //!
 //! The number of live sessions is not a counter that could drift: it is
 //! asked of the session registry each time server statistics are read.
@@ -22,8 +22,8 @@
 //!   queue group, so each is counted by one replica.
 
 pub mod broadcast;
-mod server_totals;
 pub mod snapshot;
+mod usage_writer;
 
 use std::future::Future;
 use std::time::Duration;
@@ -139,7 +139,7 @@ pub struct Counters {
     edges: KeyValue,
     sessions: SessionServiceClient<Channel>,
     bus: Bus,
-    server_totals: server_totals::ServerTotals,
+    usage: usage_writer::UsageWriter,
 }
 
 /// Key of one user's record, valid whatever the user id.
@@ -207,7 +207,7 @@ impl Counters {
             .connect_lazy();
         let bucket = bus.key_value(BUCKET).await?;
         Ok(Self {
-            server_totals: server_totals::ServerTotals::start(bucket.clone()),
+            usage: usage_writer::UsageWriter::start(bucket.clone()),
             bucket,
             edges: snapshot::edges_bucket(bus).await?,
             sessions: SessionServiceClient::new(channel),
@@ -216,12 +216,7 @@ impl Counters {
     }
 
     pub async fn record_usage(&self, user_id: &str, delta: Usage) -> Result<(), Status> {
-        let new_user = modify(&self.bucket, &user_key(user_id), |total: &mut Usage| {
-            add(total, &delta)
-        })
-        .await?;
-        // The server record takes every report: batched (server_totals).
-        self.server_totals.add(delta, new_user).await
+        self.usage.add(user_id, delta).await
     }
 
     pub async fn user_stats(&self, user_id: &str) -> Result<UserStats, Status> {
