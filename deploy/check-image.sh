@@ -31,8 +31,7 @@
 # on /ws/realtime answers a sample with step_detection; `podman stop`
 # (SIGTERM) while a socket is open: the socket is closed with 1012, the
 # container exits 0 within the drain deadline, and its log says `draining`
-# and not `drain deadline passed` (the closing `drained` line is reported
-# but not required: the edge does not always print it, see deploy/README.md).
+# then `drained` (it waited for its sockets) and not `drain deadline passed`.
 #
 # Needs root (podman rootful, debootstrap), podman, curl, python3, and for
 # the stand-ins debootstrap and a Debian mirror (DEBIAN_MIRROR). Every host
@@ -261,6 +260,7 @@ run_checks() {
   ((took_ms <= (DRAIN_SECS + 5) * 1000)) || fail "took ${took_ms} ms to stop (drain deadline ${DRAIN_SECS} s)"
   grep -q '^close 1012' "$TMP/hold.out" || fail "held socket was not closed with 1012"
   grep -q 'draining' "$TMP/ctr.log" || fail "the log does not mention the drain"
+  grep -q '"drained"\|drained$' "$TMP/ctr.log" || fail "the edge exited without waiting for its sockets (no 'drained')"
   if grep -q 'drain deadline passed' "$TMP/ctr.log"; then fail "the drain deadline passed"; fi
   log "OK: $IMAGE passed the checks"
 }
@@ -389,6 +389,10 @@ YAML
     if [[ $svc != nats && $code != 0 ]]; then bad=1; fi
   done
   ((bad == 0)) || fail "a switchboard container did not exit 0"
+  for svc in edge-1 edge-2; do
+    pm logs "$(ctr_of "$svc")" 2>&1 | grep -q '"message":"drained"' \
+      || fail "$svc exited without waiting for its sockets (no 'drained')"
+  done
   compose down -v >/dev/null 2>&1 || true
   COMPOSE_UP=0
   log "OK: docker-compose.yml under podman-compose passed the checks"
