@@ -30,6 +30,7 @@ use switchboard_proto::v1::{
     RecordActivityRequest, RecordUsageRequest, ResetSessionRequest, Session, SessionControl,
     StepReply, StepRequest, Usage,
 };
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::EdgeState;
@@ -114,6 +115,29 @@ impl Unreported {
         self.requests += other.requests;
         self.steps += other.steps;
         self.predictions += other.predictions;
+    }
+}
+
+/// What one report sent, and how each call went.
+struct Reported {
+    for_registry: Unreported,
+    registry: Result<(), tonic::Status>,
+    for_statistics: Unreported,
+    statistics: Result<(), tonic::Status>,
+}
+
+/// The outcome of the report task in `reporting`; pending while there is
+/// none. `None` when the task failed (its counts are lost, and logged).
+async fn finished(reporting: &mut Option<JoinHandle<Reported>>) -> Option<Reported> {
+    match reporting {
+        Some(task) => match task.await {
+            Ok(reported) => Some(reported),
+            Err(error) => {
+                tracing::warn!(%error, "report task failed");
+                None
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -226,10 +250,29 @@ impl Realtime {
     }
 
     /// The connection loop: client messages, control messages, report ticks.
+    /// A report runs as a task of its own, at most one at a time, so a slow
+    /// registry or statistics write never holds up the client's messages.
     async fn serve(
+        &mut self,
+        control: tokio::sync::oneshot::Receiver<SessionControl>,
+        report_interval: Duration,
+    ) {
+        let mut reporting = None;
+        self.serve_until_closed(control, report_interval, &mut reporting)
+            .await;
+        // Counts a report in flight carries are not lost with the socket.
+        if let Some(task) = reporting.take()
+            && let Ok(reported) = task.await
+        {
+            self.on_reported(reported, false).await;
+        }
+    }
+
+    async fn serve_until_closed(
         &mut self,
         mut control: tokio::sync::oneshot::Receiver<SessionControl>,
         report_interval: Duration,
+        reporting: &mut Option<JoinHandle<Reported>>,
     ) {
         let mut reports = tokio::time::interval(report_interval);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +293,17 @@ impl Realtime {
                     self.on_control(control).await;
                     return;
                 }
-                _ = reports.tick() => self.report().await,
+                reported = finished(reporting) => {
+                    *reporting = None;
+                    match reported {
+                        Some(reported) => self.on_reported(reported, true).await,
+                        None => Next::Continue,
+                    }
+                }
+                _ = reports.tick(), if reporting.is_none() => {
+                    *reporting = Some(tokio::spawn(self.start_report()));
+                    Next::Continue
+                }
             };
             if let Next::Close(code, reason) = next {
                 close(&mut self.socket, code, &reason).await;
@@ -535,64 +588,92 @@ impl Realtime {
         });
     }
 
-    /// Sends what this socket did since the last report; counts that could
-    /// not be delivered wait for the next one. A registry that no longer
-    /// knows the session (its control message was lost) ends the socket.
+    /// Sends what this socket did since the last report, now.
     async fn report(&mut self) -> Next {
-        let for_registry = std::mem::take(&mut self.for_registry);
+        let reported = self.start_report().await;
+        self.on_reported(reported, true).await
+    }
+
+    /// Takes what this socket did since the last report and returns the
+    /// calls that send it (a future of its own, to run as a task).
+    fn start_report(&mut self) -> impl Future<Output = Reported> + Send + 'static {
+        let for_registry = if self.registered {
+            std::mem::take(&mut self.for_registry)
+        } else {
+            Unreported::default()
+        };
         let for_statistics = std::mem::take(&mut self.for_statistics);
         let mut sessions = self.state.backends().session.clone();
         let mut statistics = self.state.backends().statistics.clone();
-        let registry_call = async {
-            if for_registry.is_empty() || !self.registered {
-                return Ok(());
+        let session_id = self.session.session_id.clone();
+        let user_id = self.session.user_id.clone();
+        async move {
+            let registry_call = async {
+                if for_registry.is_empty() {
+                    return Ok(());
+                }
+                sessions
+                    .record_activity(RecordActivityRequest {
+                        session_id,
+                        requests: for_registry.requests,
+                        steps: for_registry.steps,
+                        predictions: for_registry.predictions,
+                    })
+                    .await
+                    .map(|_| ())
+            };
+            let statistics_call = async {
+                if for_statistics.is_empty() {
+                    return Ok(());
+                }
+                statistics
+                    .record_usage(RecordUsageRequest {
+                        user_id,
+                        usage: Some(Usage {
+                            requests: for_statistics.requests,
+                            steps: for_statistics.steps,
+                            predictions: for_statistics.predictions,
+                            sessions_opened: 0,
+                        }),
+                    })
+                    .await
+                    .map(|_| ())
+            };
+            let (registry, statistics) = tokio::join!(registry_call, statistics_call);
+            Reported {
+                for_registry,
+                registry,
+                for_statistics,
+                statistics,
             }
-            sessions
-                .record_activity(RecordActivityRequest {
-                    session_id: self.session.session_id.clone(),
-                    requests: for_registry.requests,
-                    steps: for_registry.steps,
-                    predictions: for_registry.predictions,
-                })
-                .await
-                .map(|_| ())
-        };
-        let statistics_call = async {
-            if for_statistics.is_empty() {
-                return Ok(());
-            }
-            statistics
-                .record_usage(RecordUsageRequest {
-                    user_id: self.session.user_id.clone(),
-                    usage: Some(Usage {
-                        requests: for_statistics.requests,
-                        steps: for_statistics.steps,
-                        predictions: for_statistics.predictions,
-                        sessions_opened: 0,
-                    }),
-                })
-                .await
-                .map(|_| ())
-        };
-        let (registry_result, statistics_result) = tokio::join!(registry_call, statistics_call);
-        if let Err(status) = statistics_result {
-            tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "usage report failed");
-            self.for_statistics.add(for_statistics);
         }
-        if let Err(status) = registry_result {
+    }
+
+    /// Counts that could not be delivered wait for the next report. A
+    /// registry that no longer knows the session (its control message was
+    /// lost) ends the socket, telling the client when `tell` is set.
+    async fn on_reported(&mut self, reported: Reported, tell: bool) -> Next {
+        if let Err(status) = reported.statistics {
+            tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "usage report failed");
+            self.for_statistics.add(reported.for_statistics);
+        }
+        if let Err(status) = reported.registry {
             if status.code() == tonic::Code::NotFound {
                 self.registered = false;
-                let message = Outbound::SessionTerminated {
-                    status: "terminated",
-                    session_id: &self.session.session_id,
-                    message: "Session no longer registered (timed out or terminated)".to_owned(),
-                    timestamp: timestamp(),
-                };
-                let _ = send(&mut self.socket, &message).await;
+                if tell {
+                    let message = Outbound::SessionTerminated {
+                        status: "terminated",
+                        session_id: &self.session.session_id,
+                        message: "Session no longer registered (timed out or terminated)"
+                            .to_owned(),
+                        timestamp: timestamp(),
+                    };
+                    let _ = send(&mut self.socket, &message).await;
+                }
                 return Next::Close(close_code::NORMAL, "session ended".to_owned());
             }
             tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "activity report failed");
-            self.for_registry.add(for_registry);
+            self.for_registry.add(reported.for_registry);
         }
         Next::Continue
     }
