@@ -242,3 +242,36 @@ async fn inactivity_closes_the_session_with_timeout_response() {
         .await;
     assert_eq!(listed_sessions(&node).await, vec![busy_id]);
 }
+
+/// A registry that lost a session behind the edge's back (closed directly,
+/// its control message never sent) ends the socket at its next usage
+/// report, which runs beside the client's messages, not in their way.
+#[tokio::test]
+async fn a_session_the_registry_forgot_ends_at_its_next_report() {
+    use switchboard_proto::v1::CloseSessionRequest;
+    use switchboard_proto::v1::session_service_client::SessionServiceClient;
+
+    let node = Switchboard::all(None, &[]);
+    let (mut client, session_id) = realtime_session(&node).await;
+    let mut sessions = SessionServiceClient::connect(node.grpc("session"))
+        .await
+        .unwrap();
+    sessions
+        .close_session(CloseSessionRequest {
+            session_id: session_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Activity the next report carries to a registry that no longer has it.
+    client
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
+    let ended = client.expect("session_terminated").await;
+    assert_eq!(ended["session_id"], session_id.as_str());
+    assert_eq!(
+        ended["message"],
+        "Session no longer registered (timed out or terminated)"
+    );
+    assert_eq!(client.expect_close().await.code, 1000);
+}
