@@ -127,21 +127,13 @@ impl Roles {
             "--session-url",
             &session_url,
         ]);
-        let edge = Switchboard::start(&[
-            "edge",
-            "--http-addr",
-            local,
-            "--nats-url",
-            &nats.url,
-            "--session-url",
-            &session_url,
-            "--detection-url",
-            &detection.grpc("detection"),
-            "--statistics-url",
-            &statistics.grpc("statistics"),
-            "--grpc-timeout-ms",
-            "2000",
-        ]);
+        let edge = Switchboard::edge(
+            nats,
+            &session,
+            &detection,
+            &statistics,
+            &["--grpc-timeout-ms", "2000"],
+        );
         Self {
             session,
             detection,

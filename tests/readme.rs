@@ -302,23 +302,7 @@ impl SetUp {
         let detection = service("detection", &[]);
         let session_url = session.grpc("session");
         let statistics = service("statistics", &["--session-url", &session_url]);
-        let detection_url = detection.grpc("detection");
-        let statistics_url = statistics.grpc("statistics");
-        let edge = || {
-            Switchboard::start(&[
-                "edge",
-                "--http-addr",
-                local,
-                "--nats-url",
-                &nats.url,
-                "--session-url",
-                &session_url,
-                "--detection-url",
-                &detection_url,
-                "--statistics-url",
-                &statistics_url,
-            ])
-        };
+        let edge = || Switchboard::edge(&nats, &session, &detection, &statistics, &[]);
         let (edge_1, edge_2) = (edge(), edge());
         let process = |service: &str| match service {
             "edge-1" => &edge_1,

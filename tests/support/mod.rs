@@ -162,6 +162,37 @@ impl Switchboard {
         Self::start(&args)
     }
 
+    /// `switchboard edge` on a free port, joined to `nats`, calling the
+    /// services that `session`, `detection` and `statistics` run.
+    pub fn edge(
+        nats: &Nats,
+        session: &Switchboard,
+        detection: &Switchboard,
+        statistics: &Switchboard,
+        extra: &[&str],
+    ) -> Self {
+        let (session, detection, statistics) = (
+            session.grpc("session"),
+            detection.grpc("detection"),
+            statistics.grpc("statistics"),
+        );
+        let mut args = vec![
+            "edge",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url,
+            "--session-url",
+            &session,
+            "--detection-url",
+            &detection,
+            "--statistics-url",
+            &statistics,
+        ];
+        args.extend(extra);
+        Self::start(&args)
+    }
+
     fn spawn(args: Vec<String>) -> Self {
         Self::spawn_with(args, Vec::new())
     }
