@@ -164,57 +164,12 @@ fn quick_checks(path: &str) -> Vec<QuickCheck> {
     checks
 }
 
-/// The words of a simple shell command: quotes removed, `\` escapes and
-/// line continuations applied, a `#` comment dropped. (Enough for the
-/// READMEs' commands, which use no expansions.)
+/// The words of a shell command as `sh` splits them (quotes, escapes, a
+/// `#` comment), by `shlex`; a line continuation is removed first, as `sh`
+/// does (shlex would leave an empty word in its place).
 fn shell_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some('\n') | None => {}
-                Some(escaped) => word.get_or_insert_default().push(escaped),
-            },
-            '\'' => {
-                let word = word.get_or_insert_default();
-                for c in chars.by_ref() {
-                    if c == '\'' {
-                        break;
-                    }
-                    word.push(c);
-                }
-            }
-            '"' => {
-                let word = word.get_or_insert_default();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' if matches!(chars.peek(), Some('"' | '\\' | '$' | '`')) => {
-                            word.push(chars.next().unwrap());
-                        }
-                        _ => word.push(c),
-                    }
-                }
-            }
-            '#' if word.is_none() => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            c if c.is_whitespace() => {
-                if let Some(word) = word.take() {
-                    words.push(word);
-                }
-            }
-            c => word.get_or_insert_default().push(c),
-        }
-    }
-    words.extend(word);
-    words
+    shlex::split(&text.replace("\\\n", ""))
+        .unwrap_or_else(|| panic!("not a shell command: {text}"))
 }
 
 // ------------------------------------------------------------------ set-ups
