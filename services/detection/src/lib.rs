@@ -239,13 +239,84 @@ fn fall_alert(request: &StepRequest, fall: &Fall) -> RaiseAlertRequest {
     }
 }
 
-type StepReplies = Pin<Box<dyn Stream<Item = Result<StepReply, Status>> + Send>>;
-type FrameReplies = Pin<Box<dyn Stream<Item = Result<FrameReply, Status>> + Send>>;
+type Replies<Reply> = Pin<Box<dyn Stream<Item = Result<Reply, Status>> + Send>>;
+
+/// The detectors that live with one stream: what a message does to them,
+/// and the message's span.
+trait StreamDetectors: Send + 'static {
+    type Request: Send + 'static;
+    type Reply;
+
+    /// The span of `request`: it continues the trace of the client message
+    /// the edge sent it for, so an alert it raises is in that trace too.
+    fn span(request: &Self::Request) -> tracing::Span;
+
+    fn handle(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Self::Reply, Status>> + Send + '_;
+}
+
+impl StreamDetectors for SessionDetectors {
+    type Request = StepRequest;
+    type Reply = StepReply;
+
+    fn span(request: &StepRequest) -> tracing::Span {
+        continued(&request.trace_context, || {
+            tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty)
+        })
+    }
+
+    fn handle(
+        &mut self,
+        request: StepRequest,
+    ) -> impl Future<Output = Result<StepReply, Status>> + Send + '_ {
+        self.step(request)
+    }
+}
+
+impl StreamDetectors for FrameDetectors {
+    type Request = FrameRequest;
+    type Reply = FrameReply;
+
+    fn span(request: &FrameRequest) -> tracing::Span {
+        continued(&request.trace_context, || {
+            tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty)
+        })
+    }
+
+    fn handle(
+        &mut self,
+        request: FrameRequest,
+    ) -> impl Future<Output = Result<FrameReply, Status>> + Send + '_ {
+        self.frame(request)
+    }
+}
+
+/// One reply per request of a stream, in order, from `detectors`.
+fn replies<D: StreamDetectors>(
+    requests: Streaming<D::Request>,
+    detectors: D,
+) -> Replies<D::Reply> {
+    Box::pin(futures::stream::unfold(
+        (requests, detectors),
+        |(mut requests, mut detectors)| async move {
+            let reply = match requests.next().await? {
+                Ok(request) => {
+                    let span = D::span(&request);
+                    detectors.handle(request).instrument(span).await
+                }
+                Err(status) => Err(status),
+            };
+            Some((reply, (requests, detectors)))
+        },
+    ))
+}
 
 #[tonic::async_trait]
 impl DetectionService for Detection {
-    type StreamStepsStream = StepReplies;
-    type StreamFramesStream = FrameReplies;
+    type StreamStepsStream = Replies<StepReply>;
+    type StreamFramesStream = Replies<FrameReply>;
 
     async fn stream_frames(
         &self,
@@ -255,24 +326,7 @@ impl DetectionService for Detection {
             peaks: PeakMonitor::new(PeakMonitorConfig::default()),
             alerts: self.alerts.clone(),
         };
-        let replies = futures::stream::unfold(
-            (request.into_inner(), detectors),
-            |(mut requests, mut detectors)| async move {
-                let reply = match requests.next().await? {
-                    Ok(request) => {
-                        // Each message continues the trace of the client message the edge sent
-                        // it for, so an alert it raises is in that trace too.
-                        let span = continued(&request.trace_context, || {
-                            tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty)
-                        });
-                        detectors.frame(request).instrument(span).await
-                    }
-                    Err(status) => Err(status),
-                };
-                Some((reply, (requests, detectors)))
-            },
-        );
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(replies(request.into_inner(), detectors)))
     }
 
     async fn analyze_frame(
@@ -293,24 +347,7 @@ impl DetectionService for Detection {
         request: Request<Streaming<StepRequest>>,
     ) -> Result<Response<Self::StreamStepsStream>, Status> {
         let detectors = SessionDetectors::new(self.alerts.clone());
-        let replies = futures::stream::unfold(
-            (request.into_inner(), detectors),
-            |(mut requests, mut detectors)| async move {
-                let reply = match requests.next().await? {
-                    Ok(request) => {
-                        // Each message continues the trace of the client message the edge sent
-                        // it for, so an alert it raises is in that trace too.
-                        let span = continued(&request.trace_context, || {
-                            tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty)
-                        });
-                        detectors.step(request).instrument(span).await
-                    }
-                    Err(status) => Err(status),
-                };
-                Some((reply, (requests, detectors)))
-            },
-        );
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(replies(request.into_inner(), detectors)))
     }
 
     async fn count_steps(
