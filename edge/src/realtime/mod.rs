@@ -126,8 +126,7 @@ struct Reported {
     statistics: Result<(), tonic::Status>,
 }
 
-/// The outcome of the report task in `reporting`; pending while there is
-/// none. `None` when the task failed (its counts are lost, and logged).
+/// The outcome of the report task in flight; pending while there is none. `None` when the task failed (its counts are lost, and logged).
 async fn finished(reporting: &mut Option<JoinHandle<Reported>>) -> Option<Reported> {
     match reporting {
         Some(task) => match task.await {
@@ -159,6 +158,8 @@ struct Realtime {
     /// Not yet added to the statistics counters.
     for_statistics: Unreported,
     detection: Option<StreamCall<StepRequest, StepReply>>,
+    /// The report task in flight, if any.
+    reporting: Option<JoinHandle<Reported>>,
 }
 
 async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
@@ -209,6 +210,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
         for_registry: Unreported::default(),
         for_statistics: Unreported::default(),
         detection: None,
+        reporting: None,
     };
     connection.record_session_opened();
     let started = Outbound::SessionStarted {
@@ -254,25 +256,8 @@ impl Realtime {
     /// registry or statistics write never holds up the client's messages.
     async fn serve(
         &mut self,
-        control: tokio::sync::oneshot::Receiver<SessionControl>,
-        report_interval: Duration,
-    ) {
-        let mut reporting = None;
-        self.serve_until_closed(control, report_interval, &mut reporting)
-            .await;
-        // Counts a report in flight carries are not lost with the socket.
-        if let Some(task) = reporting.take()
-            && let Ok(reported) = task.await
-        {
-            self.on_reported(reported, false).await;
-        }
-    }
-
-    async fn serve_until_closed(
-        &mut self,
         mut control: tokio::sync::oneshot::Receiver<SessionControl>,
         report_interval: Duration,
-        reporting: &mut Option<JoinHandle<Reported>>,
     ) {
         let mut reports = tokio::time::interval(report_interval);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,15 +278,15 @@ impl Realtime {
                     self.on_control(control).await;
                     return;
                 }
-                reported = finished(reporting) => {
-                    *reporting = None;
+                reported = finished(&mut self.reporting) => {
+                    self.reporting = None;
                     match reported {
-                        Some(reported) => self.on_reported(reported, true).await,
+                        Some(reported) => self.on_reported(reported).await,
                         None => Next::Continue,
                     }
                 }
-                _ = reports.tick(), if reporting.is_none() => {
-                    *reporting = Some(tokio::spawn(self.start_report()));
+                _ = reports.tick(), if self.reporting.is_none() => {
+                    self.reporting = Some(tokio::spawn(self.start_report()));
                     Next::Continue
                 }
             };
@@ -591,7 +576,7 @@ impl Realtime {
     /// Sends what this socket did since the last report, now.
     async fn report(&mut self) -> Next {
         let reported = self.start_report().await;
-        self.on_reported(reported, true).await
+        self.on_reported(reported).await
     }
 
     /// Takes what this socket did since the last report and returns the
@@ -651,8 +636,8 @@ impl Realtime {
 
     /// Counts that could not be delivered wait for the next report. A
     /// registry that no longer knows the session (its control message was
-    /// lost) ends the socket, telling the client when `tell` is set.
-    async fn on_reported(&mut self, reported: Reported, tell: bool) -> Next {
+    /// lost) ends the socket.
+    async fn on_reported(&mut self, reported: Reported) -> Next {
         if let Err(status) = reported.statistics {
             tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "usage report failed");
             self.for_statistics.add(reported.for_statistics);
@@ -660,16 +645,13 @@ impl Realtime {
         if let Err(status) = reported.registry {
             if status.code() == tonic::Code::NotFound {
                 self.registered = false;
-                if tell {
-                    let message = Outbound::SessionTerminated {
-                        status: "terminated",
-                        session_id: &self.session.session_id,
-                        message: "Session no longer registered (timed out or terminated)"
-                            .to_owned(),
-                        timestamp: timestamp(),
-                    };
-                    let _ = send(&mut self.socket, &message).await;
-                }
+                let message = Outbound::SessionTerminated {
+                    status: "terminated",
+                    session_id: &self.session.session_id,
+                    message: "Session no longer registered (timed out or terminated)".to_owned(),
+                    timestamp: timestamp(),
+                };
+                let _ = send(&mut self.socket, &message).await;
                 return Next::Close(close_code::NORMAL, "session ended".to_owned());
             }
             tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "activity report failed");
@@ -708,6 +690,12 @@ impl Realtime {
     /// Leaves the registry and statistics as the socket found them: the
     /// session closed, every count reported.
     async fn finish(mut self) {
+        // Counts a report in flight carries are not lost with the socket.
+        if let Some(task) = self.reporting.take()
+            && let Ok(reported) = task.await
+        {
+            self.on_reported(reported).await;
+        }
         if self.registered {
             self.flush_detector().await;
             if let Err(error) = self.close_session().await {
