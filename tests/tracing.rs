@@ -94,17 +94,13 @@ fn token(user: &str) -> String {
     .unwrap()
 }
 
-fn pairs(spans: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    spans
-        .iter()
-        .map(|(service, span)| ((*service).to_owned(), (*span).to_owned()))
-        .collect()
-}
-
 /// Waits until one trace holds every (service, span) of `expected`; returns
 /// its id.
 async fn one_trace_with(collected: &Collected, expected: &[(&str, &str)]) -> String {
-    let expected = pairs(expected);
+    let expected: BTreeSet<(String, String)> = expected
+        .iter()
+        .map(|(service, span)| ((*service).to_owned(), (*span).to_owned()))
+        .collect();
     eventually(&format!("one trace with {expected:?}"), || {
         let mut traces: std::collections::BTreeMap<String, BTreeSet<(String, String)>> =
             Default::default();
