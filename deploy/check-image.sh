@@ -44,7 +44,8 @@
 # EXTRA_CA_DIR, PODMAN_OPTS (--runtime runc), PODMAN_ULIMITS (nofile and
 # nproc at 1024: crun/runc fail under the default rlimits on the machine this
 # was written on), BUILD_LOG (/tmp/switchboard-check-image-build.log),
-# PODMAN_COMPOSE (default: podman-compose 1.6.0 in $STANDIN_DIR/venv),
+# PODMAN_COMPOSE (default: podman-compose 1.6.0 in $STANDIN_DIR/venv, which
+# also holds the `websockets` library deploy/ws_check.py uses),
 # REPO_ROOT (the repository; default: this script's parent folder).
 set -euo pipefail
 cd "${REPO_ROOT:-$(dirname "$0")/..}"
@@ -196,7 +197,19 @@ build() {
 
 ### run checks ##############################################################
 
+# The script's Python tools, pinned, in $STANDIN_DIR/venv: the WebSocket
+# client library of deploy/ws_check.py and podman-compose.
+TOOLS_PY=$STANDIN_DIR/venv/bin/python
+tools() {
+  if ! "$TOOLS_PY" -c 'import websockets, podman_compose' 2>/dev/null; then
+    log "installing websockets and podman-compose into $STANDIN_DIR/venv"
+    python3 -m venv "$STANDIN_DIR/venv"
+    "$STANDIN_DIR/venv/bin/pip" install -q 'websockets==15.0.1' 'podman-compose==1.6.0'
+  fi
+}
+
 run_checks() {
+  tools
   pm image exists "$IMAGE" || fail "no image $IMAGE (run: $0 build)"
   local user entry cmd
   user=$(pm image inspect --format '{{.Config.User}}' "$IMAGE")
@@ -236,12 +249,12 @@ run_checks() {
   pm exec "$ctr" switchboard probe http http://127.0.0.1:8000/health || fail "probe http /health"
   log "switchboard probe http .../ready and .../health inside the container: exit 0"
 
-  python3 "$ROOT/deploy/ws_check.py" realtime "ws://127.0.0.1:$port/ws/realtime" >"$TMP/ws.out" \
+  "$TOOLS_PY" "$ROOT/deploy/ws_check.py" realtime "ws://127.0.0.1:$port/ws/realtime" >"$TMP/ws.out" \
     || fail "WebSocket /ws/realtime"
   log "WebSocket /ws/realtime:"; cat "$TMP/ws.out" >&2
 
   # A socket held open across SIGTERM must be told to reconnect (1012).
-  python3 "$ROOT/deploy/ws_check.py" hold "ws://127.0.0.1:$port/ws/realtime" "$TMP/ready" \
+  "$TOOLS_PY" "$ROOT/deploy/ws_check.py" hold "ws://127.0.0.1:$port/ws/realtime" "$TMP/ready" \
     $((DRAIN_SECS + 20)) >"$TMP/hold.out" 2>&1 &
   local holder=$!
   wait_for 15 test -s "$TMP/ready" || fail "the held WebSocket did not open"
@@ -313,14 +326,8 @@ ctr_of() {
 compose_checks() {
   pm image exists "$IMAGE" || fail "no image $IMAGE (run: $0 build)"
   if [[ ${SKIP_STANDINS:-0} != 1 ]] && ! pm image exists "$NATS_BASE"; then make_nats_standin; fi
-  if [[ -z ${PODMAN_COMPOSE:-} ]]; then
-    PODMAN_COMPOSE=$STANDIN_DIR/venv/bin/podman-compose
-    if [[ ! -x $PODMAN_COMPOSE ]]; then
-      log "installing podman-compose into $STANDIN_DIR/venv"
-      python3 -m venv "$STANDIN_DIR/venv"
-      "$STANDIN_DIR/venv/bin/pip" install -q 'podman-compose==1.6.0'
-    fi
-  fi
+  tools
+  PODMAN_COMPOSE=${PODMAN_COMPOSE:-$STANDIN_DIR/venv/bin/podman-compose}
   log "$("$PODMAN_COMPOSE" --version 2>/dev/null | head -1)"
   cat >"$TMP/ports.yml" <<'YAML'
 services:
@@ -359,14 +366,14 @@ YAML
   done
 
   # A session on edge-1, seen from edge-2.
-  python3 "$ROOT/deploy/ws_check.py" hold "ws://127.0.0.1:$p1/ws/realtime" "$TMP/ready1" \
+  "$TOOLS_PY" "$ROOT/deploy/ws_check.py" hold "ws://127.0.0.1:$p1/ws/realtime" "$TMP/ready1" \
     $((DRAIN_SECS + 30)) >"$TMP/hold1.out" 2>&1 &
   local holder=$!
   wait_for 15 test -s "$TMP/ready1" || fail "WebSocket on edge-1 did not open"
   local sid; sid=$(cat "$TMP/ready1")
-  python3 "$ROOT/deploy/ws_check.py" realtime "ws://127.0.0.1:$p2/ws/realtime" >/dev/null \
+  "$TOOLS_PY" "$ROOT/deploy/ws_check.py" realtime "ws://127.0.0.1:$p2/ws/realtime" >/dev/null \
     || fail "WebSocket on edge-2"
-  local stats; stats=$(python3 "$ROOT/deploy/ws_check.py" stats "ws://127.0.0.1:$p2/ws/realtime")
+  local stats; stats=$("$TOOLS_PY" "$ROOT/deploy/ws_check.py" stats "ws://127.0.0.1:$p2/ws/realtime")
   log "stats asked on edge-2: $stats"
   [[ $(curl -fsS "http://127.0.0.1:$p2/sessions") == *"$sid"* ]] \
     || fail "edge-2's GET /sessions does not list edge-1's session $sid"
