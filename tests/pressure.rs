@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::{Value, json};
-use support::{Client, Nats, Switchboard, get_json};
+use support::{Client, Nats, Switchboard, get_json, js_clients};
 
 async fn joined(node: &Switchboard, workout_id: &str) -> Client {
     let mut client = Client::connect(&node.ws("/ws/pressure")).await;
@@ -298,32 +296,15 @@ async fn every_acknowledged_frame_survives_the_edge_dying_mid_stream() {
     );
 }
 
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// Installs the JavaScript clients (from the lock file) when missing.
-fn npm_ci() {
-    if js_dir().join("node_modules/socket.io-client").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js_dir())
-        .status()
-        .expect("npm must be installed (Node.js)");
-    assert!(status.success(), "npm ci failed");
-}
-
 #[tokio::test]
 async fn the_official_socket_io_client_works_across_two_instances() {
-    npm_ci();
+    let js = js_clients("socket.io-client");
     let nats = Nats::start();
     let a = Switchboard::all(Some(&nats), &[]);
     let b = Switchboard::all(Some(&nats), &[]);
     let frames = 5;
     let output = tokio::process::Command::new("node")
-        .arg(js_dir().join("pressure_flow.mjs"))
+        .arg(js.join("pressure_flow.mjs"))
         .args([
             a.http(),
             b.http(),

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::venv::{Venv, printed, root, run};
-use support::{Nats, Switchboard, eventually, get_json};
+use support::{Nats, Switchboard, eventually, get_json, js_clients};
 use tokio::process::Command;
 
 /// How long one quick check may take (wscat itself waits `-w` seconds).
@@ -398,22 +398,7 @@ async fn tool_paths() -> Vec<PathBuf> {
                 printed(&version)
             );
 
-            let js = root().join("tests/js");
-            if !js.join("node_modules/.bin/wscat").exists() {
-                let installed = run(
-                    Command::new("npm")
-                        .args(["ci", "--no-audit", "--no-fund"])
-                        .current_dir(&js),
-                    "npm ci (Node.js with npm must be installed)",
-                    Duration::from_secs(300),
-                )
-                .await;
-                assert!(
-                    installed.status.success(),
-                    "npm ci failed in tests/js:\n{}",
-                    printed(&installed)
-                );
-            }
+            let js = js_clients("wscat");
             vec![
                 grpcurl.parent().unwrap().to_path_buf(),
                 js.join("node_modules/.bin"),

@@ -491,3 +491,18 @@ pub fn count_by<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str
     }
     counts
 }
+
+/// `tests/js`, the official JavaScript clients (socket.io-client, wscat),
+/// with `package` installed: `npm ci` from the lock file when it is missing.
+pub fn js_clients(package: &str) -> std::path::PathBuf {
+    let js = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    if !js.join("node_modules").join(package).exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&js)
+            .status()
+            .expect("npm must be installed (Node.js)");
+        assert!(status.success(), "npm ci failed in tests/js");
+    }
+    js
+}
