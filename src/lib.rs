@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod probe;
 pub mod telemetry;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +67,9 @@ pub enum Role {
     Probe(probe::ProbeArgs),
     /// Load generator: measures a running deployment against a bare baseline.
     Bench(bench::BenchArgs),
+    /// Prints a JWT signed with the configured key, for development:
+    /// `switchboard token --sub alice [--admin] [--ttl 1h] [--claim k=v]`.
+    Token(token::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +190,11 @@ impl Role {
             _ => "tool",
         }
     }
+
+    /// Tools print their output on stdout and exit; roles serve.
+    pub fn is_tool(&self) -> bool {
+        matches!(self, Role::Probe(_) | Role::Bench(_) | Role::Token(_))
+    }
 }
 
 /// Binds `addr` and logs where `role` listens (tests and operators read it).
@@ -285,6 +294,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Role::Bench(args) = &cli.role {
         return bench::run(args).await;
     }
+    if let Role::Token(args) = &cli.role {
+        return token::run(args);
+    }
     let shutdown = Shutdown::start();
     let deadline = std::time::Duration::from_secs_f64(cli.drain_timeout_secs.clamp(0.0, 3600.0));
     let stopped = shutdown.signal();
@@ -311,6 +323,7 @@ async fn run_role(
     match role {
         Role::Probe(_) => unreachable!("probes run before any role"),
         Role::Bench(_) => unreachable!("benches run before any role"),
+        Role::Token(_) => unreachable!("tokens are minted before any role"),
         Role::All(mut args) => {
             args.edge.drain_timeout = drain_timeout;
             run_all(args, shutdown).await

@@ -6,6 +6,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = switchboard::Cli::parse();
-    let _telemetry = switchboard::telemetry::init(&cli.log, cli.role.name())?;
+    let output = if cli.role.is_tool() {
+        switchboard::telemetry::LogOutput::Stderr
+    } else {
+        switchboard::telemetry::LogOutput::Stdout
+    };
+    let _telemetry = switchboard::telemetry::init(&cli.log, cli.role.name(), output)?;
     switchboard::run(cli).await
 }

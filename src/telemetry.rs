@@ -56,15 +56,36 @@ impl Drop for Telemetry {
     }
 }
 
+/// Where logs go: a role's to stdout (the container log), a tool's to
+/// stderr, so that its stdout is only its output (`TOKEN=$(switchboard
+/// token ...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+}
+
 /// Installs logging, and tracing when configured; call once, first thing.
-pub fn init(settings: &LogSettings, role: &str) -> anyhow::Result<Telemetry> {
+pub fn init(settings: &LogSettings, role: &str, output: LogOutput) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            LogOutput::Stdout => Box::new(std::io::stdout()),
+            LogOutput::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let terminal = match output {
+        LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let logs = match settings.log_format {
         // Colours only for a terminal, not for a file or a container log.
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_writer(writer)
+            .with_ansi(terminal)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)

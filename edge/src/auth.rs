@@ -79,6 +79,10 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
+/// Shortest HS256 secret that does not draw a warning: RFC 7518 section
+/// 3.2 asks for a key at least as long as the hash (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Settings that cannot work; the edge refuses to start with them.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
@@ -125,9 +129,14 @@ pub enum AuthError {
 /// Who a valid token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The `sub` claim as text: the user everywhere in the system.
     pub user_id: String,
-    /// `username` or `name`, when the token has one.
-    pub username: Option<String>,
+    /// The `sub` claim as the token has it: a number stays a number (seed
+    /// 004 shows `{"id": 1, ...}`).
+    pub subject: serde_json::Value,
+    /// The first of the `username`, `preferred_username` and `name` claims,
+    /// else the `sub`: never empty.
+    pub username: String,
     pub admin: bool,
 }
 
@@ -152,10 +161,13 @@ impl Identity {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// A string, or a number (as backends with numeric user ids issue).
     #[serde(default)]
-    sub: Option<String>,
+    sub: Option<serde_json::Value>,
     #[serde(default)]
     username: Option<String>,
+    #[serde(default)]
+    preferred_username: Option<String>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -209,7 +221,15 @@ impl Authenticator {
     pub fn from_settings(settings: &AuthSettings) -> Result<Option<Self>, AuthConfigError> {
         let secret = match &settings.jwt_secret {
             Some(secret) if secret.is_empty() => return Err(AuthConfigError::EmptySecret),
-            Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
+            Some(secret) => {
+                if secret.len() < MIN_SECRET_BYTES {
+                    tracing::warn!(
+                        bytes = secret.len(),
+                        "the JWT secret is shorter than {MIN_SECRET_BYTES} bytes: HS256 tokens signed with it can be brute-forced; use a random secret of at least {MIN_SECRET_BYTES} bytes"
+                    );
+                }
+                Some(DecodingKey::from_secret(secret.as_bytes()))
+            }
             None => None,
         };
         let public = settings
@@ -251,7 +271,9 @@ impl Authenticator {
             let mut validation = Validation::new(algorithm);
             validation.leeway = settings.jwt_leeway_secs;
             validation.validate_nbf = true;
-            validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+            // `sub` is required too, but checked below: jsonwebtoken's own
+            // check takes only a string, and numeric ids are common.
+            validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
             match &settings.jwt_audience {
                 Some(audience) => validation.set_audience(&[audience]),
                 None => validation.validate_aud = false,
@@ -297,15 +319,26 @@ impl Authenticator {
                 _ => AuthError::Invalid("cannot be verified".into()),
             })?;
         let claims = data.claims;
-        let user_id = match claims.sub {
-            Some(sub) if !sub.is_empty() => sub,
+        let (user_id, subject) = match claims.sub {
+            Some(serde_json::Value::String(sub)) if !sub.is_empty() => {
+                (sub.clone(), serde_json::Value::String(sub))
+            }
+            Some(serde_json::Value::Number(number)) => {
+                (number.to_string(), serde_json::Value::Number(number))
+            }
             _ => return Err(AuthError::Invalid("missing claim sub".into())),
         };
         let admin = claims.roles.iter().any(|role| role == "admin")
             || claims.role.as_deref() == Some("admin");
+        let username = [claims.username, claims.preferred_username, claims.name]
+            .into_iter()
+            .flatten()
+            .find(|name| !name.is_empty())
+            .unwrap_or_else(|| user_id.clone());
         Ok(Identity {
             user_id,
-            username: claims.username.or(claims.name),
+            subject,
+            username,
             admin,
         })
     }
@@ -398,12 +431,34 @@ mod tests {
             hs256().verify(&token).unwrap(),
             Identity {
                 user_id: "ada".into(),
-                username: Some("Ada".into()),
+                subject: json!("ada"),
+                username: "Ada".into(),
                 admin: true
             }
         );
         let token = sign(json!({"sub": "bob", "exp": now() + 60}), SECRET);
-        assert!(!hs256().verify(&token).unwrap().admin);
+        let bob = hs256().verify(&token).unwrap();
+        assert!(!bob.admin);
+        assert_eq!(bob.username, "bob", "the username falls back to the sub");
+    }
+
+    #[test]
+    fn a_numeric_sub_stays_a_number_and_usernames_come_from_the_usual_claims() {
+        let token = sign(
+            json!({"sub": 1, "exp": now() + 60, "preferred_username": "admin"}),
+            SECRET,
+        );
+        let identity = hs256().verify(&token).unwrap();
+        assert_eq!(identity.user_id, "1");
+        assert_eq!(identity.subject, json!(1));
+        assert_eq!(identity.username, "admin");
+        let token = sign(
+            json!({"sub": "u7", "exp": now() + 60, "name": "Grace"}),
+            SECRET,
+        );
+        assert_eq!(hs256().verify(&token).unwrap().username, "Grace");
+        let token = sign(json!({"sub": ["u7"], "exp": now() + 60}), SECRET);
+        assert!(hs256().verify(&token).is_err());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   `/api/ws/statistics`, with their REST routes.
 //! - [`meter`]: sockets and messages counted, reported for the statistics.
 //! - [`auth`]: JWT verification.
+//! - [`origins`]: which web pages may call the edge (CORS, and the same
+//!   allow-list on WebSocket upgrades).
 //! - [`socket`]: what the WebSocket endpoints share.
 //! - [`stream_call`]: request and reply over a long-lived gRPC stream.
 //! - [`rest`]: `/sessions`, `/sessions/{id}`, `/health`.
@@ -29,6 +31,7 @@ pub mod control;
 pub mod error;
 pub mod hubs;
 pub mod meter;
+pub mod origins;
 pub mod pressure;
 pub mod realtime;
 pub mod rest;
@@ -61,6 +64,8 @@ pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 pub enum EdgeError {
     #[error(transparent)]
     InvalidUrl(#[from] settings::InvalidUrl),
+    #[error(transparent)]
+    Origins(#[from] origins::InvalidOrigin),
     #[error("authentication settings: {0}")]
     Auth(#[from] auth::AuthConfigError),
     #[error("message bus: {0}")]
@@ -111,6 +116,8 @@ struct Inner {
     drain: tokio::sync::watch::Sender<bool>,
     /// Socket.IO's handle, to disconnect its clients on drain.
     io: socketioxide::SocketIo,
+    /// Which web pages may call the edge.
+    origins: origins::OriginPolicy,
 }
 
 impl EdgeState {
@@ -126,6 +133,8 @@ impl EdgeState {
         if authenticator.is_none() {
             tracing::warn!("no JWT key configured: token-protected endpoints refuse every client");
         }
+        let origins = origins::OriginPolicy::from_list(&settings.allowed_origins)?;
+        origins.log();
         let alerts = bus.mailbox(subjects::ALERTS_MAILBOX).await?;
         let (socketio, io) = socketioxide::SocketIo::builder()
             .max_payload(settings.max_message_bytes as u64)
@@ -147,6 +156,7 @@ impl EdgeState {
                 meter: Arc::default(),
                 drain: tokio::sync::watch::Sender::new(false),
                 io: io.clone(),
+                origins,
             }),
         };
         pressure::socketio::register(&io, state.clone());
@@ -305,6 +315,11 @@ pub fn app(state: EdgeState) -> Router {
             get(pressure::rest::frames).post(pressure::rest::post_frame),
         )
         .layer(state.inner.socketio.clone())
+        .layer(state.inner.origins.cors())
+        .layer(axum::middleware::from_fn_with_state(
+            state.inner.origins.clone(),
+            origins::refuse_foreign,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }

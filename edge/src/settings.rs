@@ -82,6 +82,17 @@ pub struct EdgeSettings {
     )]
     pub statistics_rate_limit: u32,
 
+    /// Origins whose web pages may call the edge (comma-separated, e.g.
+    /// `http://localhost:3000,https://dash.example.com`). Empty: any origin
+    /// (CORS `*`). With a list, requests from other origins, WebSocket
+    /// upgrades and Socket.IO included, are refused with 403.
+    #[arg(
+        long = "allowed-origins",
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     #[command(flatten)]
     pub auth: crate::auth::AuthSettings,
 
@@ -101,6 +112,7 @@ impl Default for EdgeSettings {
             alerts_rate_limit: 10,
             statistics_max_connections: 5,
             statistics_rate_limit: 10,
+            allowed_origins: Vec::new(),
             auth: crate::auth::AuthSettings::default(),
             drain_timeout: Duration::from_secs(25),
         }

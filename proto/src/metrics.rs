@@ -165,6 +165,17 @@ pub fn encode() -> String {
         "Messages or clients dropped because a bounded queue was full",
         metrics.outbound_drops.clone(),
     );
+    // Tasks alive in this process's runtime: each connection has its own,
+    // so a number that does not come back down when clients leave is a leak.
+    let alive_tasks = Gauge::<i64>::default();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        alive_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "runtime_alive_tasks",
+        "Tasks alive in the process's async runtime",
+        alive_tasks,
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String");
     text

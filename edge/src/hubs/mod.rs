@@ -231,9 +231,10 @@ fn message_type(payload: &[u8]) -> Option<String> {
 /// Relays the UI hub's subject to the local `/ws/ui` clients.
 pub async fn relay_ui(mut subscription: Subscription, hub: Arc<Hub>) {
     while let Some(message) = subscription.next().await {
-        let span = received(&message.trace, || {
-            tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty)
-        });
+        let span = received(
+            &message.trace,
+            || tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty),
+        );
         span.in_scope(|| hub.deliver(&message.payload, "", Target::All));
     }
 }
@@ -244,9 +245,10 @@ pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
     let user_prefix = format!("{}.", subjects::stream_user("").trim_end_matches('.'));
     let connection_prefix = format!("{}.", subjects::stream_connection("").trim_end_matches('.'));
     while let Some(message) = subscription.next().await {
-        let span = received(&message.trace, || {
-            tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty)
-        });
+        let span = received(
+            &message.trace,
+            || tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty),
+        );
         let _entered = span.enter();
         let kind = message_type(&message.payload).unwrap_or_default();
         if message.subject == subjects::STREAM_ALL {

@@ -135,7 +135,7 @@ async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {
         "type": "connection_status",
         "status": "connected",
         "connection_id": connection_id,
-        "user": {"id": identity.user_id, "username": identity.username},
+        "user": {"id": identity.subject, "username": identity.username},
         "message": "WebSocket connection established successfully",
         "timestamp": switchboard_bus::rfc3339_now(),
     });

@@ -356,7 +356,11 @@ impl PressureConnection {
     /// and the session service to every edge that delivers it.
     pub async fn frame(&mut self, data: &Value) -> Result<(), ClientError> {
         let span = switchboard_proto::trace::message_span(|| {
-            tracing::info_span!("ws.message", endpoint = "pressure", trace_id = tracing::field::Empty)
+            tracing::info_span!(
+                "ws.message",
+                endpoint = "pressure",
+                trace_id = tracing::field::Empty
+            )
         });
         self.analyse_and_record(data).instrument(span).await
     }

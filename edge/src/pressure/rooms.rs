@@ -190,9 +190,10 @@ async fn relay(
     let socketio_room = socketio_room(&workout_id);
     while let Some(message) = subscription.next().await {
         let Some(rooms) = rooms.upgrade() else { return };
-        let span = received(&message.trace, || {
-            tracing::info_span!("room.deliver", workout_id = %workout_id, trace_id = tracing::field::Empty)
-        });
+        let span = received(
+            &message.trace,
+            || tracing::info_span!("room.deliver", workout_id = %workout_id, trace_id = tracing::field::Empty),
+        );
         deliver(&rooms, &workout_id, &socketio_room, message.payload)
             .instrument(span)
             .await;

@@ -11,7 +11,9 @@
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
 
 use super::rooms::{Member, socketio_room};
 use super::{Outbound, PressureConnection, PressureUser};
@@ -64,7 +66,12 @@ fn on_connect(socket: SocketRef, state: EdgeState) {
         }
     };
     let (inbox, commands) = mpsc::channel(INBOX);
-    tokio::spawn(serve(socket.clone(), state, user, commands));
+    // The socket's handlers hold the inbox and the connection task holds
+    // the socket, so neither ends the other: the disconnect handler does.
+    let disconnected = Arc::new(Notify::new());
+    let gone = Arc::clone(&disconnected);
+    socket.on_disconnect(move || async move { gone.notify_one() });
+    tokio::spawn(serve(socket.clone(), state, user, commands, disconnected));
     for event in EVENTS {
         let inbox = inbox.clone();
         socket.on(event, move |socket: SocketRef, Data(data): Data<Value>| {
@@ -80,18 +87,27 @@ fn on_connect(socket: SocketRef, state: EdgeState) {
 }
 
 /// The socket's connection task: its events, one at a time, in order. It
-/// ends when the socket is gone (its handlers, holding the inbox, are
-/// dropped with it).
+/// ends when the socket disconnects, and drops the socket's last reference
+/// with it (and so the handlers, and the inbox they hold).
 async fn serve(
     socket: SocketRef,
     state: EdgeState,
     user: PressureUser,
     mut commands: mpsc::Receiver<Command>,
+    disconnected: Arc<Notify>,
 ) {
     let _connected = state.meter().connect(crate::meter::Endpoint::Pressure);
     let meter = std::sync::Arc::clone(state.meter());
     let mut connection = PressureConnection::new(state, user);
-    while let Some(Command { event, data }) = commands.recv().await {
+    loop {
+        let Command { event, data } = tokio::select! {
+            biased;
+            () = disconnected.notified() => break,
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => break,
+            },
+        };
         if !socket.connected() {
             break;
         }

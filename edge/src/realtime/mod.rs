@@ -317,7 +317,11 @@ impl Realtime {
                 // exported): this span, the detection service's, and any
                 // alert it raises, to the edge that delivers it.
                 let span = switchboard_proto::trace::message_span(|| {
-                    tracing::info_span!("ws.message", endpoint = "/ws/realtime", trace_id = tracing::field::Empty)
+                    tracing::info_span!(
+                        "ws.message",
+                        endpoint = "/ws/realtime",
+                        trace_id = tracing::field::Empty
+                    )
                 });
                 self.on_samples(samples).instrument(span).await
             }
