@@ -216,12 +216,19 @@ async fn statistics_updates_arrive_once_per_interval_with_two_statistics_replica
         assert!(std::time::Instant::now() < deadline, "edges never counted");
         let update = next_of(&mut on_a, "statistics_update").await;
         let data = &update["data"];
-        if data["edges"] == 2 && data["connections"]["by_endpoint"]["statistics"] == 2 {
+        if data["edges"] == 2
+            && data["connections"]["by_endpoint"]["statistics"] == 2
+            && data["events"]["session_opened"] == 2
+        {
             break update;
         }
     };
     let data = &update["data"];
     assert_eq!(data["sessions"]["by_kind"]["statistics"], 2);
+    assert_eq!(
+        data["sessions"]["opened_total"], data["events"]["session_opened"],
+        "one count of opened sessions in one message: {data}"
+    );
     for field in ["requests", "steps", "frames_processed", "users"] {
         assert!(data[field].is_u64(), "{field} in {data}");
     }

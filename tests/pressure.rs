@@ -5,7 +5,6 @@
 
 mod support;
 
-
 use serde_json::{Value, json};
 use support::{Client, Nats, Switchboard, get_json, js_clients};
 
@@ -48,7 +47,8 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .await;
     assert_eq!(processed["workout_id"], "w1");
     assert_eq!(processed["frame_count"], 1);
-    assert_eq!(processed["timestamp"], 1000.0);
+    assert_eq!(processed["timestamp"], 1000, "whole numbers without a fraction");
+    assert_eq!(processed["sequence"], 1, "frames are numbered per workout from 1");
     let stats = &processed["stats"];
     assert_eq!(
         (stats["rows"].as_u64(), stats["columns"].as_u64()),
@@ -82,6 +82,7 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .await;
     let stats = &processed["stats"];
     assert_eq!(processed["frame_count"], 2);
+    assert_eq!(processed["sequence"], 2);
     assert!(close_to(&stats["mean_pressure"], 5.0 / 9.0));
     assert_eq!(stats["contact_cells"], 1);
     assert!(close_to(&stats["contact_area_ratio"], 1.0 / 9.0));
@@ -98,6 +99,25 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .await;
     assert_eq!(processed["stats"]["center_of_pressure"], Value::Null);
     assert_eq!(processed["stats"]["left_right_balance"], Value::Null);
+
+    // Another workout numbers its frames from 1; a frame without a
+    // timestamp gets the edge's clock in milliseconds, as `Date.now()`.
+    client
+        .call(json!({"action": "join_session", "workout_id": "w2"}), "session_joined")
+        .await;
+    let processed = client
+        .call(
+            json!({"action": "pressure_frame", "workout_id": "w2", "matrix": [[1]]}),
+            "frame_processed",
+        )
+        .await;
+    assert_eq!(processed["sequence"], 1, "{processed}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let stamped = processed["timestamp"].as_i64().expect("whole milliseconds");
+    assert!((now_ms - stamped).abs() < 60_000, "{stamped} is not Unix ms near {now_ms}");
 
     // Bad frames: an error each, and the socket and the workout go on.
     let cases = [
@@ -132,6 +152,8 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
             "{bad} → {error}"
         );
     }
+    let unknown = client.call(json!({"action": "dance"}), "error").await;
+    assert_eq!(unknown["code"], "unknown_action", "the code /ws/realtime uses");
     client.send_text("{not json").await;
     assert_eq!(client.expect("error").await["code"], "invalid_json");
     let processed = client
@@ -224,7 +246,7 @@ async fn a_workout_room_spans_instances() {
                 processed["frame_count"], i,
                 "counts are per workout, cluster-wide"
             );
-            assert_eq!(processed["timestamp"], i as f64);
+            assert_eq!(processed["timestamp"], i);
         }
     }
 }
@@ -341,7 +363,7 @@ async fn the_official_socket_io_client_works_across_two_instances() {
             );
             assert!(close_to(&frame["stats"]["peak_pressure"], value));
             assert_eq!(frame["stats"]["contact_cells"], 1);
-            assert_eq!(frame["timestamp"], 1000.0 + value);
+            assert_eq!(frame["timestamp"].as_f64(), Some(1000.0 + value));
         }
     }
     assert!(

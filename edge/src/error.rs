@@ -13,8 +13,15 @@ pub enum ClientError {
     InvalidJson(String),
     #[error("{0}")]
     InvalidMessage(String),
-    #[error("unknown action {0:?}; expected one of: stop, reset, stats")]
-    UnknownAction(String),
+    /// An `action` (or message `type`) the endpoint does not have; every
+    /// endpoint reports it with the one code `unknown_action`.
+    #[error("unknown {field} {action:?}; expected one of: {expected}")]
+    UnknownAction {
+        /// `action` or `type`: the field the client named it in.
+        field: &'static str,
+        action: String,
+        expected: &'static str,
+    },
     #[error("binary messages are not supported; send JSON text")]
     BinaryMessage,
     #[error("{0}")]
@@ -48,7 +55,7 @@ impl ClientError {
         match self {
             ClientError::InvalidJson(_) => "invalid_json",
             ClientError::InvalidMessage(_) => "invalid_message",
-            ClientError::UnknownAction(_) => "unknown_action",
+            ClientError::UnknownAction { .. } => "unknown_action",
             ClientError::BinaryMessage => "unsupported_message",
             ClientError::NotFound(_) => "not_found",
             ClientError::LimitReached(_) => "limit_reached",
@@ -88,7 +95,7 @@ impl ClientError {
         match self {
             ClientError::InvalidJson(_)
             | ClientError::InvalidMessage(_)
-            | ClientError::UnknownAction(_)
+            | ClientError::UnknownAction { .. }
             | ClientError::BinaryMessage => StatusCode::BAD_REQUEST,
             ClientError::NotFound(_) => StatusCode::NOT_FOUND,
             ClientError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -135,9 +135,11 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
         )
     })?;
     if !matches!(kind, "ping" | "pong" | "ack") {
-        return Err(ClientError::InvalidMessage(format!(
-            "unknown message type {kind:?}; expected ping, pong or ack"
-        )));
+        return Err(ClientError::UnknownAction {
+            field: "type",
+            action: kind.to_owned(),
+            expected: "ping, pong, ack",
+        });
     }
     serde_json::from_value(value).map_err(|error| ClientError::InvalidMessage(error.to_string()))
 }
@@ -525,7 +527,7 @@ mod tests {
         let unknown = parse(r#"{"type":"dance"}"#).unwrap_err().to_string();
         assert_eq!(
             unknown,
-            "unknown message type \"dance\"; expected ping, pong or ack"
+            "unknown type \"dance\"; expected one of: ping, pong, ack"
         );
         assert!(parse(r#"{"hello":1}"#).is_err());
     }

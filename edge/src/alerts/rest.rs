@@ -30,17 +30,23 @@ pub struct ConnectionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     connected_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    uptime_seconds: Option<f64>,
+    uptime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_heartbeat: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    seconds_since_heartbeat: Option<f64>,
+    seconds_since_heartbeat: Option<u64>,
 }
 
-/// RFC 3339 in UTC with milliseconds, e.g. `2024-12-03T10:30:00.123Z`.
+/// Seed 002's times, `2024-12-03T10:30:00`, with the `Z` that says they
+/// are UTC: without it a browser's `new Date()` reads them as local time.
 fn iso8601(unix_seconds: f64) -> String {
     let time = UNIX_EPOCH + Duration::from_secs_f64(unix_seconds.max(0.0));
-    humantime::format_rfc3339_millis(time).to_string()
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Whole seconds between two times, as seed 002 counts them.
+fn whole_seconds(from: f64, to: f64) -> u64 {
+    (to - from).max(0.0) as u64
 }
 
 impl From<Session> for ConnectionView {
@@ -51,9 +57,9 @@ impl From<Session> for ConnectionView {
             connection_id: Some(session.session_id),
             edge_id: Some(session.edge_id),
             connected_at: Some(iso8601(session.started_at)),
-            uptime_seconds: Some(now - session.started_at),
+            uptime_seconds: Some(whole_seconds(session.started_at, now)),
             last_heartbeat: Some(iso8601(session.last_activity)),
-            seconds_since_heartbeat: Some(now - session.last_activity),
+            seconds_since_heartbeat: Some(whole_seconds(session.last_activity, now)),
             user_id: session.user_id,
         }
     }
@@ -205,6 +211,7 @@ pub async fn raise_alert(
 mod tests {
     #[test]
     fn times_read_as_rfc3339() {
-        assert_eq!(super::iso8601(1_733_221_800.5), "2024-12-03T10:30:00.500Z");
+        assert_eq!(super::iso8601(1_733_221_800.5), "2024-12-03T10:30:00Z");
+        assert_eq!(super::whole_seconds(10.0, 3609.9), 3599);
     }
 }

@@ -265,6 +265,17 @@ pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
     }
 }
 
+/// A hub's `error` message: the code, the message, the time (RFC 3339, as
+/// every hub message has it).
+pub fn error_message(error: &crate::error::ClientError) -> serde_json::Value {
+    serde_json::json!({
+        "type": "error",
+        "code": error.report(),
+        "message": error.to_string(),
+        "timestamp": switchboard_bus::rfc3339_now(),
+    })
+}
+
 /// Writes one hub message to a socket within [`SEND_TIMEOUT`]; false when
 /// the client is gone (or not reading).
 pub async fn send_shared(socket: &mut WebSocket, payload: Bytes) -> bool {

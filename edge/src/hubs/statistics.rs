@@ -31,7 +31,7 @@ use switchboard_proto::v1::{
     OpenSessionRequest, RecordActivityRequest, StreamMessage, TargetedMessage,
 };
 
-use super::send_shared;
+use super::{error_message, send_shared};
 use crate::EdgeState;
 use crate::alerts::TokenQuery;
 use crate::auth::{Admin, AuthError};
@@ -71,17 +71,15 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
     match value.get("type").and_then(Value::as_str) {
         Some("ping" | "subscribe" | "unsubscribe") => serde_json::from_value(value)
             .map_err(|error| ClientError::InvalidMessage(error.to_string())),
-        Some(other) => Err(ClientError::InvalidMessage(format!(
-            "unknown message type {other:?}; expected ping, subscribe or unsubscribe"
-        ))),
+        Some(other) => Err(ClientError::UnknownAction {
+            field: "type",
+            action: other.to_owned(),
+            expected: "ping, subscribe, unsubscribe",
+        }),
         None => Err(ClientError::InvalidMessage(
             "expected {\"type\": \"ping\" | \"subscribe\" | \"unsubscribe\", ...}".into(),
         )),
     }
-}
-
-fn error_message(error: &ClientError) -> Value {
-    json!({"type": "error", "code": error.report(), "message": error.to_string(), "timestamp": switchboard_bus::rfc3339_now()})
 }
 
 async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {

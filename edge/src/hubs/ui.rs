@@ -72,14 +72,13 @@ async fn run(mut socket: WebSocket, state: EdgeState) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     state.meter().received();
-                    let reply = if serde_json::from_str::<Value>(text.as_str())
-                        .is_ok_and(|value| value["type"] == "ping")
-                    {
-                        json!({"type": "pong", "timestamp": switchboard_bus::rfc3339_now()})
-                    } else {
-                        json!({"type": "error", "message": "the UI hub only accepts {\"type\": \"ping\"}; it broadcasts to you"})
-                    };
-                    if send_json(&mut socket, &reply).await.is_err() {
+                    if send_json(&mut socket, &reply_to(text.as_str())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    state.meter().received();
+                    if send_json(&mut socket, &super::error_message(&ClientError::BinaryMessage)).await.is_err() {
                         return;
                     }
                 }
@@ -93,6 +92,28 @@ async fn run(mut socket: WebSocket, state: EdgeState) {
             },
         }
     }
+}
+
+/// The answer to a client's text message: `pong` to a `ping`, else an
+/// `error` (the hub only broadcasts).
+fn reply_to(text: &str) -> Value {
+    let error = match serde_json::from_str::<Value>(text) {
+        Err(error) => ClientError::InvalidJson(error.to_string()),
+        Ok(message) => match message.get("type").and_then(Value::as_str) {
+            Some("ping") => {
+                return json!({"type": "pong", "timestamp": switchboard_bus::rfc3339_now()});
+            }
+            Some(other) => ClientError::UnknownAction {
+                field: "type",
+                action: other.to_owned(),
+                expected: "ping",
+            },
+            None => ClientError::InvalidMessage(
+                "expected {\"type\": \"ping\"}; the UI hub broadcasts to you".into(),
+            ),
+        },
+    };
+    super::error_message(&error)
 }
 
 /// The broadcast routes need an admin token when authentication is

@@ -43,27 +43,47 @@ pub const MAX_NODES_BYTES: usize = 16 * 1024;
 /// Most rows and columns of a matrix (the detection service checks it too).
 pub const MAX_MATRIX_SIDE: usize = 64;
 
+/// A number of a pressure message as every transport writes it: a whole
+/// number without a fraction (`10`, not `10.0`), any other with one. So
+/// Socket.IO, `/ws/pressure` and REST show the same text, and it is what a
+/// JavaScript client (which has no integers) prints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Number(pub f64);
+
+impl Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// Beyond 2^53 not every integer is an f64.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let Number(value) = *self;
+        if value.fract() == 0.0 && value.abs() < EXACT {
+            serializer.serialize_i64(value as i64)
+        } else {
+            serializer.serialize_f64(value)
+        }
+    }
+}
+
 /// Statistics of a frame, as clients see them.
 #[derive(Debug, Serialize)]
 pub struct StatsView {
     rows: u32,
     columns: u32,
-    total_pressure: f64,
-    mean_pressure: f64,
-    peak_pressure: f64,
+    total_pressure: Number,
+    mean_pressure: Number,
+    peak_pressure: Number,
     peak_row: u32,
     peak_column: u32,
     contact_cells: u32,
-    contact_area_ratio: f64,
+    contact_area_ratio: Number,
     center_of_pressure: Option<Point>,
-    left_right_balance: Option<f64>,
-    front_back_balance: Option<f64>,
+    left_right_balance: Option<Number>,
+    front_back_balance: Option<Number>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Point {
-    row: f64,
-    column: f64,
+    row: Number,
+    column: Number,
 }
 
 impl From<&FrameStats> for StatsView {
@@ -71,19 +91,22 @@ impl From<&FrameStats> for StatsView {
         Self {
             rows: stats.rows,
             columns: stats.columns,
-            total_pressure: stats.total_pressure,
-            mean_pressure: stats.mean_pressure,
-            peak_pressure: stats.peak_pressure,
+            total_pressure: Number(stats.total_pressure),
+            mean_pressure: Number(stats.mean_pressure),
+            peak_pressure: Number(stats.peak_pressure),
             peak_row: stats.peak_row,
             peak_column: stats.peak_column,
             contact_cells: stats.contact_cells,
-            contact_area_ratio: stats.contact_area_ratio,
+            contact_area_ratio: Number(stats.contact_area_ratio),
             center_of_pressure: stats
                 .center_row
                 .zip(stats.center_column)
-                .map(|(row, column)| Point { row, column }),
-            left_right_balance: stats.left_right_balance,
-            front_back_balance: stats.front_back_balance,
+                .map(|(row, column)| Point {
+                    row: Number(row),
+                    column: Number(column),
+                }),
+            left_right_balance: stats.left_right_balance.map(Number),
+            front_back_balance: stats.front_back_balance.map(Number),
         }
     }
 }
@@ -101,7 +124,8 @@ pub enum Outbound {
         stats: StatsView,
         frame_count: u64,
         /// The frame's own timestamp, as the client sent it.
-        timestamp: Value,
+        timestamp: Number,
+        /// The frame's number in its workout: 1, 2, 3, …
         sequence: u64,
     },
     SessionEnded {
@@ -200,8 +224,9 @@ pub struct FrameInput {
     pub workout_id: String,
     pub matrix: Vec<MatrixRow>,
     pub nodes_json: String,
-    /// The client's timestamp as it sent it (the edge's clock when absent).
-    pub timestamp: Value,
+    /// The client's timestamp as it sent it (the edge's clock in Unix
+    /// milliseconds, as `Date.now()`, when absent).
+    pub timestamp: f64,
 }
 
 impl FrameInput {
@@ -219,9 +244,10 @@ impl FrameInput {
             }
         };
         let timestamp = match data.get("timestamp") {
-            None | Some(Value::Null) => Value::from(unix_now()),
+            // The seed's clients stamp frames with `Date.now()`: milliseconds.
+            None | Some(Value::Null) => (unix_now() * 1000.0).round(),
             Some(Value::Number(number)) if number.as_f64().is_some_and(f64::is_finite) => {
-                Value::Number(number.clone())
+                number.as_f64().unwrap_or_default()
             }
             Some(_) => return Err(invalid("timestamp must be a number")),
         };
@@ -234,10 +260,10 @@ impl FrameInput {
     }
 
     /// The frame to store, once analysed.
-    pub fn into_frame(self, stats: FrameStats, user_id: String) -> (PressureFrame, Value) {
+    pub fn into_frame(self, stats: FrameStats, user_id: String) -> (PressureFrame, f64) {
         let frame = PressureFrame {
             workout_id: self.workout_id,
-            timestamp: self.timestamp.as_f64().unwrap_or_default(),
+            timestamp: self.timestamp,
             matrix: self.matrix,
             nodes_json: self.nodes_json,
             stats: Some(stats),
@@ -420,7 +446,7 @@ impl PressureConnection {
 pub async fn record_and_publish(
     state: &EdgeState,
     frame: PressureFrame,
-    timestamp: Value,
+    timestamp: f64,
 ) -> Result<(), ClientError> {
     let recorded = record(state, frame).await?;
     publish(state, recorded, timestamp).await
@@ -456,7 +482,7 @@ pub async fn record(state: &EdgeState, frame: PressureFrame) -> Result<Recorded,
 pub async fn publish(
     state: &EdgeState,
     recorded: Recorded,
-    timestamp: Value,
+    timestamp: f64,
 ) -> Result<(), ClientError> {
     let announced = serde_json::json!({
         "workout_id": recorded.workout_id,
@@ -468,7 +494,7 @@ pub async fn publish(
         workout_id: recorded.workout_id.clone(),
         stats: StatsView::from(&recorded.stats),
         frame_count: recorded.frame_count,
-        timestamp,
+        timestamp: Number(timestamp),
         sequence: recorded.sequence,
     };
     state
@@ -485,6 +511,12 @@ pub async fn publish(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn whole_numbers_are_written_without_a_fraction() {
+        let written = serde_json::to_string(&[Number(10.0), Number(2.5), Number(-3.0), Number(1e300)]).unwrap();
+        assert_eq!(written, "[10,2.5,-3,1e300]");
+    }
 
     #[test]
     fn workout_ids_and_matrices_are_checked_for_type() {

@@ -10,16 +10,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_proto::v1::{FrameRequest, GetWorkoutRequest, ListFramesRequest};
 
-use super::{FrameInput, StatsView};
+use super::{FrameInput, Number, StatsView};
 use crate::EdgeState;
 use crate::error::ClientError;
 
 #[derive(Debug, Serialize)]
 pub struct Aggregate {
-    mean_total_pressure: f64,
-    mean_pressure: f64,
-    max_peak_pressure: f64,
-    mean_contact_area_ratio: f64,
+    mean_total_pressure: Number,
+    mean_pressure: Number,
+    max_peak_pressure: Number,
+    mean_contact_area_ratio: Number,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,8 +28,8 @@ pub struct WorkoutSummary {
     frame_count: u64,
     /// Seconds between the first and the last frame the edge accepted.
     duration_seconds: f64,
-    first_frame_timestamp: f64,
-    last_frame_timestamp: f64,
+    first_frame_timestamp: Number,
+    last_frame_timestamp: Number,
     first_received_at: f64,
     last_received_at: f64,
     aggregate: Aggregate,
@@ -50,15 +50,15 @@ pub async fn workout(
     let frames = workout.frame_count.max(1) as f64;
     Ok(Json(WorkoutSummary {
         duration_seconds: workout.last_received_at - workout.first_received_at,
-        first_frame_timestamp: workout.first_frame_at,
-        last_frame_timestamp: workout.last_frame_at,
+        first_frame_timestamp: Number(workout.first_frame_at),
+        last_frame_timestamp: Number(workout.last_frame_at),
         first_received_at: workout.first_received_at,
         last_received_at: workout.last_received_at,
         aggregate: Aggregate {
-            mean_total_pressure: workout.total_pressure_sum / frames,
-            mean_pressure: workout.mean_pressure_sum / frames,
-            max_peak_pressure: workout.peak_pressure_max,
-            mean_contact_area_ratio: workout.contact_area_ratio_sum / frames,
+            mean_total_pressure: Number(workout.total_pressure_sum / frames),
+            mean_pressure: Number(workout.mean_pressure_sum / frames),
+            max_peak_pressure: Number(workout.peak_pressure_max),
+            mean_contact_area_ratio: Number(workout.contact_area_ratio_sum / frames),
         },
         frame_count: workout.frame_count,
         workout_id: workout.workout_id,
@@ -67,7 +67,7 @@ pub async fn workout(
 
 #[derive(Debug, Deserialize)]
 pub struct Page {
-    /// Frames after this sequence; from the start when absent.
+    /// Frames after this frame number; from the first when absent.
     #[serde(default)]
     after: u64,
     /// Page size, at most 500 (default 100).
@@ -78,10 +78,10 @@ pub struct Page {
 #[derive(Debug, Serialize)]
 pub struct FrameView {
     sequence: u64,
-    timestamp: f64,
+    timestamp: Number,
     received_at: f64,
     user_id: String,
-    matrix: Vec<Vec<f64>>,
+    matrix: Vec<Vec<Number>>,
     nodes: Value,
     stats: Option<StatsView>,
 }
@@ -116,10 +116,14 @@ pub async fn frames(
         .into_iter()
         .map(|frame| FrameView {
             sequence: frame.sequence,
-            timestamp: frame.timestamp,
+            timestamp: Number(frame.timestamp),
             received_at: frame.received_at,
             user_id: frame.user_id,
-            matrix: frame.matrix.into_iter().map(|row| row.values).collect(),
+            matrix: frame
+                .matrix
+                .into_iter()
+                .map(|row| row.values.into_iter().map(Number).collect())
+                .collect(),
             nodes: serde_json::from_str(&frame.nodes_json).unwrap_or(Value::Null),
             stats: frame.stats.as_ref().map(StatsView::from),
         })

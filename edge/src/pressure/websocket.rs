@@ -61,9 +61,11 @@ async fn handle(
             .map(Some),
         "pressure_frame" => connection.frame(&data).await.map(|()| None),
         "leave_session" => connection.leave(&data).map(Some),
-        other => Err(ClientError::InvalidMessage(format!(
-            "unknown action {other:?}; expected join_session, pressure_frame or leave_session"
-        ))),
+        other => Err(ClientError::UnknownAction {
+            field: "action",
+            action: other.to_owned(),
+            expected: "join_session, pressure_frame, leave_session",
+        }),
     }
 }
 

@@ -77,7 +77,11 @@ fn parse_object(object: &Map<String, Value>, now: f64) -> Result<Inbound, Client
             "stop" => Ok(Inbound::Action(Action::Stop)),
             "reset" => Ok(Inbound::Action(Action::Reset)),
             "stats" => Ok(Inbound::Action(Action::Stats)),
-            other => Err(ClientError::UnknownAction(other.to_owned())),
+            other => Err(ClientError::UnknownAction {
+                field: "action",
+                action: other.to_owned(),
+                expected: "stop, reset, stats",
+            }),
         };
     }
     if let Some(samples) = object.get("samples") {
@@ -254,7 +258,7 @@ mod tests {
         );
         assert!(matches!(
             parse(r#"{"action":"dance"}"#, NOW),
-            Err(ClientError::UnknownAction(action)) if action == "dance"
+            Err(ClientError::UnknownAction { action, .. }) if action == "dance"
         ));
         assert_eq!(
             error_of(r#"{"action":7}"#),

@@ -289,7 +289,20 @@ pub(crate) async fn open_stream(
     config: jetstream::stream::Config,
 ) -> Result<jetstream::stream::Stream, BusError> {
     let name = config.name.clone();
-    if let Ok(stream) = jetstream.get_stream(&name).await {
+    if let Ok(mut stream) = jetstream.get_stream(&name).await {
+        let current = stream.cached_info().config.clone();
+        if current.subjects == config.subjects {
+            return Ok(stream);
+        }
+        // A stream an older version laid out: take the new subjects, keep
+        // what it holds.
+        tracing::info!(stream = %name, from = ?current.subjects, to = ?config.subjects, "stream subjects updated");
+        let updated = jetstream::stream::Config {
+            subjects: config.subjects,
+            ..current
+        };
+        jetstream.update_stream(updated).await.map_err(nats_error)?;
+        stream = jetstream.get_stream(&name).await.map_err(nats_error)?;
         return Ok(stream);
     }
     match jetstream.create_stream(config).await {
@@ -334,6 +347,37 @@ impl PrefixedStream {
             })
     }
 
+    /// Publishes to a subject that must have no message yet, and waits for
+    /// JetStream's acknowledgement; [`BusError::Conflict`] when it has one.
+    pub(crate) async fn publish_durably_once(
+        &self,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut headers = trace_headers().unwrap_or_default();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            "0",
+        );
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers);
+        let acked = async {
+            self.jetstream
+                .send_publish(subject.clone(), message)
+                .await?
+                .await
+        };
+        match acked.await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(BusError::Conflict(format!("{subject} is taken")))
+            }
+            Err(error) => Err(nats_error(error)),
+        }
+    }
+
     /// Publishes and waits for JetStream's acknowledgement: the message is
     /// stored when this returns. Returns its sequence.
     pub(crate) async fn publish_durably(
@@ -349,10 +393,7 @@ impl PrefixedStream {
                     .await
             }
         };
-        let ack = published
-            .map_err(nats_error)?
-            .await
-            .map_err(nats_error)?;
+        let ack = published.map_err(nats_error)?.await.map_err(nats_error)?;
         Ok(ack.sequence)
     }
 }

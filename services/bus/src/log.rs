@@ -1,14 +1,19 @@
 //! Logs: append-only, per-key sequences of messages that are never lost
-//! once appended (pressure frames).
+//! once appended (pressure frames), numbered 1, 2, 3, … per key.
 //!
-//! With NATS a log is a JetStream stream on file storage, one subject per
-//! key; an append returns only after JetStream acknowledged it, and pages
-//! are read with direct gets ("next message for this subject from sequence
-//! N"), so reading needs no consumer. In process it is a map in memory,
-//! bounded by [`LOCAL_LOG_MAX_BYTES`]: past that, appends are refused rather
-//! than anything dropped.
+//! With NATS a log is a JetStream stream on file storage with one subject
+//! per entry, `<prefix>.<key>.<number>`. An entry's number is claimed in the
+//! stream itself: an append says it expects no message on its subject yet
+//! (`Nats-Expected-Last-Subject-Sequence: 0`), so of two writers claiming
+//! the same number one wins and the other is told ([`BusError::Conflict`])
+//! and takes the next; numbers have no gaps and follow the log's order. An
+//! append returns only after JetStream acknowledged it. Pages are read with
+//! direct gets by subject, entry by entry, so reading needs no consumer and
+//! starts anywhere. In process it is a map in memory, bounded by
+//! [`LOCAL_LOG_MAX_BYTES`]: past that, appends are refused rather than
+//! anything dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_nats::jetstream::{self, stream};
@@ -22,9 +27,8 @@ pub const LOCAL_LOG_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// One entry of a log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// Increases along the log (not necessarily by one: sequences are shared
-    /// by all keys of a log).
-    pub sequence: u64,
+    /// The entry's number in its key's log: 1, 2, 3, …
+    pub number: u64,
     pub payload: Bytes,
 }
 
@@ -43,7 +47,7 @@ pub(crate) async fn open(
     let prefix = format!("switchboard.log.{name}");
     let config = stream::Config {
         name: format!("LOG_{}", name.to_uppercase()),
-        subjects: vec![format!("{prefix}.*")],
+        subjects: vec![format!("{prefix}.*.*")],
         storage: stream::StorageType::File,
         allow_direct: true,
         ..Default::default()
@@ -51,36 +55,38 @@ pub(crate) async fn open(
     PrefixedStream::open(jetstream, prefix, config).await
 }
 
+fn entry_subject(nats: &PrefixedStream, key: &str, number: u64) -> String {
+    format!("{}.{number}", nats.subject(&[key]))
+}
+
 impl Log {
-    /// Appends to `key`'s log; when this returns the entry is durable.
-    pub async fn append(&self, key: &str, payload: Bytes) -> Result<u64, BusError> {
+    /// Appends `payload` as entry `number` of `key`'s log; when this
+    /// returns the entry is durable. [`BusError::Conflict`] when `key`
+    /// already has an entry with that number.
+    pub async fn append_at(&self, key: &str, number: u64, payload: Bytes) -> Result<(), BusError> {
         match self {
-            Log::Nats(nats) => nats.publish_durably(nats.subject(&[key]), payload).await,
-            Log::Local(local) => local.append(key, payload),
+            Log::Nats(nats) => {
+                nats.publish_durably_once(entry_subject(nats, key, number), payload)
+                    .await
+            }
+            Log::Local(local) => local.append_at(key, number, payload),
         }
     }
 
-    /// Up to `limit` entries of `key` after sequence `after`, in order.
+    /// Up to `limit` entries of `key` after entry `after` (0: from the
+    /// first), in order.
     pub async fn read(&self, key: &str, after: u64, limit: usize) -> Result<Vec<Entry>, BusError> {
         match self {
             Log::Nats(nats) => {
                 use stream::DirectGetErrorKind;
-                let subject = nats.subject(&[key]);
                 let mut entries = Vec::new();
-                let mut next = after + 1;
-                while entries.len() < limit {
-                    match nats
-                        .stream
-                        .direct_get_next_for_subject(subject.as_str(), Some(next))
-                        .await
-                    {
-                        Ok(message) => {
-                            next = message.sequence + 1;
-                            entries.push(Entry {
-                                sequence: message.sequence,
-                                payload: message.payload,
-                            });
-                        }
+                for number in (after + 1..).take(limit) {
+                    let subject = entry_subject(nats, key, number);
+                    match nats.stream.direct_get_last_for_subject(subject).await {
+                        Ok(message) => entries.push(Entry {
+                            number,
+                            payload: message.payload,
+                        }),
                         Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
                         Err(error) => return Err(nats_error(error)),
                     }
@@ -100,9 +106,8 @@ pub struct LocalLog {
 
 #[derive(Debug, Default)]
 struct LocalEntries {
-    last_sequence: u64,
     bytes: usize,
-    by_key: HashMap<String, Vec<Entry>>,
+    by_key: HashMap<String, BTreeMap<u64, Bytes>>,
 }
 
 impl LocalLog {
@@ -112,22 +117,21 @@ impl LocalLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn append(&self, key: &str, payload: Bytes) -> Result<u64, BusError> {
+    fn append_at(&self, key: &str, number: u64, payload: Bytes) -> Result<(), BusError> {
         let mut entries = self.lock();
         if entries.bytes + payload.len() > LOCAL_LOG_MAX_BYTES {
             return Err(BusError::Full(format!(
                 "the in-memory log holds at most {LOCAL_LOG_MAX_BYTES} bytes; run with NATS for more"
             )));
         }
-        entries.last_sequence += 1;
-        entries.bytes += payload.len();
-        let sequence = entries.last_sequence;
-        entries
-            .by_key
-            .entry(key.to_owned())
-            .or_default()
-            .push(Entry { sequence, payload });
-        Ok(sequence)
+        let size = payload.len();
+        let log = entries.by_key.entry(key.to_owned()).or_default();
+        if log.contains_key(&number) {
+            return Err(BusError::Conflict(format!("{key} already has entry {number}")));
+        }
+        log.insert(number, payload);
+        entries.bytes += size;
+        Ok(())
     }
 
     fn read(&self, key: &str, after: u64, limit: usize) -> Vec<Entry> {
@@ -135,8 +139,15 @@ impl LocalLog {
         let Some(log) = entries.by_key.get(key) else {
             return Vec::new();
         };
-        let start = log.partition_point(|entry| entry.sequence <= after);
-        log[start..].iter().take(limit).cloned().collect()
+        (after + 1..)
+            .take(limit)
+            .map_while(|number| {
+                log.get(&number).map(|payload| Entry {
+                    number,
+                    payload: payload.clone(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -145,26 +156,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn entries_come_back_in_order_a_page_at_a_time() {
+    async fn entries_are_numbered_per_key_and_come_back_a_page_at_a_time() {
         let log = Log::Local(LocalLog::default());
-        let mut sequences = Vec::new();
-        for i in 0..5u8 {
-            sequences.push(log.append("w1", Bytes::from(vec![i])).await.unwrap());
-            log.append("w2", Bytes::from_static(b"other"))
+        for number in 1..=5u64 {
+            log.append_at("w1", number, Bytes::from(vec![number as u8]))
+                .await
+                .unwrap();
+            log.append_at("w2", number, Bytes::from_static(b"other"))
                 .await
                 .unwrap();
         }
+        let taken = log.append_at("w1", 3, Bytes::from_static(b"late")).await;
+        assert!(matches!(taken, Err(BusError::Conflict(_))), "{taken:?}");
         let first = log.read("w1", 0, 2).await.unwrap();
         assert_eq!(
-            first.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
-            [0, 1]
+            first.iter().map(|e| (e.number, e.payload[0])).collect::<Vec<_>>(),
+            [(1, 1), (2, 2)]
         );
-        let rest = log.read("w1", first[1].sequence, 10).await.unwrap();
+        let rest = log.read("w1", 2, 10).await.unwrap();
         assert_eq!(
             rest.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
-            [2, 3, 4]
+            [3, 4, 5]
         );
-        assert_eq!(rest.last().unwrap().sequence, *sequences.last().unwrap());
         assert!(log.read("nothing", 0, 10).await.unwrap().is_empty());
     }
 }

@@ -262,9 +262,10 @@ impl StreamDetectors for SessionDetectors {
     type Reply = StepReply;
 
     fn span(request: &StepRequest) -> tracing::Span {
-        continued(&request.trace_context, || {
-            tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty)
-        })
+        continued(
+            &request.trace_context,
+            || tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty),
+        )
     }
 
     fn handle(
@@ -280,9 +281,10 @@ impl StreamDetectors for FrameDetectors {
     type Reply = FrameReply;
 
     fn span(request: &FrameRequest) -> tracing::Span {
-        continued(&request.trace_context, || {
-            tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty)
-        })
+        continued(
+            &request.trace_context,
+            || tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty),
+        )
     }
 
     fn handle(
@@ -294,10 +296,7 @@ impl StreamDetectors for FrameDetectors {
 }
 
 /// One reply per request of a stream, in order, from `detectors`.
-fn replies<D: StreamDetectors>(
-    requests: Streaming<D::Request>,
-    detectors: D,
-) -> Replies<D::Reply> {
+fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) -> Replies<D::Reply> {
     Box::pin(futures::stream::unfold(
         (requests, detectors),
         |(mut requests, mut detectors)| async move {

@@ -1,9 +1,11 @@
 //! Workouts: the rooms of seed 001's pressure streaming.
 //!
 //! Every accepted frame is appended to the `frames` log (JetStream, file
-//! storage) and only then counted in the workout's record (the `workouts`
-//! bucket, compare-and-swap), so a frame the client was told about is
-//! always stored and the count is cluster-wide whichever edge took it.
+//! storage) as the workout's next numbered frame, and only then counted in
+//! the workout's record (the `workouts` bucket, compare-and-swap), so a
+//! frame the client was told about is always stored, frames are numbered
+//! 1, 2, 3, … per workout, and the count is cluster-wide whichever edge
+//! took it.
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -56,20 +58,56 @@ impl Workouts {
         })
     }
 
-    /// Stores `frame`, then counts it; returns the new count and the frame's
-    /// position in the log.
-    pub async fn record_frame(&self, frame: PressureFrame) -> Result<RecordFrameResponse, Status> {
+    /// Stores `frame` as the workout's next frame, then counts it; returns
+    /// the new count and the frame's number in the workout (1, 2, 3, …).
+    ///
+    /// The number is claimed in the log (the first append of a number wins,
+    /// see [`Log::append_at`]), starting from the count this replica reads:
+    /// so numbers follow the log's order with no gaps, even when two edges
+    /// store frames of one workout at once, or a writer died between
+    /// storing a frame and counting it. The count is the highest number
+    /// stored.
+    pub async fn record_frame(
+        &self,
+        mut frame: PressureFrame,
+    ) -> Result<RecordFrameResponse, Status> {
         check_workout_id(&frame.workout_id)?;
         let stats = frame
             .stats
             .ok_or_else(|| Status::invalid_argument("a frame is recorded with its stats"))?;
-        let sequence = self
-            .frames
-            .append(&frame.workout_id, Bytes::from(frame.encode_to_vec()))
-            .await?;
         let key = record_key(&frame.workout_id);
+        let mut entry = self.records.get(&key).await?;
+        let counted = match &entry {
+            Some(entry) => Workout::decode(entry.value.as_ref()).map_err(corrupt)?.frame_count,
+            None => 0,
+        };
+        let mut number = counted + 1;
+        let mut stored = false;
         for _ in 0..CAS_ATTEMPTS {
-            let entry = self.records.get(&key).await?;
+            frame.sequence = number;
+            match self
+                .frames
+                .append_at(&frame.workout_id, number, Bytes::from(frame.encode_to_vec()))
+                .await
+            {
+                Ok(()) => {
+                    stored = true;
+                    break;
+                }
+                Err(BusError::Conflict(_)) => number += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if !stored {
+            return Err(Status::aborted(format!(
+                "workout {} took new frames concurrently too often",
+                frame.workout_id
+            )));
+        }
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                entry = self.records.get(&key).await?;
+            }
             let mut workout = match &entry {
                 Some(entry) => Workout::decode(entry.value.as_ref()).map_err(corrupt)?,
                 None => Workout {
@@ -79,7 +117,7 @@ impl Workouts {
                     ..Default::default()
                 },
             };
-            workout.frame_count += 1;
+            workout.frame_count = workout.frame_count.max(number);
             workout.last_frame_at = frame.timestamp;
             workout.last_received_at = frame.received_at;
             workout.total_pressure_sum += stats.total_pressure;
@@ -87,7 +125,7 @@ impl Workouts {
             workout.contact_area_ratio_sum += stats.contact_area_ratio;
             workout.peak_pressure_max = workout.peak_pressure_max.max(stats.peak_pressure);
             let value = Bytes::from(workout.encode_to_vec());
-            let written = match entry {
+            let written = match &entry {
                 Some(entry) => self.records.update(&key, value, entry.revision).await,
                 None => self.records.create(&key, value).await,
             };
@@ -95,7 +133,7 @@ impl Workouts {
                 Ok(_) => {
                     return Ok(RecordFrameResponse {
                         frame_count: workout.frame_count,
-                        sequence,
+                        sequence: number,
                     });
                 }
                 Err(BusError::Conflict(_)) => continue,
@@ -138,7 +176,7 @@ impl Workouts {
             .take(limit)
             .map(|entry| {
                 let mut frame = PressureFrame::decode(entry.payload.as_ref()).map_err(corrupt)?;
-                frame.sequence = entry.sequence;
+                frame.sequence = entry.number;
                 Ok(frame)
             })
             .collect::<Result<Vec<_>, Status>>()?;
@@ -184,11 +222,13 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(recorded.frame_count, u64::from(i));
+            assert_eq!(recorded.sequence, u64::from(i), "numbered per workout from 1");
         }
-        workouts
+        let other = workouts
             .record_frame(frame("w2", 1.0, 1.0, 1.0))
             .await
             .unwrap();
+        assert_eq!(other.sequence, 1, "each workout counts from 1");
 
         let workout = workouts.workout("w1").await.unwrap();
         assert_eq!(workout.frame_count, 5);

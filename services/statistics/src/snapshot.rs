@@ -52,6 +52,7 @@ pub struct Statistics {
 pub struct SessionsView {
     pub active: u64,
     pub by_kind: BTreeMap<String, u64>,
+    /// Sessions of every kind opened since the cluster started.
     pub opened_total: u64,
 }
 
@@ -104,7 +105,9 @@ impl Counters {
             sessions: SessionsView {
                 active: sessions.active_sessions,
                 by_kind: sessions.by_kind.into_iter().collect(),
-                opened_total: usage.sessions_opened,
+                // Every registry session (realtime, alerts and statistics
+                // connections), the same count as `events.session_opened`.
+                opened_total: event("session_opened"),
             },
             connections: ConnectionsView {
                 total: by_endpoint.values().sum(),

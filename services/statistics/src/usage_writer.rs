@@ -110,7 +110,10 @@ async fn write_batches(bucket: KeyValue, mut queued: mpsc::Receiver<Report>) {
             }
         }
         let server = modify(&bucket, SERVER_KEY, |server: &mut ServerStats| {
-            add(server.usage.get_or_insert_with(Usage::default), &server_delta);
+            add(
+                server.usage.get_or_insert_with(Usage::default),
+                &server_delta,
+            );
             server.users += new_users;
         })
         .await
