@@ -101,41 +101,39 @@ async fn health_of(url: &str, service: &str) -> i32 {
 async fn every_service_lists_describes_and_reports_health() {
     let node = Switchboard::all(None, &[]);
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    let expectations = [
-        (
-            "session",
-            "switchboard.v1.SessionService",
-            "TerminateSession",
-        ),
-        (
-            "detection",
-            "switchboard.v1.DetectionService",
-            "StreamSteps",
-        ),
+    // Each role: its services, each with one of its methods.
+    let expectations: [(&str, &[(&str, &str)]); 3] = [
+        ("session", &[("switchboard.v1.SessionService", "TerminateSession")]),
+        ("detection", &[("switchboard.v1.DetectionService", "StreamSteps")]),
         (
             "statistics",
-            "switchboard.v1.StatisticsService",
-            "GetServerStats",
+            &[
+                ("switchboard.v1.BroadcastService", "BroadcastUi"),
+                ("switchboard.v1.StatisticsService", "GetServerStats"),
+            ],
         ),
     ];
-    for (role, service, a_method) in expectations {
+    for (role, services) in expectations {
         let url = node.grpc(role);
-        assert_eq!(
-            listed_services(&url).await,
-            vec![
-                "grpc.health.v1.Health".to_owned(),
-                "grpc.reflection.v1.ServerReflection".to_owned(),
-                "grpc.reflection.v1alpha.ServerReflection".to_owned(),
-                service.to_owned(),
-            ],
-            "{role}"
-        );
-        let methods = described_methods(&url, service).await;
-        assert!(
-            methods.iter().any(|method| method == a_method),
-            "{service}: {methods:?}"
-        );
-        assert_eq!(health_of(&url, service).await, serving, "{service}");
+        let mut expected: Vec<String> = [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .iter()
+        .chain(services.iter().map(|(service, _)| service))
+        .map(|name| name.to_string())
+        .collect();
+        expected.sort();
+        assert_eq!(listed_services(&url).await, expected, "{role}");
+        for (service, a_method) in services {
+            let methods = described_methods(&url, service).await;
+            assert!(
+                methods.iter().any(|method| method == a_method),
+                "{service}: {methods:?}"
+            );
+            assert_eq!(health_of(&url, service).await, serving, "{service}");
+        }
         assert_eq!(health_of(&url, "").await, serving, "{role} overall");
     }
 }

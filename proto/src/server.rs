@@ -25,37 +25,37 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `routes` (the role's own service) plus health and reflection on
+/// Serves `routes` (the role's own services) plus health and reflection on
 /// `listener` until `shutdown` completes.
 ///
-/// `service_name` is the fully qualified name health reports for, e.g.
-/// `switchboard.v1.SessionService`; the empty name (the whole server) is
-/// reported too, as Kubernetes' gRPC probes ask for it.
+/// `service_names` are the fully qualified names of the services in
+/// `routes`, e.g. `switchboard.v1.SessionService`: health reports each, and
+/// reflection lists each. The empty name (the whole server) is reported
+/// too, as Kubernetes' gRPC probes ask for it.
 pub async fn serve(
-    service_name: &'static str,
+    service_names: &[&'static str],
     routes: Routes,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(service_name, ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    let health_names: Vec<&'static str> = service_names.iter().copied().chain([""]).collect();
+    for name in &health_names {
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
 
     // Advertise what this server runs, not every service the shared
     // descriptor set happens to define.
     let reflection_builder = || {
-        [
-            service_name,
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-        ]
-        .into_iter()
-        .fold(
+        service_names
+            .iter()
+            .copied()
+            .chain([
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ])
+            .fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
@@ -67,16 +67,14 @@ pub async fn serve(
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    tracing::info!(service = service_name, addr = ?addr, "grpc serving");
+    let service = service_names.first().copied().unwrap_or_default();
+    tracing::info!(service, addr = ?addr, "grpc serving");
     let draining = async move {
         shutdown.await;
-        tracing::info!(service = service_name, "grpc draining");
-        reporter
-            .set_service_status(service_name, ServingStatus::NotServing)
-            .await;
-        reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        tracing::info!(service, "grpc draining");
+        for name in health_names {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
     };
     let routes = routes
         .add_service(health)

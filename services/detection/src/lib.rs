@@ -64,7 +64,7 @@ pub async fn serve(
     };
     let routes = tonic::service::Routes::new(DetectionServiceServer::new(detection));
     server::serve(
-        <DetectionServiceServer<Detection> as tonic::server::NamedService>::NAME,
+        &[<DetectionServiceServer<Detection> as tonic::server::NamedService>::NAME],
         routes,
         listener,
         shutdown,

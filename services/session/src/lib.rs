@@ -108,7 +108,7 @@ pub async fn serve(
     let sweeper = tokio::spawn(registry.clone().sweep_forever(settings.sweep_interval()));
     let routes = tonic::service::Routes::new(SessionServiceServer::new(registry));
     let served = server::serve(
-        <SessionServiceServer<Registry> as tonic::server::NamedService>::NAME,
+        &[<SessionServiceServer<Registry> as tonic::server::NamedService>::NAME],
         routes,
         listener,
         shutdown,

@@ -120,7 +120,10 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(StatisticsServiceServer::new(counters))
         .add_service(BroadcastServiceServer::new(broadcast::Broadcasts::new(bus)));
     let served = server::serve(
-        <StatisticsServiceServer<Counters> as tonic::server::NamedService>::NAME,
+        &[
+            <StatisticsServiceServer<Counters> as tonic::server::NamedService>::NAME,
+            <BroadcastServiceServer<broadcast::Broadcasts> as tonic::server::NamedService>::NAME,
+        ],
         routes,
         listener,
         shutdown,
