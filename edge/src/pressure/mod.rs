@@ -514,7 +514,9 @@ mod tests {
 
     #[test]
     fn whole_numbers_are_written_without_a_fraction() {
-        let written = serde_json::to_string(&[Number(10.0), Number(2.5), Number(-3.0), Number(1e300)]).unwrap();
+        let written =
+            serde_json::to_string(&[Number(10.0), Number(2.5), Number(-3.0), Number(1e300)])
+                .unwrap();
         assert_eq!(written, "[10,2.5,-3,1e300]");
     }
 
