@@ -214,11 +214,17 @@ async fn a_second_connection_replaces_the_first_across_instances() {
     for field in ["connected_at", "last_heartbeat"] {
         // Seed 002's `2024-12-03T10:30:00`, and `Z`: 20 characters.
         let time = connection[field].as_str().unwrap();
-        assert!(time.ends_with('Z') && time.len() == 20, "{field}: {connection}");
+        assert!(
+            time.ends_with('Z') && time.len() == 20,
+            "{field}: {connection}"
+        );
     }
     // Whole seconds, as the seed shows them.
     assert!(connection["uptime_seconds"].is_u64(), "{connection}");
-    assert!(connection["seconds_since_heartbeat"].is_u64(), "{connection}");
+    assert!(
+        connection["seconds_since_heartbeat"].is_u64(),
+        "{connection}"
+    );
 
     let (status, dan) = get_json(&format!(
         "{}/ws/connections/dan?token={}",

@@ -103,8 +103,14 @@ async fn every_service_lists_describes_and_reports_health() {
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     // Each role: its services, each with one of its methods.
     let expectations: [(&str, &[(&str, &str)]); 3] = [
-        ("session", &[("switchboard.v1.SessionService", "TerminateSession")]),
-        ("detection", &[("switchboard.v1.DetectionService", "StreamSteps")]),
+        (
+            "session",
+            &[("switchboard.v1.SessionService", "TerminateSession")],
+        ),
+        (
+            "detection",
+            &[("switchboard.v1.DetectionService", "StreamSteps")],
+        ),
         (
             "statistics",
             &[

@@ -41,7 +41,9 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_names: Vec<&'static str> = service_names.iter().copied().chain([""]).collect();
     for name in &health_names {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
 
     // Advertise what this server runs, not every service the shared
@@ -56,11 +58,11 @@ pub async fn serve(
                 "grpc.reflection.v1alpha.ServerReflection",
             ])
             .fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(name),
-        )
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(name),
+            )
     };
     // v1 for current grpcurl, v1alpha for older clients.
     let reflection = reflection_builder().build_v1()?;
@@ -73,7 +75,9 @@ pub async fn serve(
         shutdown.await;
         tracing::info!(service, "grpc draining");
         for name in health_names {
-            reporter.set_service_status(name, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
     };
     let routes = routes

@@ -356,10 +356,7 @@ impl PrefixedStream {
     ) -> Result<(), BusError> {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = trace_headers().unwrap_or_default();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            "0",
-        );
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         let message = jetstream::message::PublishMessage::build()
             .payload(payload)
             .headers(headers);

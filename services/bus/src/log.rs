@@ -127,7 +127,9 @@ impl LocalLog {
         let size = payload.len();
         let log = entries.by_key.entry(key.to_owned()).or_default();
         if log.contains_key(&number) {
-            return Err(BusError::Conflict(format!("{key} already has entry {number}")));
+            return Err(BusError::Conflict(format!(
+                "{key} already has entry {number}"
+            )));
         }
         log.insert(number, payload);
         entries.bytes += size;
@@ -170,7 +172,10 @@ mod tests {
         assert!(matches!(taken, Err(BusError::Conflict(_))), "{taken:?}");
         let first = log.read("w1", 0, 2).await.unwrap();
         assert_eq!(
-            first.iter().map(|e| (e.number, e.payload[0])).collect::<Vec<_>>(),
+            first
+                .iter()
+                .map(|e| (e.number, e.payload[0]))
+                .collect::<Vec<_>>(),
             [(1, 1), (2, 2)]
         );
         let rest = log.read("w1", 2, 10).await.unwrap();

@@ -78,7 +78,11 @@ impl Workouts {
         let key = record_key(&frame.workout_id);
         let mut entry = self.records.get(&key).await?;
         let counted = match &entry {
-            Some(entry) => Workout::decode(entry.value.as_ref()).map_err(corrupt)?.frame_count,
+            Some(entry) => {
+                Workout::decode(entry.value.as_ref())
+                    .map_err(corrupt)?
+                    .frame_count
+            }
             None => 0,
         };
         let mut number = counted + 1;
@@ -87,7 +91,11 @@ impl Workouts {
             frame.sequence = number;
             match self
                 .frames
-                .append_at(&frame.workout_id, number, Bytes::from(frame.encode_to_vec()))
+                .append_at(
+                    &frame.workout_id,
+                    number,
+                    Bytes::from(frame.encode_to_vec()),
+                )
                 .await
             {
                 Ok(()) => {
@@ -222,7 +230,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(recorded.frame_count, u64::from(i));
-            assert_eq!(recorded.sequence, u64::from(i), "numbered per workout from 1");
+            assert_eq!(
+                recorded.sequence,
+                u64::from(i),
+                "numbered per workout from 1"
+            );
         }
         let other = workouts
             .record_frame(frame("w2", 1.0, 1.0, 1.0))
