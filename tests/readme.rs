@@ -35,9 +35,10 @@
 //! `tests/js/package-lock.json` (installed with `npm ci` when missing). The
 //! commands run in `tests/js`, where `npx wscat` finds that wscat without
 //! the network (npm runs offline), with the grpcurl binary's directory and
-//! `tests/js/node_modules/.bin` first on `PATH`. A terminal stays open while
-//! a user's command runs, so the test keeps each command's stdin open too
-//! (wscat quits when its input ends).
+//! `tests/js/node_modules/.bin` first on `PATH`. Commands run without a
+//! terminal and with no input, as in a script or CI, so a quick check must
+//! work there (wscat quits when its input ends: the READMEs feed it with
+//! `sleep 3 |`).
 
 mod support;
 
@@ -94,8 +95,15 @@ enum Tool {
 }
 
 /// The quick-check tool `words` run, if any: `curl …`, `grpcurl …`,
-/// `wscat …` or `npx [options] wscat[@version] …`.
+/// `wscat …` or `npx [options] wscat[@version] …`, possibly fed by
+/// `sleep N |` (which keeps wscat's input open without a terminal).
 fn tool(words: &[String]) -> Option<Tool> {
+    if let [sleep, _, pipe, rest @ ..] = words
+        && sleep == "sleep"
+        && pipe == "|"
+    {
+        return tool(rest);
+    }
     match words.first()?.as_str() {
         "curl" => Some(Tool::Curl),
         "grpcurl" => Some(Tool::Grpcurl),
@@ -168,8 +176,7 @@ fn quick_checks(path: &str) -> Vec<QuickCheck> {
 /// `#` comment), by `shlex`; a line continuation is removed first, as `sh`
 /// does (shlex would leave an empty word in its place).
 fn shell_words(text: &str) -> Vec<String> {
-    shlex::split(&text.replace("\\\n", ""))
-        .unwrap_or_else(|| panic!("not a shell command: {text}"))
+    shlex::split(&text.replace("\\\n", "")).unwrap_or_else(|| panic!("not a shell command: {text}"))
 }
 
 // ------------------------------------------------------------------ set-ups
@@ -432,7 +439,7 @@ async fn run_shell(command: &str, paths: &[PathBuf]) -> Result<Ran, String> {
         // `npx wscat` must find the pinned wscat, never fetch one.
         .env("npm_config_offline", "true")
         .env("npm_config_update_notifier", "false")
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -452,10 +459,7 @@ async fn run_shell(command: &str, paths: &[PathBuf]) -> Result<Ran, String> {
         .spawn()
         .map_err(|error| format!("cannot start sh: {error}"))?;
     let group = child.id().expect("a running child");
-    // Like a terminal: input open until the command is done.
-    let stdin = child.stdin.take();
     let output = tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output()).await;
-    drop(stdin);
     let output = match output {
         Ok(Ok(output)) => output,
         Ok(Err(error)) => return Err(format!("waiting for it failed: {error}")),
@@ -769,6 +773,10 @@ fn the_extraction_reads_continuations_quotes_and_comments() {
     );
     assert_eq!(
         tool(&shell_words("npx -y wscat -c ws://x")),
+        Some(Tool::Wscat)
+    );
+    assert_eq!(
+        tool(&shell_words("sleep 3 | npx wscat -c ws://x")),
         Some(Tool::Wscat)
     );
     assert_eq!(tool(&shell_words("npx other wscat")), None);
