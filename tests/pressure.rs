@@ -47,8 +47,14 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .await;
     assert_eq!(processed["workout_id"], "w1");
     assert_eq!(processed["frame_count"], 1);
-    assert_eq!(processed["timestamp"], 1000, "whole numbers without a fraction");
-    assert_eq!(processed["sequence"], 1, "frames are numbered per workout from 1");
+    assert_eq!(
+        processed["timestamp"], 1000,
+        "whole numbers without a fraction"
+    );
+    assert_eq!(
+        processed["sequence"], 1,
+        "frames are numbered per workout from 1"
+    );
     let stats = &processed["stats"];
     assert_eq!(
         (stats["rows"].as_u64(), stats["columns"].as_u64()),
@@ -103,7 +109,10 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
     // Another workout numbers its frames from 1; a frame without a
     // timestamp gets the edge's clock in milliseconds, as `Date.now()`.
     client
-        .call(json!({"action": "join_session", "workout_id": "w1b"}), "session_joined")
+        .call(
+            json!({"action": "join_session", "workout_id": "w1b"}),
+            "session_joined",
+        )
         .await;
     let processed = client
         .call(
@@ -117,7 +126,10 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .unwrap()
         .as_millis() as i64;
     let stamped = processed["timestamp"].as_i64().expect("whole milliseconds");
-    assert!((now_ms - stamped).abs() < 60_000, "{stamped} is not Unix ms near {now_ms}");
+    assert!(
+        (now_ms - stamped).abs() < 60_000,
+        "{stamped} is not Unix ms near {now_ms}"
+    );
 
     // Bad frames: an error each, and the socket and the workout go on.
     let cases = [
@@ -153,7 +165,10 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         );
     }
     let unknown = client.call(json!({"action": "dance"}), "error").await;
-    assert_eq!(unknown["code"], "unknown_action", "the code /ws/realtime uses");
+    assert_eq!(
+        unknown["code"], "unknown_action",
+        "the code /ws/realtime uses"
+    );
     client.send_text("{not json").await;
     assert_eq!(client.expect("error").await["code"], "invalid_json");
     let processed = client
@@ -197,7 +212,11 @@ async fn a_websocket_client_streams_frames_with_hand_checked_statistics() {
         .map(|f| f["timestamp"].as_f64().unwrap())
         .collect();
     assert_eq!(timestamps, [1000.0, 1000.25, 1000.5]);
-    assert_eq!(page["frames"][0]["matrix"], json!([[1, 2], [3, 4]]), "as the client sent it");
+    assert_eq!(
+        page["frames"][0]["matrix"],
+        json!([[1, 2], [3, 4]]),
+        "as the client sent it"
+    );
     assert_eq!(page["frames"][0]["nodes"], json!([{"id": 1}]));
     let after = page["next_after"].as_u64().expect("a next page");
     let (_, rest) = get_json(&format!(

@@ -31,7 +31,11 @@ fn token(args: &[&str]) -> String {
     );
     let stdout = String::from_utf8(output.stdout).expect("UTF-8");
     let token = stdout.trim_end_matches('\n');
-    assert_eq!(token.split('.').count(), 3, "one JWT, nothing else: {stdout:?}");
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "one JWT, nothing else: {stdout:?}"
+    );
     assert!(!token.contains(char::is_whitespace), "{stdout:?}");
     token.to_owned()
 }
@@ -66,10 +70,20 @@ async fn minted_tokens_open_every_authenticated_endpoint() {
     )
     .await;
     assert_eq!(status, 201, "{raised}");
-    assert_eq!(alerts.expect("anomaly_detected").await["alert_id"], raised["alert_id"]);
-    let (status, connection) =
-        get_json(&format!("{}/ws/connections/alice?token={admin}", node.http())).await;
-    assert_eq!((status, &connection["connected"]), (200, &json!(true)), "{connection}");
+    assert_eq!(
+        alerts.expect("anomaly_detected").await["alert_id"],
+        raised["alert_id"]
+    );
+    let (status, connection) = get_json(&format!(
+        "{}/ws/connections/alice?token={admin}",
+        node.http()
+    ))
+    .await;
+    assert_eq!(
+        (status, &connection["connected"]),
+        (200, &json!(true)),
+        "{connection}"
+    );
     let (status, _) = post(
         &format!("{}/api/events/broadcast?token={admin}", node.http()),
         json!({"event_type": "sit", "data": {}}),
@@ -87,8 +101,7 @@ async fn minted_tokens_open_every_authenticated_endpoint() {
         Client::connect(&node.ws(&format!("/api/ws/statistics?token={numeric}"))).await;
     let status = statistics.expect("connection_status").await;
     assert_eq!(status["user"], json!({"id": 1, "username": "admin"}));
-    let (code, polled) =
-        get_json(&format!("{}/api/statistics?token={alice}", node.http())).await;
+    let (code, polled) = get_json(&format!("{}/api/statistics?token={alice}", node.http())).await;
     assert_eq!(code, 200, "{polled}");
     assert!(polled["sessions"].is_object(), "{polled}");
 }
