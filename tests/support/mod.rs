@@ -267,6 +267,11 @@ impl Switchboard {
             .wait_for(needle, |line| line.contains(needle).then_some(()));
     }
 
+    /// The process id (for `/proc/<pid>/…`).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
     /// Asks the process to shut down (SIGTERM), as Kubernetes does.
     pub fn terminate(&self) {
         let pid = self.child.lock().unwrap().id();
