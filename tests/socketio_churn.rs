@@ -3,6 +3,11 @@
 //! transports) have each connected, joined a workout, sent a frame, left
 //! and disconnected cleanly, the edge holds nothing for them:
 //!
+//! - every client's events were answered on the way (`session_joined`,
+//!   its `frame_processed`, `session_ended`, each within 20 s; a client
+//!   emits `join_session` as soon as it is connected, so an event the
+//!   edge drops because it arrived before the connection's handlers were
+//!   registered fails the churn);
 //! - `GET /health` `connections.pressure` and the `/metrics` gauge
 //!   `switchboard_connections{endpoint="pressure"}` come back to 0;
 //! - the runtime's alive tasks (`switchboard_runtime_alive_tasks`) come

@@ -71,14 +71,15 @@ async function churn(i) {
       `client ${i} upgrades to websocket`,
     );
   }
-  const joined = reply(socket, "session_joined", `client ${i} joins`);
+  const who = `client ${i} (${mode}, sid ${socket.id}, ${workoutId})`;
+  const joined = reply(socket, "session_joined", `${who}: session_joined`);
   socket.emit("join_session", { workout_id: workoutId });
   await joined;
   const timestamp = 1000 + i;
-  const processed = reply(socket, "frame_processed", `client ${i}'s frame`, (data) => data.timestamp === timestamp);
+  const processed = reply(socket, "frame_processed", `${who}: frame_processed`, (data) => data.timestamp === timestamp);
   socket.emit("pressure_frame", { workout_id: workoutId, matrix: [[1, 2], [3, i]], nodes: [], timestamp });
   await processed;
-  const ended = reply(socket, "session_ended", `client ${i} leaves`);
+  const ended = reply(socket, "session_ended", `${who}: session_ended`);
   socket.emit("leave_session", { workout_id: workoutId });
   await ended;
   const transport = socket.io.engine.transport.name;
