@@ -393,3 +393,44 @@ async fn the_official_socket_io_client_works_across_two_instances() {
     );
     assert_eq!(report["ended"]["workout_id"], "sio-workout");
 }
+
+#[tokio::test]
+async fn a_socketio_client_with_a_bad_token_gets_connect_error_with_the_reason() {
+    let js = js_clients("socket.io-client");
+    let node = Switchboard::all_with_env(
+        None,
+        &[],
+        &[("SWITCHBOARD_JWT_SECRET", "pressure-test-secret-0123456789abcdef")],
+    );
+    // Socket.IO's way to refuse authentication: the client's connect_error,
+    // from the handshake's `auth` or the `token` query parameter alike.
+    let script = r#"
+        import { io } from "socket.io-client";
+        const [url] = process.argv.slice(1);
+        const reasons = [];
+        for (const options of [{ auth: { token: "garbage" } }, { query: { token: "garbage" } }]) {
+          const socket = io(url, { ...options, transports: ["websocket"], reconnection: false });
+          reasons.push(await new Promise((resolve) => {
+            socket.on("connect", () => resolve("connected"));
+            socket.on("connect_error", (error) => resolve(error.message));
+          }));
+          socket.close();
+        }
+        console.log(JSON.stringify(reasons));
+    "#;
+    let output = tokio::process::Command::new("node")
+        .args(["--input-type=module", "-e", script, &node.http()])
+        .current_dir(&js)
+        .output();
+    let output = tokio::time::timeout(support::WAIT, output)
+        .await
+        .expect("the node client finishes")
+        .expect("node must be installed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reasons: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(reasons, json!(["malformed token", "malformed token"]));
+}

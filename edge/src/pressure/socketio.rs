@@ -10,7 +10,8 @@
 
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{Data, SocketRef};
+use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc};
@@ -30,15 +31,30 @@ struct Command {
     data: Value,
 }
 
-/// Registers the default namespace's handlers.
+/// Registers the default namespace. Everything is done in a connect
+/// middleware, which socketioxide runs before it acknowledges the
+/// connection: a handler registered after that (in the connect handler,
+/// which runs as a task of its own) can miss the client's first event, and
+/// a refused token is the client's `connect_error`, as Socket.IO clients
+/// expect of authentication.
 pub fn register(io: &SocketIo, state: EdgeState) {
-    io.ns("/", move |socket: SocketRef| {
+    let connect = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let state = state.clone();
-        async move { on_connect(socket, state) }
-    });
+        async move { on_connect(socket, state, auth.ok()) }
+    };
+    io.ns("/", (async |_: SocketRef| {}).with(connect));
 }
 
-fn token_of(socket: &SocketRef) -> Option<String> {
+/// The token of a connection: the handshake's `auth` (`io(url, {auth:
+/// {token}})`), else the `token` query parameter.
+fn token_of(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
+    if let Some(token) = auth
+        .and_then(|auth| auth.get("token"))
+        .and_then(Value::as_str)
+        .filter(|token| !token.is_empty())
+    {
+        return Some(token.to_owned());
+    }
     let query = socket.req_parts().uri.query()?;
     query.split('&').find_map(|pair| {
         pair.strip_prefix("token=")
@@ -53,18 +69,13 @@ fn emit(socket: &SocketRef, message: &Outbound) {
     }
 }
 
-fn on_connect(socket: SocketRef, state: EdgeState) {
-    let user = match PressureUser::from_token(&state, token_of(&socket).as_deref()) {
-        Ok(user) => user,
-        Err(reason) => {
-            let _ = socket.emit(
-                "error",
-                &json!({ "message": reason.to_string(), "code": "unauthorized" }),
-            );
-            let _ = socket.clone().disconnect();
-            return;
-        }
-    };
+fn on_connect(
+    socket: SocketRef,
+    state: EdgeState,
+    auth: Option<Value>,
+) -> Result<(), crate::auth::AuthError> {
+    let user = PressureUser::from_token(&state, token_of(&socket, auth.as_ref()).as_deref())
+        .inspect_err(|reason| tracing::info!(%reason, "socket.io connection refused"))?;
     let (inbox, commands) = mpsc::channel(INBOX);
     // The socket's handlers hold the inbox and the connection task holds
     // the socket, so neither ends the other: the disconnect handler does.
@@ -84,6 +95,7 @@ fn on_connect(socket: SocketRef, state: EdgeState) {
             }
         });
     }
+    Ok(())
 }
 
 /// The socket's connection task: its events, one at a time, in order. It
