@@ -517,7 +517,7 @@ mod tests {
         let written =
             serde_json::to_string(&[Number(10.0), Number(2.5), Number(-3.0), Number(1e300)])
                 .unwrap();
-        assert_eq!(written, "[10,2.5,-3,1e300]");
+        assert_eq!(written, "[10,2.5,-3,1e+300]");
     }
 
     #[test]
