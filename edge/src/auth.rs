@@ -9,14 +9,12 @@
 //! leeway for clock skew; `sub` is the user. A user is an admin when the
 //! token's `roles` contains `"admin"` (or `role` is `"admin"`).
 //!
-//! Tokens come from the `token` query parameter (what browsers can send on a
-//! WebSocket) or an `Authorization: Bearer` header. Refusals are logged with
-//! their reason, never with the token.
+//! Where a request's token comes from, and what an endpoint requires of it,
+//! is [`crate::caller`]'s.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -138,25 +136,6 @@ pub struct Identity {
     /// else the `sub`: never empty.
     pub username: String,
     pub admin: bool,
-}
-
-impl Identity {
-    /// The user may act for `user_id`: it is them, or they are an admin.
-    pub fn require_user(&self, user_id: &str) -> Result<(), AuthError> {
-        if self.user_id == user_id || self.admin {
-            Ok(())
-        } else {
-            Err(AuthError::WrongUser)
-        }
-    }
-
-    pub fn require_admin(&self) -> Result<(), AuthError> {
-        if self.admin {
-            Ok(())
-        } else {
-            Err(AuthError::NotAdmin)
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,52 +323,6 @@ impl Authenticator {
     }
 }
 
-/// An admin, proven by the request's token: the extractor of admin-only
-/// routes. A missing or bad token is 401, a valid non-admin token 403.
-#[derive(Debug, Clone)]
-pub struct Admin(pub Identity);
-
-impl axum::extract::FromRequestParts<crate::EdgeState> for Admin {
-    type Rejection = crate::error::ClientError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &crate::EdgeState,
-    ) -> Result<Self, Self::Rejection> {
-        use crate::error::ClientError;
-        #[derive(Deserialize)]
-        struct TokenQuery {
-            token: Option<String>,
-        }
-        let query_token = axum::extract::Query::<TokenQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|query| query.0.token);
-        let token = token_from(query_token.as_deref(), &parts.headers)
-            .ok_or(ClientError::Unauthorized(AuthError::Missing))?;
-        let identity = state.authenticate(&token).map_err(|error| {
-            tracing::info!(reason = %error, "admin request refused");
-            ClientError::Unauthorized(error)
-        })?;
-        identity.require_admin().map_err(ClientError::Forbidden)?;
-        Ok(Admin(identity))
-    }
-}
-
-/// The token of a request: the `token` query parameter, else an
-/// `Authorization: Bearer` header.
-pub fn token_from(query_token: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    if let Some(token) = query_token.filter(|token| !token.is_empty()) {
-        return Some(token.to_owned());
-    }
-    headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(|token| token.trim().to_owned())
-        .filter(|token| !token.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,15 +441,6 @@ mod tests {
     fn leeway_forgives_small_clock_skew() {
         let token = sign(json!({"sub": "a", "exp": now() - 2}), SECRET);
         assert!(hs256().verify(&token).is_ok());
-    }
-
-    #[test]
-    fn tokens_come_from_the_query_or_a_bearer_header() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(token_from(None, &headers), None);
-        headers.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(token_from(None, &headers).as_deref(), Some("abc"));
-        assert_eq!(token_from(Some("xyz"), &headers).as_deref(), Some("xyz"));
     }
 
     #[test]

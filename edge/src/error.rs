@@ -42,14 +42,6 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The error's code, counted in the client-error metrics: call it once
-    /// per error a client is told of.
-    pub fn report(&self) -> &'static str {
-        let code = self.code();
-        switchboard_proto::metrics::metrics().client_error(code);
-        code
-    }
-
     /// A stable, machine-readable name for the error's kind.
     pub fn code(&self) -> &'static str {
         match self {
@@ -115,11 +107,15 @@ struct HttpErrorBody {
     code: &'static str,
 }
 
+/// An HTTP error response, counted in the client-error metrics (as the
+/// connection driver counts the errors it sends).
 impl IntoResponse for ClientError {
     fn into_response(self) -> Response {
+        let code = self.code();
+        switchboard_proto::metrics::metrics().client_error(code);
         let body = HttpErrorBody {
             detail: self.to_string(),
-            code: self.report(),
+            code,
         };
         (self.http_status(), axum::Json(body)).into_response()
     }

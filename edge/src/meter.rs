@@ -53,6 +53,8 @@ pub struct Meter {
     connections: [AtomicU64; 5],
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    /// Woken whenever a socket closes, for [`Meter::idle`].
+    closed: tokio::sync::Notify,
 }
 
 /// An open socket, counted until dropped.
@@ -64,14 +66,15 @@ pub struct Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.meter.connections[self.endpoint as usize].fetch_sub(1, Ordering::Relaxed);
+        self.meter.connections[self.endpoint as usize].fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
+        self.meter.closed.notify_waiters();
     }
 }
 
 impl Meter {
     pub fn connect(self: &Arc<Self>, endpoint: Endpoint) -> Connected {
-        self.connections[endpoint as usize].fetch_add(1, Ordering::Relaxed);
+        self.connections[endpoint as usize].fetch_add(1, Ordering::AcqRel);
         let gauge = metrics().connection(endpoint.name());
         gauge.inc();
         Connected {
@@ -89,6 +92,25 @@ impl Meter {
     pub fn sent(&self) {
         self.messages_out.fetch_add(1, Ordering::Relaxed);
         metrics().message("out");
+    }
+
+    /// Completes once no socket is open: the drain waits for it.
+    pub async fn idle(&self) {
+        loop {
+            let closed = self.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            // Registered before the count is read, so no close is missed.
+            closed.as_mut().enable();
+            let open: u64 = self
+                .connections
+                .iter()
+                .map(|count| count.load(Ordering::Acquire))
+                .sum();
+            if open == 0 {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// Open sockets by endpoint name.

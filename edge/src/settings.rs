@@ -17,7 +17,8 @@ pub type TimedChannel = Timed<Channel>;
 /// Default and documented limit on one inbound WebSocket message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// How the edge serves clients.
+/// How the edge serves clients. Each option is declared once, here, with
+/// its default; the groups are the subsystems that use them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EdgeSettings {
     /// Largest inbound WebSocket message, in bytes; a larger one closes the
@@ -38,22 +39,8 @@ pub struct EdgeSettings {
     )]
     pub grpc_timeout_ms: u64,
 
-    /// Seconds between the server's heartbeat `ping`s on `/ws/alerts`.
-    #[arg(
-        long = "heartbeat-interval-secs",
-        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS",
-        default_value_t = 30.0
-    )]
-    pub heartbeat_interval_secs: f64,
-
-    /// Seconds without a heartbeat (`ping` or `pong` from the client) after
-    /// which an alerts connection is closed and cleaned up everywhere.
-    #[arg(
-        long = "heartbeat-timeout-secs",
-        env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS",
-        default_value_t = 60.0
-    )]
-    pub heartbeat_timeout_secs: f64,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatSettings,
 
     /// Messages per second one alerts connection may send (bursts of twice
     /// that); beyond, it is closed with 1008.
@@ -97,38 +84,45 @@ pub struct EdgeSettings {
     pub auth: crate::auth::AuthSettings,
 
     /// Longest a drain may take on shutdown; set by the binary from its
-    /// global `--drain-timeout-secs`.
+    /// role's `--drain-timeout-secs`.
     #[arg(skip = Duration::from_secs(25))]
     pub drain_timeout: Duration,
 }
 
-impl Default for EdgeSettings {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            grpc_timeout_ms: 5000,
-            heartbeat_interval_secs: 30.0,
-            heartbeat_timeout_secs: 60.0,
-            alerts_rate_limit: 10,
-            statistics_max_connections: 5,
-            statistics_rate_limit: 10,
-            allowed_origins: Vec::new(),
-            auth: crate::auth::AuthSettings::default(),
-            drain_timeout: Duration::from_secs(25),
-        }
+impl EdgeSettings {
+    /// Longest wait for one reply from a service.
+    pub fn grpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.grpc_timeout_ms.max(1))
     }
 }
 
-impl EdgeSettings {
-    pub(crate) fn grpc_timeout(&self) -> Duration {
-        Duration::from_millis(self.grpc_timeout_ms.max(1))
-    }
+/// Seed 002's heartbeat on `/ws/alerts`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct HeartbeatSettings {
+    /// Seconds between the server's heartbeat `ping`s on `/ws/alerts`.
+    #[arg(
+        long = "heartbeat-interval-secs",
+        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS",
+        default_value_t = 30.0
+    )]
+    pub heartbeat_interval_secs: f64,
 
-    pub(crate) fn heartbeat_interval(&self) -> Duration {
+    /// Seconds without a heartbeat (anything from the client) after which
+    /// an alerts connection is closed and cleaned up everywhere.
+    #[arg(
+        long = "heartbeat-timeout-secs",
+        env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS",
+        default_value_t = 60.0
+    )]
+    pub heartbeat_timeout_secs: f64,
+}
+
+impl HeartbeatSettings {
+    pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_secs.clamp(0.01, 3600.0))
     }
 
-    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_timeout_secs.clamp(0.01, 86_400.0))
     }
 }

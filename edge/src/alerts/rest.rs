@@ -3,8 +3,6 @@
 //! session registry, so every edge answers for the whole cluster) and
 //! `POST /api/alerts`.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -14,9 +12,10 @@ use serde_json::Value;
 use switchboard_proto::unix_now;
 use switchboard_proto::v1::{Alert, ListSessionsRequest, RaiseAlertRequest, Session};
 
-use crate::EdgeState;
-use crate::auth::Admin;
+use super::AlertsState;
+use crate::caller::Admin;
 use crate::error::ClientError;
+use crate::times::{rfc3339_seconds, whole_seconds};
 
 /// An alerts connection as seed 002 reports it.
 #[derive(Debug, Serialize)]
@@ -37,18 +36,6 @@ pub struct ConnectionView {
     seconds_since_heartbeat: Option<u64>,
 }
 
-/// Seed 002's times, `2024-12-03T10:30:00`, with the `Z` that says they
-/// are UTC: without it a browser's `new Date()` reads them as local time.
-fn iso8601(unix_seconds: f64) -> String {
-    let time = UNIX_EPOCH + Duration::from_secs_f64(unix_seconds.max(0.0));
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// Whole seconds between two times, as seed 002 counts them.
-fn whole_seconds(from: f64, to: f64) -> u64 {
-    (to - from).max(0.0) as u64
-}
-
 impl From<Session> for ConnectionView {
     fn from(session: Session) -> Self {
         let now = unix_now();
@@ -56,9 +43,9 @@ impl From<Session> for ConnectionView {
             connected: true,
             connection_id: Some(session.session_id),
             edge_id: Some(session.edge_id),
-            connected_at: Some(iso8601(session.started_at)),
+            connected_at: Some(rfc3339_seconds(session.started_at)),
             uptime_seconds: Some(whole_seconds(session.started_at, now)),
-            last_heartbeat: Some(iso8601(session.last_activity)),
+            last_heartbeat: Some(rfc3339_seconds(session.last_activity)),
             seconds_since_heartbeat: Some(whole_seconds(session.last_activity, now)),
             user_id: session.user_id,
         }
@@ -72,10 +59,12 @@ pub struct ConnectionList {
     connections: Vec<ConnectionView>,
 }
 
-async fn alerts_connections(state: &EdgeState, user_id: &str) -> Result<Vec<Session>, ClientError> {
+async fn alerts_connections(
+    state: &AlertsState,
+    user_id: &str,
+) -> Result<Vec<Session>, ClientError> {
     Ok(state
-        .backends()
-        .session
+        .sessions
         .clone()
         .list_sessions(ListSessionsRequest {
             kind: super::KIND.to_owned(),
@@ -88,7 +77,7 @@ async fn alerts_connections(state: &EdgeState, user_id: &str) -> Result<Vec<Sess
 }
 
 pub async fn list_connections(
-    State(state): State<EdgeState>,
+    State(state): State<AlertsState>,
     _admin: Admin,
 ) -> Result<Json<ConnectionList>, ClientError> {
     let sessions = alerts_connections(&state, "").await?;
@@ -105,7 +94,7 @@ pub async fn list_connections(
 }
 
 pub async fn user_connection(
-    State(state): State<EdgeState>,
+    State(state): State<AlertsState>,
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> Result<Json<ConnectionView>, ClientError> {
@@ -174,7 +163,7 @@ impl From<Alert> for AlertView {
 }
 
 pub async fn raise_alert(
-    State(state): State<EdgeState>,
+    State(state): State<AlertsState>,
     _admin: Admin,
     body: Result<Json<RaiseAlertBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AlertView>), ClientError> {
@@ -190,7 +179,6 @@ pub async fn raise_alert(
         }
     };
     let alert = state
-        .backends()
         .detection
         .clone()
         .raise_alert(RaiseAlertRequest {
@@ -205,13 +193,4 @@ pub async fn raise_alert(
         .map_err(|status| ClientError::from_status("detection", status))?
         .into_inner();
     Ok((StatusCode::CREATED, Json(alert.into())))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn times_read_as_rfc3339() {
-        assert_eq!(super::iso8601(1_733_221_800.5), "2024-12-03T10:30:00Z");
-        assert_eq!(super::whole_seconds(10.0, 3609.9), 3599);
-    }
 }

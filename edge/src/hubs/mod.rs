@@ -19,20 +19,102 @@ pub mod ui;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{get, post};
 use bytes::Bytes;
-use switchboard_bus::{Subscription, subjects};
+use switchboard_bus::{Bus, Subscription, subjects};
 use switchboard_proto::trace::received;
+use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
+use switchboard_proto::v1::session_service_client::SessionServiceClient;
+use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
+use switchboard_proto::v1::UiMessage;
 use tokio::sync::mpsc;
+
+use crate::caller::Identities;
+use crate::connection::Driver;
+use crate::error::ClientError;
+use crate::settings::TimedChannel;
 
 /// Messages queued per client; one more and the client is dropped.
 pub const CLIENT_QUEUE: usize = 256;
 
-/// Longest a single write to a client may take before the client is
-/// considered gone.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Limits of seed 004's statistics stream.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Connections one user may hold across the cluster.
+    pub max_connections: u32,
+    /// Messages per second one connection may send.
+    pub rate_limit: u32,
+}
+
+/// What the hubs and their routes need.
+#[derive(Clone, Debug)]
+pub struct HubsState {
+    pub driver: Driver,
+    pub identities: Identities,
+    /// `/ws/ui` clients here.
+    pub ui_hub: Arc<Hub>,
+    /// `/api/ws/statistics` clients here.
+    pub stream_hub: Arc<Hub>,
+    pub stream_limits: StreamLimits,
+    /// Statistics-stream connections are registry sessions.
+    pub sessions: SessionServiceClient<TimedChannel>,
+    /// `GET /api/statistics`.
+    pub statistics: StatisticsServiceClient<TimedChannel>,
+    pub broadcast: BroadcastServiceClient<TimedChannel>,
+    pub bus: Bus,
+}
+
+impl FromRef<HubsState> for Identities {
+    fn from_ref(state: &HubsState) -> Self {
+        state.identities.clone()
+    }
+}
+
+/// `/ws/ui`, `/api/ws/statistics` and their REST routes.
+pub fn router(state: HubsState) -> Router {
+    Router::new()
+        .route("/ws/ui", get(ui::upgrade))
+        .route("/api/events/broadcast", post(ui::broadcast_event))
+        .route("/api/events/broadcast/action", post(ui::broadcast_action))
+        .route("/api/events/broadcast/overlay", post(ui::broadcast_overlay))
+        .route(
+            "/api/events/broadcast/telemetry",
+            post(ui::broadcast_telemetry),
+        )
+        .route("/api/ws/statistics", get(statistics::upgrade))
+        .route("/api/statistics", get(statistics::current))
+        .route(
+            "/api/ws/statistics/connections",
+            get(statistics::connections),
+        )
+        .route(
+            "/api/ws/statistics/broadcast",
+            post(statistics::broadcast),
+        )
+        .route(
+            "/api/ws/statistics/users/{user_id}/messages",
+            post(statistics::to_user),
+        )
+        .route(
+            "/api/ws/statistics/connections/{connection_id}/messages",
+            post(statistics::to_connection),
+        )
+        .with_state(state)
+}
+
+/// Publishes a UI hub message to every edge.
+async fn publish_ui(state: &HubsState, message: UiMessage) -> Result<(), ClientError> {
+    state
+        .broadcast
+        .clone()
+        .broadcast_ui(message)
+        .await
+        .map_err(|status| ClientError::from_status("statistics", status))?;
+    Ok(())
+}
 
 /// Which messages of a broadcast a client wants (personal messages always
 /// arrive).
@@ -267,25 +349,13 @@ pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
 
 /// A hub's `error` message: the code, the message, the time (RFC 3339, as
 /// every hub message has it).
-pub fn error_message(error: &crate::error::ClientError) -> serde_json::Value {
+pub fn error_message(error: &ClientError) -> serde_json::Value {
     serde_json::json!({
         "type": "error",
-        "code": error.report(),
+        "code": error.code(),
         "message": error.to_string(),
         "timestamp": switchboard_bus::rfc3339_now(),
     })
-}
-
-/// Writes one hub message to a socket within [`SEND_TIMEOUT`]; false when
-/// the client is gone (or not reading).
-pub async fn send_shared(socket: &mut WebSocket, payload: Bytes) -> bool {
-    let Ok(text) = Utf8Bytes::try_from(payload) else {
-        return true;
-    };
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await,
-        Ok(Ok(()))
-    )
 }
 
 #[cfg(test)]

@@ -14,30 +14,31 @@
 //!   carries; `GET /api/ws/statistics/connections` the connection counts.
 //! - **Targeted and broadcast sends** over REST (admin), as gRPC does.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use governor::{Quota, RateLimiter};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_proto::v1::{
-    CloseSessionRequest, GetStatisticsRequest, LimitPolicy, ListSessionsRequest,
-    OpenSessionRequest, RecordActivityRequest, StreamMessage, TargetedMessage,
+    GetStatisticsRequest, LimitPolicy, ListSessionsRequest, OpenSessionRequest,
+    RecordActivityRequest, SessionControl, StreamMessage, TargetedMessage,
 };
+use tokio::sync::mpsc;
 
-use super::{error_message, send_shared};
-use crate::EdgeState;
-use crate::alerts::TokenQuery;
-use crate::auth::{Admin, AuthError};
+use super::{CLIENT_QUEUE, HubsState, Member, error_message};
+use crate::auth::Identity;
+use crate::caller::{Admin, Credentials, User};
+use crate::connection::websocket::{WebSocketTransport, configure};
+use crate::connection::{Close, Conn, Flow, Handler, Inbound, Options, Transport, drive};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
-use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json};
+use crate::times::rfc3339_millis;
 
 /// The registry's kind for statistics-stream connections.
 pub const KIND: &str = "statistics";
@@ -46,26 +47,53 @@ pub const KIND: &str = "statistics";
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 pub async fn upgrade(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let token = crate::auth::token_from(query.token.as_deref(), &headers);
-    state
-        .configure(upgrade)
-        .on_upgrade(move |socket| run(socket, state, token))
+    let identity = credentials.user();
+    let limit = state.driver.max_message_bytes();
+    configure(upgrade, limit).on_upgrade(move |socket| async move {
+        let mut transport = WebSocketTransport::new(socket, limit);
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(reason) => {
+                tracing::info!(%reason, "statistics connection refused");
+                return transport.close(&Close::Unauthorized(reason)).await;
+            }
+        };
+        let options = Options {
+            rate_limit: Some(state.stream_limits.rate_limit),
+            registration: Some(OpenSessionRequest {
+                user_id: identity.user_id.clone(),
+                kind: KIND.to_owned(),
+                max_per_user: state.stream_limits.max_connections,
+                on_limit: LimitPolicy::Refuse as i32,
+                inactivity_timeout_seconds: 3.0 * KEEP_ALIVE.as_secs_f64(),
+                ..Default::default()
+            }),
+            ..Options::new(Endpoint::Statistics)
+        };
+        let driver = state.driver.clone();
+        let handler = StatisticsConnection {
+            state,
+            identity,
+            connection_id: String::new(),
+            membership: None,
+        };
+        drive(&driver, options, transport, handler).await;
+    })
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Inbound {
+enum ClientMessage {
     Ping,
     Subscribe { event_types: Vec<String> },
     Unsubscribe { event_types: Vec<String> },
 }
 
-fn parse(text: &str) -> Result<Inbound, ClientError> {
+fn parse(text: &str) -> Result<ClientMessage, ClientError> {
     let value: Value =
         serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
     match value.get("type").and_then(Value::as_str) {
@@ -82,169 +110,119 @@ fn parse(text: &str) -> Result<Inbound, ClientError> {
     }
 }
 
-async fn run(mut socket: WebSocket, state: EdgeState, token: Option<String>) {
-    let identity = match token
-        .as_deref()
-        .ok_or(AuthError::Missing)
-        .and_then(|token| state.authenticate(token))
-    {
-        Ok(identity) => identity,
-        Err(reason) => {
-            tracing::info!(%reason, "statistics connection refused");
-            return close(&mut socket, close_code::POLICY, &reason.to_string()).await;
-        }
-    };
-    let limit = state.settings().statistics_max_connections;
-    let opened = state
-        .backends()
-        .session
-        .clone()
-        .open_session(OpenSessionRequest {
-            user_id: identity.user_id.clone(),
-            kind: KIND.to_owned(),
-            edge_id: state.edge_id().to_owned(),
-            max_per_user: limit,
-            on_limit: LimitPolicy::Refuse as i32,
-            inactivity_timeout_seconds: 3.0 * KEEP_ALIVE.as_secs_f64(),
-        })
-        .await;
-    let connection_id = match opened {
-        Ok(session) => session.into_inner().session_id,
-        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-            let reason = format!("connection limit reached: at most {limit} connections per user");
-            tracing::info!(user = %identity.user_id, "statistics connection over the per-user limit");
-            return close(&mut socket, close_code::POLICY, &reason).await;
-        }
-        Err(status) => {
-            let error = ClientError::from_status("session", status);
-            let _ = send_json(&mut socket, &error_message(&error)).await;
-            return close(
-                &mut socket,
-                close_code::TRY_AGAIN_LATER,
-                "session service unavailable",
-            )
-            .await;
-        }
-    };
-    let _connected = state.meter().connect(Endpoint::Statistics);
-    let (_held, mut control) = state.sockets().hold(&connection_id);
-    let (member, mut messages) = state.stream_hub().join(&identity.user_id, &connection_id);
-    let welcome = json!({
-        "type": "connection_status",
-        "status": "connected",
-        "connection_id": connection_id,
-        "user": {"id": identity.subject, "username": identity.username},
-        "message": "WebSocket connection established successfully",
-        "timestamp": switchboard_bus::rfc3339_now(),
-    });
-    let rate = state.settings().statistics_rate_limit.max(1);
-    let limiter = RateLimiter::direct(
-        Quota::per_second(NonZeroU32::new(rate).expect("at least 1"))
-            .allow_burst(NonZeroU32::new(rate.saturating_mul(2)).expect("at least 1")),
-    );
-    let mut keep_alive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-    let mut registered = true;
-    let mut draining = state.draining();
-    let welcomed = send_json(&mut socket, &welcome).await;
-    drop(welcome);
-    if welcomed.is_ok() {
-        loop {
-            let reply = tokio::select! {
-                () = draining.started() => {
-                    close(&mut socket, close_code::SERVICE_RESTART, RESTART_REASON).await;
-                    break;
-                }
-                message = messages.recv() => match message {
-                    Some(payload) => {
-                        if !send_shared(&mut socket, payload).await {
-                            break;
-                        }
-                        state.meter().sent();
-                        continue;
-                    }
-                    None => {
-                        let reason = format!("too slow: more than {} messages unread", super::CLIENT_QUEUE);
-                        close(&mut socket, close_code::POLICY, &reason).await;
-                        break;
-                    }
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        state.meter().received();
-                        if limiter.check().is_err() {
-                            let reason = format!("rate limit exceeded: at most {rate} messages per second");
-                            close(&mut socket, close_code::POLICY, &reason).await;
-                            break;
-                        }
-                        match parse(text.as_str()) {
-                            Ok(Inbound::Ping) => json!({"type": "pong", "timestamp": switchboard_bus::rfc3339_now()}),
-                            Ok(Inbound::Subscribe { event_types }) => {
-                                let now = member.update_filter(|filter| filter.subscribe(&event_types));
-                                json!({"type": "subscription_updated", "event_types": now})
-                            }
-                            Ok(Inbound::Unsubscribe { event_types }) => {
-                                let now = member.update_filter(|filter| filter.unsubscribe(&event_types));
-                                json!({"type": "subscription_updated", "event_types": now})
-                            }
-                            Err(error) => error_message(&error),
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => error_message(&ClientError::BinaryMessage),
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) if is_too_big(&error) => {
-                        let reason = format!("message too big: the limit is {} bytes", state.settings().max_message_bytes);
-                        close(&mut socket, close_code::TOO_BIG, &reason).await;
-                        break;
-                    }
-                    Some(Err(_)) => break,
-                },
-                Ok(_) = &mut control => {
-                    registered = false;
-                    close(&mut socket, close_code::NORMAL, "connection ended by the server").await;
-                    break;
-                }
-                _ = keep_alive.tick() => {
-                    let alive = RecordActivityRequest { session_id: connection_id.clone(), ..Default::default() };
-                    if let Err(status) = state.backends().session.clone().record_activity(alive).await {
-                        tracing::debug!(code = ?status.code(), "statistics keep-alive failed");
-                    }
-                    continue;
-                }
-            };
-            if send_json(&mut socket, &reply).await.is_err() {
-                break;
+/// One `/api/ws/statistics` connection.
+struct StatisticsConnection {
+    state: HubsState,
+    identity: Identity,
+    /// Its registry session's id.
+    connection_id: String,
+    membership: Option<(Member, mpsc::Receiver<Bytes>)>,
+}
+
+impl Handler for StatisticsConnection {
+    /// A hub message; `None` once the client was dropped for being slow.
+    type Event = Option<Bytes>;
+
+    fn error_message(&self, error: &ClientError) -> String {
+        error_message(error).to_string()
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(KEEP_ALIVE)
+    }
+
+    async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
+        self.connection_id = conn.registration().session().session_id.clone();
+        self.membership = Some(
+            self.state
+                .stream_hub
+                .join(&self.identity.user_id, &self.connection_id),
+        );
+        let welcome = json!({
+            "type": "connection_status",
+            "status": "connected",
+            "connection_id": self.connection_id,
+            "user": {"id": self.identity.subject, "username": self.identity.username},
+            "message": "WebSocket connection established successfully",
+            "timestamp": rfc3339_millis(),
+        });
+        conn.send(&welcome).await.into()
+    }
+
+    async fn on_message<T: Transport>(
+        &mut self,
+        message: Inbound<'_>,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
+        let Inbound::Text(text) = message else {
+            return Ok(Flow::Continue);
+        };
+        let Some((member, _)) = &self.membership else {
+            return Ok(Flow::Continue);
+        };
+        let reply = match parse(text)? {
+            ClientMessage::Ping => json!({"type": "pong", "timestamp": rfc3339_millis()}),
+            ClientMessage::Subscribe { event_types } => {
+                let now = member.update_filter(|filter| filter.subscribe(&event_types));
+                json!({"type": "subscription_updated", "event_types": now})
             }
-            state.meter().sent();
+            ClientMessage::Unsubscribe { event_types } => {
+                let now = member.update_filter(|filter| filter.unsubscribe(&event_types));
+                json!({"type": "subscription_updated", "event_types": now})
+            }
+        };
+        Ok(conn.send(&reply).await.into())
+    }
+
+    async fn next_event(&mut self) -> Option<Bytes> {
+        match &mut self.membership {
+            Some((_, messages)) => messages.recv().await,
+            None => std::future::pending().await,
         }
     }
-    drop(member);
-    if registered {
-        let closed = CloseSessionRequest {
-            session_id: connection_id,
+
+    async fn on_event<T: Transport>(&mut self, message: Option<Bytes>, conn: &mut Conn<'_, T>) -> Flow {
+        match message {
+            Some(payload) => conn.send_shared(payload).await.into(),
+            None => Flow::Close(Close::TooSlow {
+                queued: CLIENT_QUEUE,
+            }),
+        }
+    }
+
+    async fn on_tick<T: Transport>(&mut self, _conn: &mut Conn<'_, T>) -> Flow {
+        let alive = RecordActivityRequest {
+            session_id: self.connection_id.clone(),
             ..Default::default()
         };
-        if let Err(status) = state.backends().session.clone().close_session(closed).await {
-            tracing::debug!(code = ?status.code(), "statistics connection not unregistered; the sweep will");
+        if let Err(status) = self.state.sessions.clone().record_activity(alive).await {
+            tracing::debug!(code = ?status.code(), "statistics keep-alive failed");
         }
+        Flow::Continue
+    }
+
+    async fn on_control<T: Transport>(
+        &mut self,
+        _control: SessionControl,
+        _conn: &mut Conn<'_, T>,
+    ) -> Close {
+        Close::Done("connection ended by the server".into())
+    }
+
+    async fn finish(&mut self) -> crate::connection::Unreported {
+        // Leave the hub before the registry forgets the connection.
+        self.membership = None;
+        crate::connection::Unreported::default()
     }
 }
 
 /// `GET /api/statistics`: the polling fallback, same token as the stream;
 /// the body is what `statistics_update.data` carries.
 pub async fn current(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    _user: User,
 ) -> Result<Response, ClientError> {
-    let token = crate::auth::token_from(query.token.as_deref(), &headers)
-        .ok_or(ClientError::Unauthorized(AuthError::Missing))?;
-    state
-        .authenticate(&token)
-        .map_err(ClientError::Unauthorized)?;
     let snapshot = state
-        .backends()
         .statistics
         .clone()
         .get_statistics(GetStatisticsRequest {})
@@ -261,12 +239,11 @@ pub async fn current(
 /// `GET /api/ws/statistics/connections` (admin): seed 004's
 /// `get_statistics()` of the connection manager, cluster-wide.
 pub async fn connections(
-    State(state): State<EdgeState>,
+    State(state): State<HubsState>,
     _admin: Admin,
 ) -> Result<Json<Value>, ClientError> {
     let sessions = state
-        .backends()
-        .session
+        .sessions
         .clone()
         .list_sessions(ListSessionsRequest {
             kind: KIND.to_owned(),
@@ -300,7 +277,7 @@ fn sent() -> (StatusCode, Json<Value>) {
 /// `POST /api/ws/statistics/broadcast` (admin): a message (with its
 /// `type`, e.g. `camera_event` or `alert`) to every subscribed client.
 pub async fn broadcast(
-    State(state): State<EdgeState>,
+    State(state): State<HubsState>,
     _admin: Admin,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
@@ -308,7 +285,6 @@ pub async fn broadcast(
         message_json: message_json(body)?,
     };
     state
-        .backends()
         .broadcast
         .clone()
         .broadcast_stream(request)
@@ -320,7 +296,7 @@ pub async fn broadcast(
 /// `POST /api/ws/statistics/users/{user_id}/messages` (admin): seed 004's
 /// `broadcast_to_user`, on every edge.
 pub async fn to_user(
-    State(state): State<EdgeState>,
+    State(state): State<HubsState>,
     _admin: Admin,
     Path(user_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
@@ -330,7 +306,6 @@ pub async fn to_user(
         message_json: message_json(body)?,
     };
     state
-        .backends()
         .broadcast
         .clone()
         .send_to_user(request)
@@ -342,7 +317,7 @@ pub async fn to_user(
 /// `POST /api/ws/statistics/connections/{connection_id}/messages` (admin):
 /// seed 004's `send_personal_message`, on whichever edge holds it.
 pub async fn to_connection(
-    State(state): State<EdgeState>,
+    State(state): State<HubsState>,
     _admin: Admin,
     Path(connection_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
@@ -352,7 +327,6 @@ pub async fn to_connection(
         message_json: message_json(body)?,
     };
     state
-        .backends()
         .broadcast
         .clone()
         .send_to_connection(request)

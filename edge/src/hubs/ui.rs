@@ -9,129 +9,108 @@
 //! (without one, as in the seed, they are open).
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
 use axum::response::Response;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use switchboard_proto::v1::UiMessage;
+use tokio::sync::mpsc;
 
-use super::send_shared;
-use crate::EdgeState;
-use crate::alerts::TokenQuery;
+use super::{CLIENT_QUEUE, HubsState, Member, error_message};
+use crate::caller::AdminWhenConfigured;
+use crate::connection::websocket::{WebSocketTransport, configure};
+use crate::connection::{Close, Conn, Flow, Handler, Inbound, Options, Transport, drive};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
-use crate::socket::{RESTART_REASON, close, close_code, is_too_big, send_json};
+use crate::times::rfc3339_millis;
 
-pub async fn upgrade(State(state): State<EdgeState>, upgrade: WebSocketUpgrade) -> Response {
-    state
-        .configure(upgrade)
-        .on_upgrade(move |socket| run(socket, state))
+pub async fn upgrade(State(state): State<HubsState>, upgrade: WebSocketUpgrade) -> Response {
+    let limit = state.driver.max_message_bytes();
+    configure(upgrade, limit).on_upgrade(move |socket| async move {
+        let transport = WebSocketTransport::new(socket, limit);
+        let driver = state.driver.clone();
+        let handler = UiConnection {
+            state,
+            membership: None,
+        };
+        drive(&driver, Options::new(Endpoint::Ui), transport, handler).await;
+    })
 }
 
-async fn run(mut socket: WebSocket, state: EdgeState) {
-    let _connected = state.meter().connect(Endpoint::Ui);
-    let connection_id = uuid::Uuid::new_v4().to_string();
-    let (_member, mut messages) = state.ui_hub().join("", &connection_id);
-    let welcome = json!({
-        "type": "connection",
-        "data": {
-            "status": "connected",
-            "connection_id": connection_id,
-            "timestamp": switchboard_bus::rfc3339_now(),
-        },
-    });
-    let welcomed = send_json(&mut socket, &welcome).await;
-    // Not kept for the connection's life: a kilobyte per socket otherwise.
-    drop(welcome);
-    if welcomed.is_err() {
-        return;
-    }
-    state.meter().sent();
-    let mut draining = state.draining();
-    loop {
-        tokio::select! {
-            () = draining.started() => {
-                return close(&mut socket, close_code::SERVICE_RESTART, RESTART_REASON).await;
-            }
-            message = messages.recv() => match message {
-                Some(payload) => {
-                    if !send_shared(&mut socket, payload).await {
-                        return;
-                    }
-                    state.meter().sent();
-                }
-                None => {
-                    let reason = format!("too slow: more than {} messages unread", super::CLIENT_QUEUE);
-                    close(&mut socket, close_code::POLICY, &reason).await;
-                    return;
-                }
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    state.meter().received();
-                    if send_json(&mut socket, &reply_to(text.as_str())).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    state.meter().received();
-                    if send_json(&mut socket, &super::error_message(&ClientError::BinaryMessage)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Ok(_)) => {}
-                Some(Err(error)) if is_too_big(&error) => {
-                    close(&mut socket, close_code::TOO_BIG, "message too big").await;
-                    return;
-                }
-                Some(Err(_)) => return,
-            },
-        }
-    }
+/// One `/ws/ui` client.
+struct UiConnection {
+    state: HubsState,
+    /// Its place in the hub and its queue, once open.
+    membership: Option<(Member, mpsc::Receiver<Bytes>)>,
 }
 
-/// The answer to a client's text message: `pong` to a `ping`, else an
-/// `error` (the hub only broadcasts).
-fn reply_to(text: &str) -> Value {
-    let error = match serde_json::from_str::<Value>(text) {
-        Err(error) => ClientError::InvalidJson(error.to_string()),
-        Ok(message) => match message.get("type").and_then(Value::as_str) {
+impl Handler for UiConnection {
+    /// A hub message; `None` once the client was dropped for being slow.
+    type Event = Option<Bytes>;
+
+    fn error_message(&self, error: &ClientError) -> String {
+        error_message(error).to_string()
+    }
+
+    async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
+        let connection_id = uuid::Uuid::new_v4().to_string();
+        self.membership = Some(self.state.ui_hub.join("", &connection_id));
+        let welcome = json!({
+            "type": "connection",
+            "data": {
+                "status": "connected",
+                "connection_id": connection_id,
+                "timestamp": rfc3339_millis(),
+            },
+        });
+        conn.send(&welcome).await.into()
+    }
+
+    async fn on_message<T: Transport>(
+        &mut self,
+        message: Inbound<'_>,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
+        let Inbound::Text(text) = message else {
+            return Ok(Flow::Continue);
+        };
+        let message: Value =
+            serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
+        match message.get("type").and_then(Value::as_str) {
             Some("ping") => {
-                return json!({"type": "pong", "timestamp": switchboard_bus::rfc3339_now()});
+                let pong = json!({"type": "pong", "timestamp": rfc3339_millis()});
+                Ok(conn.send(&pong).await.into())
             }
-            Some(other) => ClientError::UnknownAction {
+            Some(other) => Err(ClientError::UnknownAction {
                 field: "type",
                 action: other.to_owned(),
                 expected: "ping",
-            },
-            None => ClientError::InvalidMessage(
+            }),
+            None => Err(ClientError::InvalidMessage(
                 "expected {\"type\": \"ping\"}; the UI hub broadcasts to you".into(),
-            ),
-        },
-    };
-    super::error_message(&error)
-}
-
-/// The broadcast routes need an admin token when authentication is
-/// configured.
-fn authorize(
-    state: &EdgeState,
-    query: &TokenQuery,
-    headers: &HeaderMap,
-) -> Result<(), ClientError> {
-    if !state.auth_configured() {
-        return Ok(());
+            )),
+        }
     }
-    let token = crate::auth::token_from(query.token.as_deref(), headers)
-        .ok_or(ClientError::Unauthorized(crate::auth::AuthError::Missing))?;
-    let identity = state
-        .authenticate(&token)
-        .map_err(ClientError::Unauthorized)?;
-    identity.require_admin().map_err(ClientError::Forbidden)
+
+    async fn next_event(&mut self) -> Option<Bytes> {
+        match &mut self.membership {
+            Some((_, messages)) => messages.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn on_event<T: Transport>(&mut self, message: Option<Bytes>, conn: &mut Conn<'_, T>) -> Flow {
+        match message {
+            Some(payload) => conn.send_shared(payload).await.into(),
+            None => Flow::Close(Close::TooSlow {
+                queued: CLIENT_QUEUE,
+            }),
+        }
+    }
 }
 
 fn object(value: Option<Value>, name: &str) -> Result<Map<String, Value>, ClientError> {
@@ -145,20 +124,14 @@ fn object(value: Option<Value>, name: &str) -> Result<Map<String, Value>, Client
 }
 
 async fn broadcast(
-    state: &EdgeState,
+    state: &HubsState,
     message: UiMessage,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
     let echo = json!({
         "status": "broadcast",
         "type": message.r#type,
     });
-    state
-        .backends()
-        .broadcast
-        .clone()
-        .broadcast_ui(message)
-        .await
-        .map_err(|status| ClientError::from_status("statistics", status))?;
+    super::publish_ui(state, message).await?;
     Ok((StatusCode::ACCEPTED, Json(echo)))
 }
 
@@ -176,12 +149,10 @@ pub struct EventBody {
 
 /// `POST /api/events/broadcast`: `{"event_type", "data"}` → an `event`.
 pub async fn broadcast_event(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    _admin: AdminWhenConfigured,
     request: Result<Json<EventBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    authorize(&state, &query, &headers)?;
     let request = body(request)?;
     let data = object(request.data, "data")?;
     let message = UiMessage {
@@ -206,12 +177,10 @@ pub struct ActionBody {
 /// "metadata"}` → an `event` whose `event_type` is the action and whose
 /// `data` is `{"timestamp", "confidence", "metadata"}`, as seed 003 shows.
 pub async fn broadcast_action(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    _admin: AdminWhenConfigured,
     request: Result<Json<ActionBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    authorize(&state, &query, &headers)?;
     let request = body(request)?;
     if let Some(confidence) = request.confidence
         && !(0.0..=1.0).contains(&confidence)
@@ -221,7 +190,7 @@ pub async fn broadcast_action(
         ));
     }
     let data = json!({
-        "timestamp": switchboard_bus::rfc3339_now(),
+        "timestamp": rfc3339_millis(),
         "confidence": request.confidence,
         "metadata": Value::Object(object(request.metadata, "metadata")?),
     });
@@ -243,12 +212,10 @@ pub struct OverlayBody {
 
 /// `POST /api/events/broadcast/overlay`: `{"overlay_type", "data"}`.
 pub async fn broadcast_overlay(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    _admin: AdminWhenConfigured,
     request: Result<Json<OverlayBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    authorize(&state, &query, &headers)?;
     let request = body(request)?;
     let message = UiMessage {
         r#type: "overlay".into(),
@@ -267,12 +234,10 @@ pub struct TelemetryBody {
 
 /// `POST /api/events/broadcast/telemetry`: `{"data"}`.
 pub async fn broadcast_telemetry(
-    State(state): State<EdgeState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    State(state): State<HubsState>,
+    _admin: AdminWhenConfigured,
     request: Result<Json<TelemetryBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    authorize(&state, &query, &headers)?;
     let request = body(request)?;
     let message = UiMessage {
         r#type: "telemetry".into(),

@@ -21,18 +21,64 @@ pub mod socketio;
 pub mod websocket;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::get;
 use serde::Serialize;
 use serde_json::Value;
+use socketioxide::extract::SocketRef;
+use switchboard_bus::Bus;
 use switchboard_proto::unix_now;
+use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
+use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::{
     FrameReply, FrameRequest, FrameStats, MatrixRow, PressureFrame, RecordFrameRequest,
 };
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::EdgeState;
+use crate::caller::{Caller, Identities};
+use crate::connection::{Conn, Driver, Flow, Handler, Inbound, Transport};
 use crate::error::ClientError;
-use rooms::{Member, Membership};
+use crate::settings::TimedChannel;
+use rooms::{Member, Membership, RoomEvent, Rooms, socketio_room};
+
+/// What pressure streaming needs, over every transport.
+#[derive(Clone, Debug)]
+pub struct PressureState {
+    pub driver: Driver,
+    pub identities: Identities,
+    pub rooms: Arc<Rooms>,
+    pub detection: DetectionServiceClient<TimedChannel>,
+    /// Stores and counts frames.
+    pub sessions: SessionServiceClient<TimedChannel>,
+    /// Where `frame_processed` is announced.
+    pub bus: Bus,
+    /// Longest wait for one detection reply.
+    pub reply_deadline: Duration,
+}
+
+impl FromRef<PressureState> for Identities {
+    fn from_ref(state: &PressureState) -> Self {
+        state.identities.clone()
+    }
+}
+
+/// `/ws/pressure` and the workout routes (Socket.IO is a layer: see
+/// [`socketio::register`]).
+pub fn router(state: PressureState) -> Router {
+    Router::new()
+        .route("/ws/pressure", get(websocket::upgrade))
+        .route("/api/workouts/{workout_id}", get(rest::workout))
+        .route(
+            "/api/workouts/{workout_id}/frames",
+            get(rest::frames).post(rest::post_frame),
+        )
+        .with_state(state)
+}
 
 /// Rooms one connection may be in at once.
 pub const MAX_JOINED_WORKOUTS: usize = 16;
@@ -150,7 +196,7 @@ impl Outbound {
     pub fn error(error: &ClientError) -> Self {
         Outbound::Error {
             message: error.to_string(),
-            code: error.report(),
+            code: error.code(),
         }
     }
 
@@ -281,57 +327,115 @@ struct Joined {
     detection: Option<crate::stream_call::StreamCall<FrameRequest, FrameReply>>,
 }
 
+/// How room events reach a connection.
+pub enum Delivery {
+    /// A plain WebSocket: events arrive on its bounded queue.
+    Queue(mpsc::Sender<RoomEvent>),
+    /// A Socket.IO socket: socketioxide's room for the workout delivers.
+    SocketIo(SocketRef),
+}
+
 /// One client connection's pressure streaming, whatever its transport.
 pub struct PressureConnection {
-    state: EdgeState,
-    user_id: String,
-    /// Proven by a token: only then do abnormal peaks raise alerts.
-    authenticated: bool,
+    state: PressureState,
+    caller: Caller,
+    delivery: Delivery,
+    /// The plain WebSocket's queue of room events.
+    events: Option<mpsc::Receiver<RoomEvent>>,
     joined: HashMap<String, Joined>,
 }
 
-/// Who a pressure connection is.
-pub struct PressureUser {
-    pub user_id: String,
-    pub authenticated: bool,
-}
+impl Handler for PressureConnection {
+    /// A room event for a plain WebSocket member.
+    type Event = Option<RoomEvent>;
 
-impl PressureUser {
-    /// The user a request's token names, or an anonymous one without a
-    /// token; a bad token is an error.
-    pub fn from_token(
-        state: &EdgeState,
-        token: Option<&str>,
-    ) -> Result<Self, crate::auth::AuthError> {
-        match token {
-            Some(token) => state.authenticate(token).map(|identity| Self {
-                user_id: identity.user_id,
-                authenticated: true,
-            }),
-            None => Ok(Self {
-                user_id: "anonymous".to_owned(),
-                authenticated: false,
-            }),
+    fn error_message(&self, error: &ClientError) -> String {
+        Outbound::error(error).to_json()
+    }
+
+    async fn open<T: Transport>(&mut self, _conn: &mut Conn<'_, T>) -> Flow {
+        Flow::Continue
+    }
+
+    async fn on_message<T: Transport>(
+        &mut self,
+        message: Inbound<'_>,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
+        let (action, data) = match message {
+            Inbound::Event { name, data } => (name.to_owned(), data),
+            Inbound::Text(text) => {
+                let data: Value = serde_json::from_str(text)
+                    .map_err(|error| ClientError::InvalidJson(error.to_string()))?;
+                let action = ["action", "type", "event"]
+                    .iter()
+                    .find_map(|key| data.get(*key))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        invalid("expected {\"action\": \"join_session\" | \"pressure_frame\" | \"leave_session\", ...}")
+                    })?
+                    .to_owned();
+                (action, data)
+            }
+        };
+        let reply = match action.as_str() {
+            "join_session" => self.join(&data).await?,
+            "pressure_frame" => {
+                // The frame's answer reaches every room member (this one
+                // included) as `frame_processed`.
+                self.frame(&data).await?;
+                return Ok(Flow::Continue);
+            }
+            "leave_session" => self.leave(&data)?,
+            other => {
+                return Err(ClientError::UnknownAction {
+                    field: "action",
+                    action: other.to_owned(),
+                    expected: "join_session, pressure_frame, leave_session",
+                });
+            }
+        };
+        Ok(conn.send_json(reply.to_json()).await.into())
+    }
+
+    async fn next_event(&mut self) -> Option<RoomEvent> {
+        match &mut self.events {
+            Some(events) => events.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn on_event<T: Transport>(&mut self, event: Option<RoomEvent>, conn: &mut Conn<'_, T>) -> Flow {
+        match event {
+            Some(event) => conn.send_shared(event).await.into(),
+            // The connection holds a sender: the queue never ends first.
+            None => Flow::Continue,
         }
     }
 }
 
 impl PressureConnection {
-    pub fn new(state: EdgeState, user: PressureUser) -> Self {
+    pub fn new(state: PressureState, caller: Caller, delivery: Delivery) -> Self {
         Self {
             state,
-            user_id: user.user_id,
-            authenticated: user.authenticated,
+            caller,
+            delivery,
+            events: None,
             joined: HashMap::new(),
         }
     }
 
+    /// A connection whose room events arrive on its own bounded queue.
+    pub fn with_queue(state: PressureState, caller: Caller) -> Self {
+        let (sender, events) = mpsc::channel(rooms::MEMBER_QUEUE);
+        Self {
+            events: Some(events),
+            ..Self::new(state, caller, Delivery::Queue(sender))
+        }
+    }
+
     /// `join_session`: enter the workout's room.
-    pub async fn join(
-        &mut self,
-        data: &Value,
-        member: impl FnOnce(&str) -> Member,
-    ) -> Result<Outbound, ClientError> {
+    pub async fn join(&mut self, data: &Value) -> Result<Outbound, ClientError> {
         let workout_id = workout_id(data)?;
         if !self.joined.contains_key(&workout_id) {
             if self.joined.len() >= MAX_JOINED_WORKOUTS {
@@ -339,10 +443,17 @@ impl PressureConnection {
                     "a connection joins at most {MAX_JOINED_WORKOUTS} workouts"
                 )));
             }
+            let member = match &self.delivery {
+                Delivery::Queue(sender) => Member::WebSocket(sender.clone()),
+                Delivery::SocketIo(socket) => {
+                    socket.join(socketio_room(&workout_id));
+                    Member::SocketIo
+                }
+            };
             let membership = self
                 .state
-                .rooms()
-                .join(&workout_id, member(&workout_id))
+                .rooms
+                .join(&workout_id, member)
                 .await
                 .map_err(|error| ClientError::Unavailable {
                     service: "rooms",
@@ -367,14 +478,12 @@ impl PressureConnection {
     pub fn leave(&mut self, data: &Value) -> Result<Outbound, ClientError> {
         let workout_id = workout_id(data)?;
         if self.joined.remove(&workout_id).is_some() {
+            if let Delivery::SocketIo(socket) = &self.delivery {
+                socket.leave(socketio_room(&workout_id));
+            }
             tracing::info!(workout_id = %workout_id, "left workout");
         }
         Ok(Outbound::SessionEnded { workout_id })
-    }
-
-    /// The workouts this connection is in.
-    pub fn joined(&self) -> impl Iterator<Item = &str> {
-        self.joined.keys().map(String::as_str)
     }
 
     /// `pressure_frame`: analyse, store, count, then tell the room; one
@@ -401,8 +510,8 @@ impl PressureConnection {
         let input = FrameInput::parse(data)?;
         let request = FrameRequest {
             workout_id: workout_id.clone(),
-            user_id: if self.authenticated {
-                self.user_id.clone()
+            user_id: if self.caller.is_authenticated() {
+                self.caller.user_id().to_owned()
             } else {
                 String::new()
             },
@@ -413,8 +522,10 @@ impl PressureConnection {
         if !reply.error.is_empty() {
             return Err(invalid(reply.error));
         }
-        let (frame, timestamp) =
-            input.into_frame(reply.stats.unwrap_or_default(), self.user_id.clone());
+        let (frame, timestamp) = input.into_frame(
+            reply.stats.unwrap_or_default(),
+            self.caller.user_id().to_owned(),
+        );
         record_and_publish(&self.state, frame, timestamp).await
     }
 
@@ -425,7 +536,7 @@ impl PressureConnection {
         workout_id: &str,
         request: FrameRequest,
     ) -> Result<FrameReply, ClientError> {
-        let mut detection = self.state.backends().detection.clone();
+        let mut detection = self.state.detection.clone();
         let joined = self
             .joined
             .get_mut(workout_id)
@@ -433,7 +544,7 @@ impl PressureConnection {
         crate::stream_call::call(
             &mut joined.detection,
             "detection",
-            self.state.settings().grpc_timeout(),
+            self.state.reply_deadline,
             move |outgoing| async move { detection.stream_frames(outgoing).await },
             request,
         )
@@ -444,7 +555,7 @@ impl PressureConnection {
 /// Stores and counts an analysed frame, then publishes `frame_processed`
 /// to its room: the one path every frame takes, from any transport.
 pub async fn record_and_publish(
-    state: &EdgeState,
+    state: &PressureState,
     frame: PressureFrame,
     timestamp: f64,
 ) -> Result<(), ClientError> {
@@ -460,12 +571,14 @@ pub struct Recorded {
     pub sequence: u64,
 }
 
-pub async fn record(state: &EdgeState, frame: PressureFrame) -> Result<Recorded, ClientError> {
+pub async fn record(
+    state: &PressureState,
+    frame: PressureFrame,
+) -> Result<Recorded, ClientError> {
     let workout_id = frame.workout_id.clone();
     let stats = frame.stats.unwrap_or_default();
     let recorded = state
-        .backends()
-        .session
+        .sessions
         .clone()
         .record_frame(RecordFrameRequest { frame: Some(frame) })
         .await
@@ -480,7 +593,7 @@ pub async fn record(state: &EdgeState, frame: PressureFrame) -> Result<Recorded,
 }
 
 pub async fn publish(
-    state: &EdgeState,
+    state: &PressureState,
     recorded: Recorded,
     timestamp: f64,
 ) -> Result<(), ClientError> {
@@ -489,7 +602,7 @@ pub async fn publish(
         "frame_count": recorded.frame_count,
         "sequence": recorded.sequence,
     });
-    state.bus().announce("frame_processed", announced).await;
+    state.bus.announce("frame_processed", announced).await;
     let event = Outbound::FrameProcessed {
         workout_id: recorded.workout_id.clone(),
         stats: StatsView::from(&recorded.stats),
@@ -498,7 +611,7 @@ pub async fn publish(
         sequence: recorded.sequence,
     };
     state
-        .rooms()
+        .rooms
         .publish(&recorded.workout_id, event.to_json())
         .await
         .map_err(|error| ClientError::Unavailable {

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_proto::v1::{FrameRequest, GetWorkoutRequest, ListFramesRequest};
 
-use super::{FrameInput, Number, StatsView};
-use crate::EdgeState;
+use super::{FrameInput, Number, PressureState, StatsView};
 use crate::error::ClientError;
 
 #[derive(Debug, Serialize)]
@@ -36,12 +35,11 @@ pub struct WorkoutSummary {
 }
 
 pub async fn workout(
-    State(state): State<EdgeState>,
+    State(state): State<PressureState>,
     Path(workout_id): Path<String>,
 ) -> Result<Json<WorkoutSummary>, ClientError> {
     let workout = state
-        .backends()
-        .session
+        .sessions
         .clone()
         .get_workout(GetWorkoutRequest { workout_id })
         .await
@@ -95,13 +93,12 @@ pub struct FramePage {
 }
 
 pub async fn frames(
-    State(state): State<EdgeState>,
+    State(state): State<PressureState>,
     Path(workout_id): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<FramePage>, ClientError> {
     let listed = state
-        .backends()
-        .session
+        .sessions
         .clone()
         .list_frames(ListFramesRequest {
             workout_id: workout_id.clone(),
@@ -144,7 +141,7 @@ pub struct Accepted {
 }
 
 pub async fn post_frame(
-    State(state): State<EdgeState>,
+    State(state): State<PressureState>,
     Path(workout_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ClientError> {
@@ -156,7 +153,6 @@ pub async fn post_frame(
     data["workout_id"] = Value::String(workout_id.clone());
     let input = FrameInput::parse(&data)?;
     let reply = state
-        .backends()
         .detection
         .clone()
         .analyze_frame(FrameRequest {

@@ -3,22 +3,32 @@
 //! `join_session`, `pressure_frame`, `leave_session` in;
 //! `session_joined`, `frame_processed`, `session_ended`, `error` out.
 //!
-//! socketioxide runs each event handler as its own task; every socket's
-//! events are funnelled, in order, into one task that owns the socket's
-//! [`PressureConnection`], through a bounded inbox (a client that floods it
-//! gets an `error` per dropped event, never unbounded memory).
+//! A Socket.IO socket is one more [`Transport`] of the connection driver:
+//! the same [`PressureConnection`] handler runs it as it runs a
+//! `/ws/pressure` socket. socketioxide runs each event handler as its own
+//! task; the socket's events are funnelled, in order, into the driver's
+//! task through a bounded inbox (a client that floods it gets an `error`
+//! per dropped event, never unbounded memory). The driver's task ends when
+//! the socket disconnects, and drops the socket's last reference with it
+//! (and so its handlers, and the inbox they hold).
+//!
+//! Socket.IO has no close codes: where a WebSocket would close with one,
+//! the socket is disconnected (the client sees `io server disconnect`).
 
-use serde_json::{Value, json};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use std::sync::Arc;
-
 use tokio::sync::{Notify, mpsc};
 
-use super::rooms::{Member, socketio_room};
-use super::{Outbound, PressureConnection, PressureUser};
-use crate::EdgeState;
+use super::{Delivery, PressureConnection, PressureState};
+use crate::caller::Credentials;
+use crate::connection::{Close, Gone, Options, Received, Transport, drive};
+use crate::meter::Endpoint;
 
 /// Events queued per socket before new ones are refused.
 pub const INBOX: usize = 32;
@@ -37,7 +47,7 @@ struct Command {
 /// which runs as a task of its own) can miss the client's first event, and
 /// a refused token is the client's `connect_error`, as Socket.IO clients
 /// expect of authentication.
-pub fn register(io: &SocketIo, state: EdgeState) {
+pub fn register(io: &SocketIo, state: PressureState) {
     let connect = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let state = state.clone();
         async move { on_connect(socket, state, auth.ok()) }
@@ -63,18 +73,14 @@ fn token_of(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
     })
 }
 
-fn emit(socket: &SocketRef, message: &Outbound) {
-    if let Err(error) = socket.emit(message.event_name(), message) {
-        tracing::debug!(%error, "socket.io emit failed");
-    }
-}
-
 fn on_connect(
     socket: SocketRef,
-    state: EdgeState,
+    state: PressureState,
     auth: Option<Value>,
 ) -> Result<(), crate::auth::AuthError> {
-    let user = PressureUser::from_token(&state, token_of(&socket, auth.as_ref()).as_deref())
+    let credentials = Credentials::new(token_of(&socket, auth.as_ref()), state.identities.clone());
+    let caller = credentials
+        .anyone()
         .inspect_err(|reason| tracing::info!(%reason, "socket.io connection refused"))?;
     let (inbox, commands) = mpsc::channel(INBOX);
     // The socket's handlers hold the inbox and the connection task holds
@@ -82,68 +88,82 @@ fn on_connect(
     let disconnected = Arc::new(Notify::new());
     let gone = Arc::clone(&disconnected);
     socket.on_disconnect(move || async move { gone.notify_one() });
-    tokio::spawn(serve(socket.clone(), state, user, commands, disconnected));
     for event in EVENTS {
         let inbox = inbox.clone();
         socket.on(event, move |socket: SocketRef, Data(data): Data<Value>| {
             let inbox = inbox.clone();
             async move {
                 if inbox.try_send(Command { event, data }).is_err() {
-                    let busy = json!({ "message": "too many messages in flight; slow down", "code": "busy" });
+                    let busy = super::Outbound::Error {
+                        message: "too many messages in flight; slow down".into(),
+                        code: "busy",
+                    };
                     let _ = socket.emit("error", &busy);
                 }
             }
         });
     }
+    let transport = SocketIoTransport {
+        socket: socket.clone(),
+        commands,
+        disconnected,
+    };
+    let driver = state.driver.clone();
+    let handler = PressureConnection::new(state, caller, Delivery::SocketIo(socket));
+    tokio::spawn(async move {
+        drive(&driver, Options::new(Endpoint::Pressure), transport, handler).await;
+    });
     Ok(())
 }
 
-/// The socket's connection task: its events, one at a time, in order. It
-/// ends when the socket disconnects, and drops the socket's last reference
-/// with it (and so the handlers, and the inbox they hold).
-async fn serve(
+/// A Socket.IO socket as the driver's transport.
+struct SocketIoTransport {
     socket: SocketRef,
-    state: EdgeState,
-    user: PressureUser,
-    mut commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Command>,
     disconnected: Arc<Notify>,
-) {
-    let _connected = state.meter().connect(crate::meter::Endpoint::Pressure);
-    let meter = std::sync::Arc::clone(state.meter());
-    let mut connection = PressureConnection::new(state, user);
-    loop {
-        let Command { event, data } = tokio::select! {
+}
+
+/// The `type` of an outgoing message: its Socket.IO event name.
+fn event_name(json: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        r#type: String,
+    }
+    serde_json::from_str::<Typed>(json)
+        .map(|typed| typed.r#type)
+        .unwrap_or_else(|_| "message".to_owned())
+}
+
+impl Transport for SocketIoTransport {
+    async fn recv(&mut self) -> Received {
+        tokio::select! {
             biased;
-            () = disconnected.notified() => break,
-            command = commands.recv() => match command {
-                Some(command) => command,
-                None => break,
-            },
-        };
-        if !socket.connected() {
-            break;
-        }
-        meter.received();
-        let outcome = match event {
-            "join_session" => connection
-                .join(&data, |workout_id| {
-                    socket.join(socketio_room(workout_id));
-                    Member::SocketIo
-                })
-                .await
-                .map(Some),
-            "pressure_frame" => connection.frame(&data).await.map(|()| None),
-            _ => connection.leave(&data).map(|ended| {
-                if let Outbound::SessionEnded { workout_id } = &ended {
-                    socket.leave(socketio_room(workout_id));
+            () = self.disconnected.notified() => Received::Gone,
+            command = self.commands.recv() => match command {
+                Some(Command { event, data }) if self.socket.connected() => {
+                    Received::Event { name: event, data }
                 }
-                Some(ended)
-            }),
-        };
-        match outcome {
-            Ok(Some(reply)) => emit(&socket, &reply),
-            Ok(None) => {}
-            Err(error) => emit(&socket, &Outbound::error(&error)),
+                _ => Received::Gone,
+            },
         }
+    }
+
+    async fn send(&mut self, json: String) -> Result<(), Gone> {
+        let name = event_name(&json);
+        let raw = RawValue::from_string(json).map_err(|_| Gone)?;
+        self.socket.emit(name, &raw).map_err(|error| {
+            tracing::debug!(%error, "socket.io emit failed");
+            Gone
+        })
+    }
+
+    async fn send_shared(&mut self, payload: Bytes) -> Result<(), Gone> {
+        let json = String::from_utf8(payload.to_vec()).map_err(|_| Gone)?;
+        self.send(json).await
+    }
+
+    async fn close(&mut self, close: &Close) {
+        tracing::debug!(reason = %close, "socket.io socket disconnected");
+        let _ = self.socket.clone().disconnect();
     }
 }

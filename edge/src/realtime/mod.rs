@@ -1,30 +1,39 @@
 //! `/ws/realtime`: seed 000's step-detection sessions.
 //!
-//! One session per socket. On connect the edge opens the session in the
-//! registry and sends `session_started`; each sensor message goes to the
-//! session's detection stream and comes back as one `step_detection`;
-//! `stop`, `reset` and `stats` are registry and statistics calls. The socket
-//! closes on `stop`, on a `SessionControl` from the registry (terminated
-//! elsewhere, or timed out), or when the client leaves.
+//! One session per socket. The connection is a registry session (the
+//! [driver](crate::connection) opens it before anything is sent, and closes
+//! it at the end); the edge sends `session_started`; each sensor message
+//! goes to the session's detection stream and comes back as one
+//! `step_detection`; `stop`, `reset` and `stats` are registry and
+//! statistics calls. The socket closes on `stop`, on a `SessionControl`
+//! from the registry (terminated elsewhere, or timed out), or when the
+//! client leaves.
 //!
 //! The edge counts what a socket did since its last report and sends the
 //! deltas to the registry and the statistics service at most every
 //! [`MAX_REPORT_INTERVAL`] (and before any answer that shows totals), so the
-//! services see one call per session per interval, not one per message.
-//! Those few unreported counts are all a socket holds besides its detection
-//! stream.
+//! services see one call per session per interval, not one per message. A
+//! report runs as a task of its own, at most one at a time, so a slow write
+//! never holds up the client's messages. Those few unreported counts are
+//! all a socket holds besides its detection stream.
 
 mod inbound;
 mod outbound;
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRef, Query, State};
 use axum::response::Response;
+use axum::routing::get;
 use serde::Deserialize;
+use switchboard_bus::Bus;
 use switchboard_proto::unix_now;
+use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_control::Kind as ControlKind;
+use switchboard_proto::v1::session_service_client::SessionServiceClient;
+use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use switchboard_proto::v1::{
     CloseSessionRequest, GetServerStatsRequest, GetSessionRequest, OpenSessionRequest,
     RecordActivityRequest, RecordUsageRequest, ResetSessionRequest, Session, SessionControl,
@@ -33,10 +42,16 @@ use switchboard_proto::v1::{
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::EdgeState;
+use crate::caller::{Caller, Credentials, Identities};
+use crate::connection::websocket::{WebSocketTransport, configure};
+use crate::connection::{
+    Close, Conn, Driver, Flow, Handler, Inbound as Received, Options, Transport, Unreported, drive,
+};
 use crate::error::ClientError;
-use crate::socket::{Next, RESTART_REASON, close, close_code, is_too_big, send_json, timestamp};
+use crate::meter::Endpoint;
+use crate::settings::TimedChannel;
 use crate::stream_call::StreamCall;
+use crate::times::unix_seconds_text as timestamp;
 use inbound::{Action, Inbound};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
 use outbound::{Outbound, Prediction};
@@ -45,65 +60,82 @@ use outbound::{Outbound, Prediction};
 /// the registry's inactivity timeout is short (a quarter of it).
 pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Deserialize)]
-pub struct RealtimeQuery {
-    /// A label for per-user statistics when there is no token; not
-    /// authenticated.
-    user_id: Option<String>,
-    /// Optional JWT: the session then belongs to its `sub`, and anomalies
-    /// in its stream (a fall) become alerts for that user.
-    token: Option<String>,
-}
-
-/// Whom a realtime session belongs to.
-struct Owner {
-    user_id: String,
-    /// Proven by a token: only then may the stream raise alerts for them.
-    authenticated: bool,
-}
-
 /// Longest accepted `user_id` label.
 const MAX_USER_ID_BYTES: usize = 128;
 
-pub async fn upgrade(
-    State(state): State<EdgeState>,
+/// What `/ws/realtime` needs.
+#[derive(Clone, Debug)]
+pub struct RealtimeState {
+    pub driver: Driver,
+    pub identities: Identities,
+    pub sessions: SessionServiceClient<TimedChannel>,
+    pub detection: DetectionServiceClient<TimedChannel>,
+    pub statistics: StatisticsServiceClient<TimedChannel>,
+    /// Where `step_detected` is announced.
+    pub bus: Bus,
+    /// Longest wait for one detection reply.
+    pub reply_deadline: Duration,
+}
+
+impl FromRef<RealtimeState> for Identities {
+    fn from_ref(state: &RealtimeState) -> Self {
+        state.identities.clone()
+    }
+}
+
+/// `/ws/realtime`.
+pub fn router(state: RealtimeState) -> Router {
+    Router::new()
+        .route("/ws/realtime", get(upgrade))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct RealtimeQuery {
+    /// A label for per-user statistics when there is no token; not
+    /// authenticated.
+    user_id: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<RealtimeState>,
     Query(query): Query<RealtimeQuery>,
-    headers: axum::http::HeaderMap,
+    credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let token = crate::auth::token_from(query.token.as_deref(), &headers);
-    let owner = match token {
-        Some(token) => state.authenticate(&token).map(|identity| Owner {
-            user_id: identity.user_id,
-            authenticated: true,
-        }),
-        None => Ok(Owner {
-            user_id: query
+    // With a token the session belongs to its `sub`, and anomalies in its
+    // stream (a fall) become alerts for that user; without one, `user_id`
+    // is only a label.
+    let caller = credentials.anyone();
+    let limit = state.driver.max_message_bytes();
+    configure(upgrade, limit).on_upgrade(move |socket| async move {
+        let mut transport = WebSocketTransport::new(socket, limit);
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(reason) => {
+                tracing::info!(%reason, "realtime connection refused");
+                return transport.close(&Close::Unauthorized(reason)).await;
+            }
+        };
+        let user_id = match &caller {
+            Caller::User(identity) => identity.user_id.clone(),
+            Caller::Anonymous => query
                 .user_id
                 .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
                 .unwrap_or_else(|| "anonymous".to_owned()),
-            authenticated: false,
-        }),
-    };
-    state
-        .configure(upgrade)
-        .on_upgrade(move |mut socket| async move {
-            match owner {
-                Ok(owner) => run(socket, state, owner).await,
-                Err(reason) => {
-                    tracing::info!(%reason, "realtime connection refused");
-                    close(&mut socket, close_code::POLICY, &reason.to_string()).await;
-                }
-            }
-        })
-}
-
-/// Counts of what a socket did since it last reported them.
-#[derive(Debug, Default, Clone, Copy)]
-struct Unreported {
-    requests: u64,
-    steps: u64,
-    predictions: u64,
+        };
+        let options = Options {
+            registration: Some(OpenSessionRequest {
+                user_id,
+                kind: "realtime".to_owned(),
+                ..Default::default()
+            }),
+            ..Options::new(Endpoint::Realtime)
+        };
+        let driver = state.driver.clone();
+        let handler = Realtime::new(state, caller.is_authenticated());
+        drive(&driver, options, transport, handler).await;
+    })
 }
 
 impl Unreported {
@@ -119,35 +151,19 @@ impl Unreported {
 }
 
 /// What one report sent, and how each call went.
-struct Reported {
+#[derive(Debug)]
+pub struct Reported {
     for_registry: Unreported,
     registry: Result<(), tonic::Status>,
     for_statistics: Unreported,
     statistics: Result<(), tonic::Status>,
 }
 
-/// The outcome of the report task in flight; pending while there is none. `None` when the task failed (its counts are lost, and logged).
-async fn finished(reporting: &mut Option<JoinHandle<Reported>>) -> Option<Reported> {
-    match reporting {
-        Some(task) => match task.await {
-            Ok(reported) => Some(reported),
-            Err(error) => {
-                tracing::warn!(%error, "report task failed");
-                None
-            }
-        },
-        None => std::future::pending().await,
-    }
-}
-
 /// One `/ws/realtime` connection.
 struct Realtime {
-    state: EdgeState,
-    socket: WebSocket,
+    state: RealtimeState,
+    /// The registry's record of this session, as opened.
     session: Session,
-    /// Whether the registry still holds the session (false once stopped,
-    /// terminated or timed out).
-    registered: bool,
     /// Whether a token proved the user: only then do anomalies in the
     /// stream raise alerts for them.
     authenticated: bool,
@@ -162,207 +178,189 @@ struct Realtime {
     reporting: Option<JoinHandle<Reported>>,
 }
 
-async fn run(mut socket: WebSocket, state: EdgeState, owner: Owner) {
-    let Owner {
-        user_id,
-        authenticated,
-    } = owner;
-    let opened = state
-        .backends()
-        .session
-        .clone()
-        .open_session(OpenSessionRequest {
-            user_id: user_id.clone(),
-            kind: "realtime".to_owned(),
-            edge_id: state.edge_id().to_owned(),
-            ..Default::default()
-        })
-        .await;
-    let session = match opened {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            let error = ClientError::from_status("session", status);
-            let _ = send(&mut socket, &error_message(&error, None)).await;
-            close(
-                &mut socket,
-                close_code::TRY_AGAIN_LATER,
-                "session service unavailable",
-            )
-            .await;
-            return;
-        }
-    };
-    let (_held, control) = state.sockets().hold(&session.session_id);
-    let _connected = state.meter().connect(crate::meter::Endpoint::Realtime);
-    let report_interval = MAX_REPORT_INTERVAL
-        .min(Duration::from_secs_f64(
-            session.inactivity_timeout_seconds / 4.0,
-        ))
-        .max(Duration::from_millis(10));
-    let mut connection = Realtime {
-        state,
-        socket,
-        session,
-        registered: true,
-        authenticated,
-        total_steps: 0,
-        total_predictions: 0,
-        for_registry: Unreported::default(),
-        for_statistics: Unreported::default(),
-        detection: None,
-        reporting: None,
-    };
-    connection.record_session_opened();
-    let started = Outbound::SessionStarted {
-        session_id: &connection.session.session_id,
-        message: "Step detection session initialized successfully",
-        timestamp: timestamp(),
-    };
-    if send(&mut connection.socket, &started).await.is_ok() {
-        connection.serve(control, report_interval).await;
-    }
-    Box::pin(connection.finish()).await;
-}
+impl Handler for Realtime {
+    /// A report task finished (`None`: it failed, its counts are lost and
+    /// logged).
+    type Event = Option<Reported>;
 
-fn error_message<'a>(error: &ClientError, session_id: Option<&'a str>) -> Outbound<'a> {
-    Outbound::Error {
-        status: "error",
-        code: error.report(),
-        message: error.to_string(),
-        session_id,
-        timestamp: timestamp(),
-    }
-}
-
-async fn send(socket: &mut WebSocket, message: &Outbound<'_>) -> Result<(), axum::Error> {
-    send_json(socket, message).await
-}
-
-/// Sends a reply; a client that can no longer be written to is gone.
-async fn send_or_close(socket: &mut WebSocket, message: &Outbound<'_>) -> Next {
-    match send(socket, message).await {
-        Ok(()) => Next::Continue,
-        Err(_) => Next::Close(close_code::GOING_AWAY, String::new()),
-    }
-}
-
-impl Realtime {
-    fn session_id(&self) -> &str {
-        &self.session.session_id
-    }
-
-    /// The connection loop: client messages, control messages, report ticks.
-    /// A report runs as a task of its own, at most one at a time, so a slow
-    /// registry or statistics write never holds up the client's messages.
-    async fn serve(
-        &mut self,
-        mut control: tokio::sync::oneshot::Receiver<SessionControl>,
-        report_interval: Duration,
-    ) {
-        let mut reports = tokio::time::interval(report_interval);
-        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut draining = self.state.draining();
-        loop {
-            let next = tokio::select! {
-                () = draining.started() => Next::Close(close_code::SERVICE_RESTART, RESTART_REASON.to_owned()),
-                message = self.socket.recv() => match message {
-                    Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) if is_too_big(&error) => crate::socket::too_big(self.state.settings().max_message_bytes),
-                    Some(Err(error)) => {
-                        tracing::debug!(session_id = %self.session_id(), %error, "websocket read failed");
-                        return;
-                    }
-                    None => return,
-                },
-                Ok(control) = &mut control => {
-                    self.on_control(control).await;
-                    return;
-                }
-                reported = finished(&mut self.reporting) => {
-                    self.reporting = None;
-                    match reported {
-                        Some(reported) => self.on_reported(reported).await,
-                        None => Next::Continue,
-                    }
-                }
-                _ = reports.tick(), if self.reporting.is_none() => {
-                    self.reporting = Some(tokio::spawn(self.start_report()));
-                    Next::Continue
-                }
-            };
-            if let Next::Close(code, reason) = next {
-                close(&mut self.socket, code, &reason).await;
-                return;
-            }
-        }
-    }
-
-    async fn on_message(&mut self, message: Message) -> Next {
-        self.state.meter().received();
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                self.for_registry.requests += 1;
-                self.for_statistics.requests += 1;
-                return self.reply_error(ClientError::BinaryMessage).await;
-            }
-            Message::Ping(_) | Message::Pong(_) => return Next::Continue,
-            Message::Close(_) => return Next::Close(close_code::NORMAL, String::new()),
+    fn error_message(&self, error: &ClientError) -> String {
+        let message = Outbound::Error {
+            status: "error",
+            code: error.code(),
+            message: error.to_string(),
+            session_id: Some(&self.session.session_id),
+            timestamp: timestamp(),
         };
+        serde_json::to_string(&message).expect("outbound messages always serialize")
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(
+            MAX_REPORT_INTERVAL
+                .min(Duration::from_secs_f64(
+                    self.session.inactivity_timeout_seconds.max(0.0) / 4.0,
+                ))
+                .max(Duration::from_millis(10)),
+        )
+    }
+
+    fn received(&mut self) {
         self.for_registry.requests += 1;
         self.for_statistics.requests += 1;
-        let result = match inbound::parse(text.as_str(), unix_now()) {
-            Ok(Inbound::Samples(samples)) => {
+    }
+
+    async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
+        self.session = conn.registration().session().clone();
+        self.record_session_opened();
+        let started = Outbound::SessionStarted {
+            session_id: &self.session.session_id,
+            message: "Step detection session initialized successfully",
+            timestamp: timestamp(),
+        };
+        conn.send(&started).await.into()
+    }
+
+    async fn on_message<T: Transport>(
+        &mut self,
+        message: Received<'_>,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
+        let Received::Text(text) = message else {
+            return Ok(Flow::Continue);
+        };
+        match inbound::parse(text, unix_now())? {
+            Inbound::Samples(samples) => {
                 // A sensor message is a trace of its own (when traces are
                 // exported): this span, the detection service's, and any
                 // alert it raises, to the edge that delivers it.
                 let span = switchboard_proto::trace::message_span(|| {
-                    tracing::info_span!(
-                        "ws.message",
-                        endpoint = "/ws/realtime",
-                        trace_id = tracing::field::Empty
-                    )
+                    tracing::info_span!("ws.message", endpoint = "/ws/realtime", trace_id = tracing::field::Empty)
                 });
-                self.on_samples(samples).instrument(span).await
+                self.on_samples(samples, conn).instrument(span).await
             }
             // Rare actions are boxed: their futures would otherwise sit in
             // every connection's task, a few kilobytes each.
-            Ok(Inbound::Action(Action::Stop)) => Box::pin(self.on_stop()).await,
-            Ok(Inbound::Action(Action::Reset)) => Box::pin(self.on_reset()).await,
-            Ok(Inbound::Action(Action::Stats)) => Box::pin(self.on_stats()).await,
-            Err(error) => Err(error),
-        };
-        // Every text message gets exactly one reply.
-        self.state.meter().sent();
-        match result {
-            Ok(next) => next,
-            Err(error) => self.reply_error(error).await,
+            Inbound::Action(Action::Stop) => Box::pin(self.on_stop(conn)).await,
+            Inbound::Action(Action::Reset) => Box::pin(self.on_reset(conn)).await,
+            Inbound::Action(Action::Stats) => Box::pin(self.on_stats(conn)).await,
         }
     }
 
-    async fn reply_error(&mut self, error: ClientError) -> Next {
-        let message = error_message(&error, Some(&self.session.session_id));
-        send_or_close(&mut self.socket, &message).await
+    async fn next_event(&mut self) -> Option<Reported> {
+        match &mut self.reporting {
+            Some(task) => {
+                let finished = task.await;
+                self.reporting = None;
+                finished
+                    .inspect_err(|error| tracing::warn!(%error, "report task failed"))
+                    .ok()
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn on_event<T: Transport>(
+        &mut self,
+        reported: Option<Reported>,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
+        match reported {
+            Some(reported) => self.on_reported(reported, conn).await,
+            None => Flow::Continue,
+        }
+    }
+
+    async fn on_tick<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
+        if self.reporting.is_none() {
+            let live = conn.registration().is_live();
+            self.reporting = Some(tokio::spawn(self.start_report(live)));
+        }
+        Flow::Continue
+    }
+
+    async fn on_control<T: Transport>(
+        &mut self,
+        control: SessionControl,
+        conn: &mut Conn<'_, T>,
+    ) -> Close {
+        let message = match control.kind() {
+            ControlKind::TimedOut => Outbound::TimeoutResponse {
+                status: "timeout",
+                session_id: &self.session.session_id,
+                message: format!(
+                    "Connection closed due to {} of inactivity",
+                    describe_seconds(self.session.inactivity_timeout_seconds)
+                ),
+                timestamp: timestamp(),
+            },
+            ControlKind::Terminated | ControlKind::Replaced | ControlKind::Unspecified => {
+                Outbound::SessionTerminated {
+                    status: "terminated",
+                    session_id: &self.session.session_id,
+                    message: format!("Session terminated: {}", control.reason),
+                    timestamp: timestamp(),
+                }
+            }
+        };
+        let _ = conn.send(&message).await;
+        // The registry already removed the session; only statistics remain.
+        self.for_registry = Unreported::default();
+        match control.kind() {
+            ControlKind::TimedOut => Close::Done("inactivity timeout".into()),
+            _ => Close::Done("session terminated".into()),
+        }
+    }
+
+    /// Leaves the statistics as the socket found them, every count
+    /// reported; the driver closes the registry session with the rest.
+    async fn finish(&mut self) -> Unreported {
+        // Counts a report in flight carries are not lost with the socket.
+        if let Some(task) = self.reporting.take()
+            && let Ok(reported) = task.await
+        {
+            self.take_back(reported);
+        }
+        self.flush_detector().await;
+        let reported = self.start_report(false).await;
+        self.take_back(reported);
+        std::mem::take(&mut self.for_registry)
+    }
+}
+
+impl Realtime {
+    fn new(state: RealtimeState, authenticated: bool) -> Self {
+        Self {
+            state,
+            session: Session::default(),
+            authenticated,
+            total_steps: 0,
+            total_predictions: 0,
+            for_registry: Unreported::default(),
+            for_statistics: Unreported::default(),
+            detection: None,
+            reporting: None,
+        }
     }
 
     /// Sends one request on the session's detection stream (opening it when
     /// needed) and waits, bounded, for its reply.
     async fn detect(&mut self, request: StepRequest) -> Result<StepReply, ClientError> {
-        let mut detection = self.state.backends().detection.clone();
+        let mut detection = self.state.detection.clone();
         crate::stream_call::call(
             &mut self.detection,
             "detection",
-            self.state.settings().grpc_timeout(),
+            self.state.reply_deadline,
             move |outgoing| async move { detection.stream_steps(outgoing).await },
             request,
         )
         .await
     }
 
-    async fn on_samples(
+    async fn on_samples<T: Transport>(
         &mut self,
         samples: Vec<switchboard_proto::v1::AccelSample>,
-    ) -> Result<Next, ClientError> {
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
         let sample_count = samples.len();
         let reply = self
             .detect(StepRequest {
@@ -391,7 +389,7 @@ impl Realtime {
                 "steps": steps,
                 "total_steps": self.total_steps,
             });
-            self.state.bus().announce("step_detected", event).await;
+            self.state.bus.announce("step_detected", event).await;
         }
         let observation = reply.observation.unwrap_or_default();
         let message = Outbound::StepDetection {
@@ -410,7 +408,7 @@ impl Realtime {
             buffer_size: reply.buffer_size,
             timestamp: timestamp(),
         };
-        Ok(send_or_close(&mut self.socket, &message).await)
+        Ok(conn.send(&message).await.into())
     }
 
     /// Confirms a step still pending in the detector, so `stop` counts the
@@ -432,9 +430,28 @@ impl Realtime {
         }
     }
 
-    async fn on_stop(&mut self) -> Result<Next, ClientError> {
+    async fn on_stop<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
         self.flush_detector().await;
-        let ended = self.close_session().await?;
+        let for_registry = std::mem::take(&mut self.for_registry);
+        let closed = self
+            .state
+            .sessions
+            .clone()
+            .close_session(CloseSessionRequest {
+                session_id: self.session.session_id.clone(),
+                requests: for_registry.requests,
+                steps: for_registry.steps,
+                predictions: for_registry.predictions,
+            })
+            .await;
+        let ended = match closed {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                self.for_registry = for_registry;
+                return Err(ClientError::from_status("session", status));
+            }
+        };
+        conn.registration().forget();
         let message = Outbound::StopResponse {
             status: "success",
             session_id: &ended.session_id,
@@ -447,11 +464,11 @@ impl Realtime {
             },
             timestamp: timestamp(),
         };
-        let _ = send(&mut self.socket, &message).await;
-        Ok(Next::Close(close_code::NORMAL, "stopped".to_owned()))
+        let _ = conn.send(&message).await;
+        Ok(Flow::Close(Close::Done("stopped".into())))
     }
 
-    async fn on_reset(&mut self) -> Result<Next, ClientError> {
+    async fn on_reset<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
         // A session without a live stream gets a fresh detector anyway.
         if self.detection.is_some() {
             let reset = StepRequest {
@@ -463,8 +480,7 @@ impl Realtime {
         }
         let session = self
             .state
-            .backends()
-            .session
+            .sessions
             .clone()
             .reset_session(ResetSessionRequest {
                 session_id: self.session.session_id.clone(),
@@ -485,15 +501,18 @@ impl Realtime {
             total_steps: self.total_steps,
             timestamp: timestamp(),
         };
-        Ok(send_or_close(&mut self.socket, &message).await)
+        Ok(conn.send(&message).await.into())
     }
 
-    async fn on_stats(&mut self) -> Result<Next, ClientError> {
-        if let Next::Close(code, reason) = self.report().await {
-            return Ok(Next::Close(code, reason));
+    async fn on_stats<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
+        // Report first, so the session sees its own counts exactly.
+        let live = conn.registration().is_live();
+        let reported = self.start_report(live).await;
+        if let Flow::Close(close) = self.on_reported(reported, conn).await {
+            return Ok(Flow::Close(close));
         }
-        let mut sessions = self.state.backends().session.clone();
-        let mut statistics = self.state.backends().statistics.clone();
+        let mut sessions = self.state.sessions.clone();
+        let mut statistics = self.state.statistics.clone();
         let (session, server) = tokio::join!(
             sessions.get_session(GetSessionRequest {
                 session_id: self.session.session_id.clone(),
@@ -527,42 +546,11 @@ impl Realtime {
             },
             timestamp: timestamp(),
         };
-        Ok(send_or_close(&mut self.socket, &message).await)
-    }
-
-    async fn on_control(&mut self, control: SessionControl) {
-        let message = match control.kind() {
-            ControlKind::TimedOut => Outbound::TimeoutResponse {
-                status: "timeout",
-                session_id: &self.session.session_id,
-                message: format!(
-                    "Connection closed due to {} of inactivity",
-                    describe_seconds(self.session.inactivity_timeout_seconds)
-                ),
-                timestamp: timestamp(),
-            },
-            ControlKind::Terminated | ControlKind::Replaced | ControlKind::Unspecified => {
-                Outbound::SessionTerminated {
-                    status: "terminated",
-                    session_id: &self.session.session_id,
-                    message: format!("Session terminated: {}", control.reason),
-                    timestamp: timestamp(),
-                }
-            }
-        };
-        let _ = send(&mut self.socket, &message).await;
-        let reason = match control.kind() {
-            ControlKind::TimedOut => "inactivity timeout",
-            _ => "session terminated",
-        };
-        // The registry already removed the session; only statistics remain.
-        self.for_registry = Unreported::default();
-        self.registered = false;
-        close(&mut self.socket, close_code::NORMAL, reason).await;
+        Ok(conn.send(&message).await.into())
     }
 
     fn record_session_opened(&self) {
-        let mut statistics = self.state.backends().statistics.clone();
+        let mut statistics = self.state.statistics.clone();
         let request = RecordUsageRequest {
             user_id: self.session.user_id.clone(),
             usage: Some(Usage {
@@ -577,23 +565,18 @@ impl Realtime {
         });
     }
 
-    /// Sends what this socket did since the last report, now.
-    async fn report(&mut self) -> Next {
-        let reported = self.start_report().await;
-        self.on_reported(reported).await
-    }
-
     /// Takes what this socket did since the last report and returns the
-    /// calls that send it (a future of its own, to run as a task).
-    fn start_report(&mut self) -> impl Future<Output = Reported> + Send + 'static {
-        let for_registry = if self.registered {
+    /// calls that send it (a future of its own, to run as a task). The
+    /// registry's share only while it holds the session.
+    fn start_report(&mut self, registered: bool) -> impl Future<Output = Reported> + Send + 'static {
+        let for_registry = if registered {
             std::mem::take(&mut self.for_registry)
         } else {
             Unreported::default()
         };
         let for_statistics = std::mem::take(&mut self.for_statistics);
-        let mut sessions = self.state.backends().session.clone();
-        let mut statistics = self.state.backends().statistics.clone();
+        let mut sessions = self.state.sessions.clone();
+        let mut statistics = self.state.statistics.clone();
         let session_id = self.session.session_id.clone();
         let user_id = self.session.user_id.clone();
         async move {
@@ -638,75 +621,37 @@ impl Realtime {
         }
     }
 
-    /// Counts that could not be delivered wait for the next report. A
-    /// registry that no longer knows the session (its control message was
-    /// lost) ends the socket.
-    async fn on_reported(&mut self, reported: Reported) -> Next {
-        if let Err(status) = reported.statistics {
+    /// Counts that could not be delivered wait for the next report.
+    fn take_back(&mut self, reported: Reported) {
+        if let Err(status) = &reported.statistics {
             tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "usage report failed");
             self.for_statistics.add(reported.for_statistics);
         }
-        if let Err(status) = reported.registry {
-            if status.code() == tonic::Code::NotFound {
-                self.registered = false;
-                let message = Outbound::SessionTerminated {
-                    status: "terminated",
-                    session_id: &self.session.session_id,
-                    message: "Session no longer registered (timed out or terminated)".to_owned(),
-                    timestamp: timestamp(),
-                };
-                let _ = send(&mut self.socket, &message).await;
-                return Next::Close(close_code::NORMAL, "session ended".to_owned());
-            }
+        if let Err(status) = &reported.registry
+            && status.code() != tonic::Code::NotFound
+        {
             tracing::warn!(session_id = %self.session.session_id, code = ?status.code(), message = status.message(), "activity report failed");
             self.for_registry.add(reported.for_registry);
         }
-        Next::Continue
     }
 
-    /// Removes the session from the registry with the final counts.
-    async fn close_session(&mut self) -> Result<Session, ClientError> {
-        let for_registry = std::mem::take(&mut self.for_registry);
-        let closed = self
-            .state
-            .backends()
-            .session
-            .clone()
-            .close_session(CloseSessionRequest {
-                session_id: self.session.session_id.clone(),
-                requests: for_registry.requests,
-                steps: for_registry.steps,
-                predictions: for_registry.predictions,
-            })
-            .await;
-        match closed {
-            Ok(response) => {
-                self.registered = false;
-                Ok(response.into_inner())
-            }
-            Err(status) => {
-                self.for_registry = for_registry;
-                Err(ClientError::from_status("session", status))
-            }
+    /// After a report: a registry that no longer knows the session (its
+    /// control message was lost) ends the socket.
+    async fn on_reported<T: Transport>(&mut self, reported: Reported, conn: &mut Conn<'_, T>) -> Flow {
+        let unknown = matches!(&reported.registry, Err(status) if status.code() == tonic::Code::NotFound);
+        self.take_back(reported);
+        if !unknown {
+            return Flow::Continue;
         }
-    }
-
-    /// Leaves the registry and statistics as the socket found them: the
-    /// session closed, every count reported.
-    async fn finish(mut self) {
-        // Counts a report in flight carries are not lost with the socket.
-        if let Some(task) = self.reporting.take()
-            && let Ok(reported) = task.await
-        {
-            self.on_reported(reported).await;
-        }
-        if self.registered {
-            self.flush_detector().await;
-            if let Err(error) = self.close_session().await {
-                tracing::warn!(%error, "could not close session; the inactivity sweep will");
-            }
-        }
-        self.report().await;
+        conn.registration().forget();
+        let message = Outbound::SessionTerminated {
+            status: "terminated",
+            session_id: &self.session.session_id,
+            message: "Session no longer registered (timed out or terminated)".to_owned(),
+            timestamp: timestamp(),
+        };
+        let _ = conn.send(&message).await;
+        Flow::Close(Close::Done("session ended".into()))
     }
 }
 

@@ -1,0 +1,125 @@
+//! Operations: `/health` (liveness, and each service's state), `/ready`
+//! (readiness, for load balancers) and `/metrics` (Prometheus).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use switchboard_proto::unix_now;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::connection::Driver;
+
+/// What the operations routes need.
+#[derive(Clone, Debug)]
+pub struct HealthState {
+    pub driver: Driver,
+    /// The services' channels, by name, for their gRPC health.
+    pub channels: [(&'static str, Channel); 3],
+    /// `cluster` with NATS, `single-instance` with the in-process bus.
+    pub mode: &'static str,
+}
+
+/// `/health`, `/ready`, `/metrics`.
+pub fn router(state: HealthState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// How long one service health check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A service's gRPC health, in a word.
+async fn service_health(channel: Channel) -> &'static str {
+    let mut client = HealthClient::new(channel);
+    let check = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        client.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await;
+    match check {
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => "serving",
+        Ok(Ok(_)) => "not_serving",
+        _ => "unreachable",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// `healthy` when every service answers SERVING, else `degraded`.
+    status: &'static str,
+    edge_id: String,
+    /// `cluster` with NATS, `single-instance` with the in-process bus.
+    mode: &'static str,
+    /// Sockets this edge holds, by endpoint.
+    connections: HashMap<String, u64>,
+    services: BTreeMap<&'static str, &'static str>,
+    timestamp: f64,
+}
+
+/// Liveness and a view of the services: always 200 while the edge runs,
+/// with each service's gRPC health.
+async fn health(State(state): State<HealthState>) -> Json<Health> {
+    let checks = state.channels.iter().map(|(name, channel)| {
+        let channel = channel.clone();
+        async move { (*name, service_health(channel).await) }
+    });
+    let services: BTreeMap<_, _> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
+    let healthy = services.values().all(|status| *status == "serving");
+    Json(Health {
+        status: if healthy { "healthy" } else { "degraded" },
+        edge_id: state.driver.edge_id().to_owned(),
+        mode: state.mode,
+        connections: state.driver.meter().connections(),
+        services,
+        timestamp: unix_now(),
+    })
+}
+
+/// Readiness: 200 while the edge accepts traffic and reaches the session
+/// registry, 503 while draining or when it cannot (take it out of rotation).
+async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.driver.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        );
+    }
+    let (_, session) = &state.channels[0];
+    match service_health(session.clone()).await {
+        "serving" => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "not_ready", "reason": "session service unreachable"}),
+            ),
+        ),
+    }
+}
+
+/// Prometheus/OpenMetrics text of this process's metrics.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            switchboard_proto::metrics::CONTENT_TYPE,
+        )],
+        switchboard_proto::metrics::encode(),
+    )
+}
