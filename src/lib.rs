@@ -1,30 +1,38 @@
-//! The `switchboard` binary's roles and how they are wired.
+//! The `switchboard` binary's roles and tools, and how they are wired.
 //!
-//! - [`Cli`]: the command line; every option is also an environment
-//!   variable (`switchboard <role> --help` lists them).
-//! - [`run`]: binds each role's listener, logs `listening` with the role and
-//!   address, and serves until SIGTERM or Ctrl-C.
-//! - [`telemetry`]: logs, as text for people or JSON for machines.
+//! - [`Cli`]: the command line: a [`Role`] to serve, or a [`Tool`] to run
+//!   once. Every role option is also an environment variable
+//!   (`switchboard <role> --help` lists them); each is declared once, in the
+//!   settings struct of the subsystem it configures, and the roles compose
+//!   those structs.
+//! - [`serve`]: binds each role's listener, logs `listening` with the role
+//!   and address, and serves until SIGTERM or Ctrl-C.
+//! - [`probe`], [`token`]: the tools, which print their output and exit.
+//! - [`telemetry`]: logs, as text for people or JSON for machines, and
+//!   traces.
 //!
 //! `all` runs every role in one process: the services bind loopback ports
 //! the OS picks (so two `all` processes never collide) and the edge dials
 //! them; with `NATS_URL` such processes form one cluster, without it the
 //! process is a cluster of one.
+//!
+//! The load generator is a binary of its own, `switchboard-bench`
+//! (`src/bin/switchboard-bench/`), not linked into this one.
 
-pub mod bench;
 pub mod probe;
 pub mod telemetry;
 pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard_bus::{Bus, BusSettings};
 use switchboard_edge::{EdgeSettings, ServiceUrls};
 use switchboard_session::SessionSettings;
-use switchboard_statistics::StatisticsSettings;
+use switchboard_statistics::{StatisticsSettings, UpdateSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,19 +43,21 @@ use tokio::sync::watch;
     about = "A real-time WebSocket edge with gRPC services and NATS fan-out"
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub log: telemetry::LogSettings,
-    /// Seconds a role may take to shut down after SIGTERM: the edge drains
-    /// its sockets (close 1012) and in-flight calls, services finish theirs.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS",
-        default_value_t = 25.0,
-        global = true
-    )]
-    pub drain_timeout_secs: f64,
     #[command(subcommand)]
-    pub role: Role,
+    pub command: Command,
+}
+
+/// A role serves until it is stopped; a tool does one thing and exits.
+#[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process: a role's settings are worth no box"
+)]
+pub enum Command {
+    #[command(flatten)]
+    Role(Role),
+    #[command(flatten)]
+    Tool(Tool),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,21 +72,60 @@ pub enum Role {
     Detection(DetectionArgs),
     /// The statistics service.
     Statistics(StatisticsArgs),
+}
+
+/// Tools log to stderr, so that their stdout is only their output.
+#[derive(Debug, Subcommand)]
+pub enum Tool {
     /// Checks a server's health and exits 0 when healthy (for container
     /// health checks).
     Probe(probe::ProbeArgs),
-    /// Load generator: measures a running deployment against a bare baseline.
-    Bench(bench::BenchArgs),
     /// Prints a JWT signed with the configured key, for development:
     /// `switchboard token --sub alice [--admin] [--ttl 1h] [--claim k=v]`.
     Token(token::TokenArgs),
 }
 
+/// What every role takes, and no tool: how the process logs and traces,
+/// and how long it may take to stop.
 #[derive(Debug, Args)]
-pub struct AllArgs {
+#[command(next_help_heading = "Logs, traces and shutdown")]
+pub struct ProcessSettings {
+    #[command(flatten)]
+    pub log: telemetry::LogSettings,
+    /// Seconds a role may take to shut down after SIGTERM: the edge drains
+    /// its sockets (close 1012) and in-flight calls, services finish theirs.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS", default_value_t = 25.0)]
+    pub drain_timeout_secs: f64,
+}
+
+impl ProcessSettings {
+    /// The drain deadline, within an hour.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_secs.clamp(0.0, 3600.0))
+    }
+}
+
+/// Where the edge listens (roles `all` and `edge`).
+#[derive(Debug, Args)]
+pub struct EdgeAddr {
     /// Address the edge's HTTP and WebSocket server listens on.
     #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
+}
+
+/// Where a service role serves Prometheus metrics (the edge serves its own
+/// on its HTTP port).
+#[derive(Debug, Args)]
+pub struct MetricsAddr {
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub edge_addr: EdgeAddr,
     /// gRPC address of the in-process session service (port 0: any free port).
     #[arg(
         long,
@@ -104,26 +153,26 @@ pub struct AllArgs {
     pub edge: EdgeSettings,
     #[command(flatten)]
     pub session: SessionSettings,
-    /// Seconds between two `statistics_update` messages, cluster-wide.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_STATISTICS_INTERVAL_SECS",
-        default_value_t = 5.0
-    )]
-    pub statistics_interval_secs: f64,
+    // The statistics service's settings but its session URL: the session
+    // service it asks is the one in this process.
+    #[command(flatten)]
+    pub statistics: UpdateSettings,
+    #[command(flatten)]
+    pub process: ProcessSettings,
 }
 
 #[derive(Debug, Args)]
 pub struct EdgeArgs {
-    /// Address the HTTP and WebSocket server listens on.
-    #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
-    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub edge_addr: EdgeAddr,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
     pub edge: EdgeSettings,
     #[command(flatten)]
     pub services: ServiceUrls,
+    #[command(flatten)]
+    pub process: ProcessSettings,
 }
 
 #[derive(Debug, Args)]
@@ -135,13 +184,14 @@ pub struct SessionArgs {
         default_value = "0.0.0.0:50051"
     )]
     pub grpc_addr: SocketAddr,
-    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
-    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsAddr,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
     pub session: SessionSettings,
+    #[command(flatten)]
+    pub process: ProcessSettings,
 }
 
 #[derive(Debug, Args)]
@@ -153,11 +203,12 @@ pub struct DetectionArgs {
         default_value = "0.0.0.0:50052"
     )]
     pub grpc_addr: SocketAddr,
-    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
-    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsAddr,
     #[command(flatten)]
     pub bus: BusSettings,
+    #[command(flatten)]
+    pub process: ProcessSettings,
 }
 
 #[derive(Debug, Args)]
@@ -169,13 +220,14 @@ pub struct StatisticsArgs {
         default_value = "0.0.0.0:50053"
     )]
     pub grpc_addr: SocketAddr,
-    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
-    #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsAddr,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
     pub statistics: StatisticsSettings,
+    #[command(flatten)]
+    pub process: ProcessSettings,
 }
 
 impl Role {
@@ -187,13 +239,28 @@ impl Role {
             Role::Session(_) => "session",
             Role::Detection(_) => "detection",
             Role::Statistics(_) => "statistics",
-            _ => "tool",
         }
     }
 
-    /// Tools print their output on stdout and exit; roles serve.
-    pub fn is_tool(&self) -> bool {
-        matches!(self, Role::Probe(_) | Role::Bench(_) | Role::Token(_))
+    /// How the role's process logs, traces and stops.
+    pub fn process(&self) -> &ProcessSettings {
+        match self {
+            Role::All(args) => &args.process,
+            Role::Edge(args) => &args.process,
+            Role::Session(args) => &args.process,
+            Role::Detection(args) => &args.process,
+            Role::Statistics(args) => &args.process,
+        }
+    }
+}
+
+impl Tool {
+    /// Runs the tool; its output goes to stdout.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Tool::Probe(args) => probe::run(&args).await,
+            Tool::Token(args) => token::run(&args),
+        }
     }
 }
 
@@ -285,29 +352,20 @@ impl Shutdown {
     }
 }
 
-/// Runs the role the command line chose until shutdown, or until the drain
-/// deadline after a shutdown signal.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Role::Probe(args) = &cli.role {
-        return probe::run(args).await;
-    }
-    if let Role::Bench(args) = &cli.role {
-        return bench::run(args).await;
-    }
-    if let Role::Token(args) = &cli.role {
-        return token::run(args);
-    }
+/// Serves `role` until shutdown, or until the drain deadline after a
+/// shutdown signal.
+pub async fn serve(role: Role) -> anyhow::Result<()> {
     let shutdown = Shutdown::start();
-    let deadline = std::time::Duration::from_secs_f64(cli.drain_timeout_secs.clamp(0.0, 3600.0));
+    let deadline = role.process().drain_timeout();
     let stopped = shutdown.signal();
     let overdue = async move {
         stopped.await;
         // A little more than the edge's own drain deadline, so the edge
         // reports how its drain ended before anything is cut short.
-        tokio::time::sleep(deadline + std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(deadline + Duration::from_secs(1)).await;
     };
     tokio::select! {
-        result = run_role(cli.role, deadline, shutdown) => result,
+        result = serve_role(role, deadline, shutdown) => result,
         () = overdue => {
             tracing::warn!("shutdown deadline passed, exiting");
             Ok(())
@@ -315,22 +373,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_role(
-    role: Role,
-    drain_timeout: std::time::Duration,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
+async fn serve_role(role: Role, drain_timeout: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
     match role {
-        Role::Probe(_) => unreachable!("probes run before any role"),
-        Role::Bench(_) => unreachable!("benches run before any role"),
-        Role::Token(_) => unreachable!("tokens are minted before any role"),
         Role::All(mut args) => {
             args.edge.drain_timeout = drain_timeout;
-            run_all(args, shutdown).await
+            // The whole system's state machine: on the heap, not on the stack.
+            Box::pin(run_all(args, shutdown)).await
         }
         Role::Edge(mut args) => {
             args.edge.drain_timeout = drain_timeout;
-            let listener = bind("edge", args.http_addr).await?;
+            let listener = bind("edge", args.edge_addr.http_addr).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal())
                 .await?;
@@ -338,21 +390,21 @@ async fn run_role(
         }
         Role::Session(args) => {
             let listener = bind("session", args.grpc_addr).await?;
-            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
+            serve_metrics(args.metrics.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_session::serve(args.session, bus, listener, shutdown.signal()).await?;
             Ok(())
         }
         Role::Detection(args) => {
             let listener = bind("detection", args.grpc_addr).await?;
-            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
+            serve_metrics(args.metrics.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_detection::serve(bus, listener, shutdown.signal()).await?;
             Ok(())
         }
         Role::Statistics(args) => {
             let listener = bind("statistics", args.grpc_addr).await?;
-            serve_metrics(args.metrics_addr, shutdown.signal()).await?;
+            serve_metrics(args.metrics.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
             switchboard_statistics::serve(args.statistics, bus, listener, shutdown.signal())
                 .await?;
@@ -371,10 +423,10 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         detection_listener.local_addr()?,
         statistics_listener.local_addr()?,
     );
-    let edge_listener = bind("edge", args.http_addr).await?;
+    let edge_listener = bind("edge", args.edge_addr.http_addr).await?;
     let statistics = StatisticsSettings {
         session_url: urls.session_url.clone(),
-        interval_secs: args.statistics_interval_secs,
+        updates: args.statistics,
     };
     // The services stop only once the edge has drained, so its last calls
     // (closing sessions, reporting usage) still find them.

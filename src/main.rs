@@ -1,16 +1,20 @@
-//! `switchboard`: one binary for every role. Parses the command line, sets
-//! up logging, and hands over to the role.
+//! `switchboard`: one binary for every role, and the tools that go with
+//! them. Parses the command line, sets up logging, and hands over to the
+//! role or the tool.
 
 use clap::Parser;
+use switchboard::{Cli, Command, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = switchboard::Cli::parse();
-    let output = if cli.role.is_tool() {
-        switchboard::telemetry::LogOutput::Stderr
-    } else {
-        switchboard::telemetry::LogOutput::Stdout
-    };
-    let _telemetry = switchboard::telemetry::init(&cli.log, cli.role.name(), output)?;
-    switchboard::run(cli).await
+    match Cli::parse().command {
+        Command::Role(role) => {
+            let _telemetry = telemetry::init(&role.process().log, role.name())?;
+            Box::pin(switchboard::serve(role)).await
+        }
+        Command::Tool(tool) => {
+            let _telemetry = telemetry::init_tool()?;
+            tool.run().await
+        }
+    }
 }

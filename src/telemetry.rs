@@ -25,23 +25,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a role logs and traces (tools log text to stderr and trace nothing).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogSettings {
     /// Log line format.
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// OTLP/HTTP endpoint to export traces to (e.g. http://collector:4318);
     /// no traces are exported when unset.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
     /// The service name traces carry; `switchboard-<role>` by default.
-    #[arg(long, env = "OTEL_SERVICE_NAME", global = true)]
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
 }
 
 /// Flushes the spans still buffered when dropped (at exit).
+#[derive(Debug)]
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
 }
@@ -60,38 +62,14 @@ impl Drop for Telemetry {
 /// stderr, so that its stdout is only its output (`TOKEN=$(switchboard
 /// token ...)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogOutput {
+enum LogOutput {
     Stdout,
     Stderr,
 }
 
-/// Installs logging, and tracing when configured; call once, first thing.
-pub fn init(settings: &LogSettings, role: &str, output: LogOutput) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = move || -> Box<dyn std::io::Write> {
-        match output {
-            LogOutput::Stdout => Box::new(std::io::stdout()),
-            LogOutput::Stderr => Box::new(std::io::stderr()),
-        }
-    };
-    let terminal = match output {
-        LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let logs = match settings.log_format {
-        // Colours only for a terminal, not for a file or a container log.
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_ansi(terminal)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
-    };
+/// Installs a role's logging (on stdout), and tracing when configured; call
+/// once, first thing.
+pub fn init(settings: &LogSettings, role: &str) -> anyhow::Result<Telemetry> {
     // An empty endpoint (as compose passes an unset variable) means none.
     let endpoint = settings
         .otlp_endpoint
@@ -117,7 +95,55 @@ pub fn init(settings: &LogSettings, role: &str, output: LogOutput) -> anyhow::Re
         }
         None => None,
     };
-    let traces = tracer_provider.as_ref().map(|provider| {
+    install(
+        settings.log_format,
+        LogOutput::Stdout,
+        tracer_provider.as_ref(),
+    )?;
+    Ok(Telemetry { tracer_provider })
+}
+
+/// Installs a tool's logging: text on stderr, no traces.
+pub fn init_tool() -> anyhow::Result<Telemetry> {
+    install(LogFormat::Text, LogOutput::Stderr, None)?;
+    Ok(Telemetry {
+        tracer_provider: None,
+    })
+}
+
+/// Installs the subscriber: `RUST_LOG` (`info` by default), the log lines,
+/// and the spans' exporter when there is one.
+fn install(
+    format: LogFormat,
+    output: LogOutput,
+    tracer_provider: Option<&SdkTracerProvider>,
+) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            LogOutput::Stdout => Box::new(std::io::stdout()),
+            LogOutput::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let terminal = match output {
+        LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let logs = match format {
+        // Colours only for a terminal, not for a file or a container log.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(terminal)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let traces = tracer_provider.map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("switchboard"))
             .boxed()
@@ -127,6 +153,5 @@ pub fn init(settings: &LogSettings, role: &str, output: LogOutput) -> anyhow::Re
         .with(logs)
         .with(traces)
         .try_init()
-        .map_err(|error| anyhow::anyhow!("cannot install logging: {error}"))?;
-    Ok(Telemetry { tracer_provider })
+        .map_err(|error| anyhow::anyhow!("cannot install logging: {error}"))
 }

@@ -1,4 +1,4 @@
-//! `switchboard bench` at its tiny size against a real `switchboard all`:
+//! `switchboard-bench` at its tiny size against a real `switchboard all`:
 //! every scenario runs once through the binary, exits 0 and writes the JSON
 //! it documents, with no loss and no error. No timing is asserted: this is
 //! a smoke test on a busy machine, not a measurement.
@@ -20,13 +20,13 @@ fn node() -> Switchboard {
     Switchboard::all(None, &["--jwt-secret", SECRET])
 }
 
-/// Runs `switchboard bench <scenario> --tiny` against `node` and returns
+/// Runs `switchboard-bench <scenario> --tiny` against `node` and returns
 /// its JSON file.
 fn bench(node: &Switchboard, scenario: &str, extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("bench.json");
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", scenario, "--tiny"])
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args([scenario, "--tiny"])
         .args(["--edge", &node.ws(""), "--http", &node.http()])
         .args(["--jwt-secret", SECRET, "--json"])
         .arg(&json)
@@ -35,7 +35,7 @@ fn bench(node: &Switchboard, scenario: &str, extra: &[&str]) -> Value {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("switchboard binary");
+        .expect("switchboard-bench binary");
     let pid = child.id();
     let (finished, output) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

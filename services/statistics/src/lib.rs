@@ -75,6 +75,15 @@ pub struct StatisticsSettings {
     )]
     pub session_url: String,
 
+    #[command(flatten)]
+    pub updates: UpdateSettings,
+}
+
+/// How often the cluster's `statistics_update` goes out: apart from the
+/// session URL, which `switchboard all` does not take (its session service
+/// is its own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpdateSettings {
     /// Seconds between two `statistics_update` messages, cluster-wide.
     #[arg(
         long = "statistics-interval-secs",
@@ -106,7 +115,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StatisticsError> {
     let counters = Counters::open(&settings, &bus).await?;
-    let interval = Duration::from_secs_f64(settings.interval_secs.clamp(0.05, 3600.0));
+    let interval = Duration::from_secs_f64(settings.updates.interval_secs.clamp(0.05, 3600.0));
     let events = bus
         .queue_subscribe(
             subjects::UI_MESSAGES.to_owned(),
@@ -384,7 +393,7 @@ mod tests {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
         let settings = StatisticsSettings {
             session_url: "http://127.0.0.1:1".into(),
-            interval_secs: 5.0,
+            updates: UpdateSettings { interval_secs: 5.0 },
         };
         let counters = Counters::open(&settings, &bus).await.unwrap();
         let delta = |requests, steps| Usage {
@@ -409,7 +418,7 @@ mod tests {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
         let settings = StatisticsSettings {
             session_url: "http://127.0.0.1:1".into(),
-            interval_secs: 5.0,
+            updates: UpdateSettings { interval_secs: 5.0 },
         };
         let counters = Counters::open(&settings, &bus).await.unwrap();
         let reports: Vec<_> = (0..400)

@@ -1,5 +1,5 @@
-//! `bench alerts`: an alert raised → `anomaly_detected` on the user's
-//! `/ws/alerts/{user}` socket, across instances.
+//! `switchboard-bench alerts`: an alert raised → `anomaly_detected` on the
+//! user's `/ws/alerts/{user}` socket, across instances.
 //!
 //! Every user has one alerts connection, on instance `i`; its alerts are
 //! raised by an admin with `POST /api/alerts` on instance `i + 1` (the same

@@ -16,7 +16,7 @@
 //!
 //! It uses the edge's buffer sizes (4 KiB read buffer, unbuffered writes)
 //! and turns Nagle's algorithm off. The bench runs it as a child process
-//! (`switchboard bench baseline-server`, hidden) so that its resident
+//! (`switchboard-bench baseline-server`, hidden) so that its resident
 //! memory is its own and it has its own threads, as the edge does; the
 //! child exits when its standard input closes, so it never outlives the
 //! bench.
@@ -58,11 +58,12 @@ pub struct BaselineProcess {
 }
 
 impl BaselineProcess {
-    /// Starts `switchboard bench baseline-server` and waits for its address.
+    /// Starts `switchboard-bench baseline-server` and waits for its address.
     pub fn start() -> anyhow::Result<Self> {
-        let executable = std::env::current_exe().context("cannot find the switchboard binary")?;
+        let executable =
+            std::env::current_exe().context("cannot find the switchboard-bench binary")?;
         let mut child = Command::new(executable)
-            .args(["bench", "baseline-server"])
+            .arg("baseline-server")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `bench connections`: many idle connections, held.
+//! `switchboard-bench connections`: many idle connections, held.
 //!
 //! Half the connections go to `/ws/realtime` (each one a registry session)
 //! and half to `/ws/ui` (each one a hub member), in that order and in two

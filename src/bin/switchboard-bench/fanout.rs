@@ -1,4 +1,5 @@
-//! `bench fanout`: `/ws/ui` clients spread over the edges, and publishers.
+//! `switchboard-bench fanout`: `/ws/ui` clients spread over the edges, and
+//! publishers.
 //!
 //! The publishers broadcast `--rate` telemetry messages a second through
 //! the first instance (`POST /api/events/broadcast/telemetry`), each

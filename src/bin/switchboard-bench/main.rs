@@ -1,6 +1,8 @@
-//! `switchboard bench <scenario>`: the load generator that ships with the
+//! `switchboard-bench <scenario>`: the load generator that ships with the
 //! project, so a deployment can be measured on the machine it runs on and
-//! compared with what that machine does with the bare protocol.
+//! compared with what that machine does with the bare protocol. A binary of
+//! its own, so none of it (nor its histogram and client crates) is linked
+//! into `switchboard`, the server.
 //!
 //! Every scenario runs the same load twice in one run: against the
 //! deployment (`--edge` / `--http` URLs) and against the [`baseline`], a
@@ -25,25 +27,35 @@
 //! Only loopback addresses are accepted, every wait has a deadline, and
 //! every loop is bounded in count and time.
 
-pub mod alerts;
-pub mod baseline;
-pub mod client;
-pub mod connections;
-pub mod fanout;
-pub mod measure;
-pub mod realtime;
-pub mod report;
-pub mod target;
+mod alerts;
+mod baseline;
+mod client;
+mod connections;
+mod fanout;
+mod measure;
+mod realtime;
+mod report;
+mod target;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    about = "Load generator: measures a running Switchboard deployment against a bare baseline"
+)]
+struct Cli {
     #[command(subcommand)]
-    pub scenario: Scenario,
+    scenario: Scenario,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(&Cli::parse().scenario).await
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,8 +115,8 @@ pub struct Common {
 }
 
 /// Runs a scenario, prints its table and writes its JSON file.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let (common, report) = match &args.scenario {
+async fn run(scenario: &Scenario) -> anyhow::Result<()> {
+    let (common, report) = match scenario {
         Scenario::BaselineServer => return baseline::run_child().await,
         Scenario::Connections(args) => {
             raise_open_file_limit();
@@ -140,6 +152,10 @@ async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 /// Ten thousand sockets need more descriptors than the usual soft limit of
 /// 1024: raise it to the hard limit (`ulimit -Hn`), which needs no
 /// privilege. The baseline child inherits the raised limit.
+#[allow(
+    unsafe_code,
+    reason = "std has no safe getrlimit/setrlimit; the calls only touch the struct given"
+)]
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

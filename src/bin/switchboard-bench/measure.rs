@@ -92,6 +92,10 @@ pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
 
 /// CPU time (user and system) `pid` has used, in seconds, from
 /// `/proc/<pid>/stat`.
+#[allow(
+    unsafe_code,
+    reason = "std has no safe sysconf; the clock tick rate is needed to read /proc/<pid>/stat"
+)]
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it do not.

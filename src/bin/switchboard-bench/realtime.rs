@@ -1,5 +1,5 @@
-//! `bench realtime`: step-detection sessions streaming accelerometer
-//! samples on `/ws/realtime`.
+//! `switchboard-bench realtime`: step-detection sessions streaming
+//! accelerometer samples on `/ws/realtime`.
 //!
 //! Two ways to load:
 //!

@@ -21,8 +21,6 @@ const REST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// One side of the comparison.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `switchboard` or `baseline`.
-    pub name: &'static str,
     /// WebSocket base URLs, e.g. `ws://127.0.0.1:8000`.
     pub edges: Vec<String>,
     /// Processes whose resident memory is the target's.
@@ -67,7 +65,6 @@ impl Target {
             bail!("give at least one --edge URL");
         }
         Ok(Self {
-            name: "switchboard",
             edges,
             pids: common.edge_pids.clone(),
             rest: Some(Rest {
@@ -84,15 +81,10 @@ impl Target {
     /// The baseline server the bench started.
     pub fn baseline(process: &BaselineProcess) -> Self {
         Self {
-            name: "baseline",
             edges: vec![format!("ws://{}", process.addr)],
             pids: vec![process.pid()],
             rest: None,
         }
-    }
-
-    pub fn is_baseline(&self) -> bool {
-        self.rest.is_none()
     }
 
     /// The URL of `path` on the edge client `index` uses (clients are
