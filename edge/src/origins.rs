@@ -137,7 +137,7 @@ pub async fn refuse_foreign(
         .get(ORIGIN)
         .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned())
         .unwrap_or_default();
-    tracing::info!(origin = %origin, path = %request.uri().path(), "request from a foreign origin refused");
+    tracing::info!(origin = ?origin, path = ?request.uri().path(), "request from a foreign origin refused");
     let body = serde_json::json!({
         "detail": format!("origin {origin} is not allowed to call this server"),
         "code": "forbidden_origin",

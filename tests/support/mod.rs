@@ -256,6 +256,22 @@ impl Switchboard {
         format!("http://{}", self.addr(role))
     }
 
+    /// `switchboard <args>` with extra environment variables (which may
+    /// override the JSON log format).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Self::spawn_with(args, env)
+    }
+
+    /// Every line the process printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.output.lines.lock().unwrap().clone()
+    }
+
     /// Whether the process logged a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.output.contains(needle)

@@ -241,7 +241,7 @@ impl Handler for AlertsConnection {
 
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
         self.connection_id = conn.registration().session().session_id.clone();
-        tracing::info!(user = %self.user_id, connection_id = %self.connection_id, "alerts connection opened");
+        tracing::info!(user = ?self.user_id, connection_id = %self.connection_id, "alerts connection opened");
         let reader = match self.state.mailbox.read(&self.user_id).await {
             Ok(reader) => reader,
             Err(error) => {

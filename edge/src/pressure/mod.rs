@@ -466,7 +466,7 @@ impl PressureConnection {
                     detection: None,
                 },
             );
-            tracing::info!(workout_id = %workout_id, "joined workout");
+            tracing::info!(workout_id = ?workout_id, "joined workout");
         }
         Ok(Outbound::SessionJoined {
             workout_id,
@@ -481,7 +481,7 @@ impl PressureConnection {
             if let Delivery::SocketIo(socket) = &self.delivery {
                 socket.leave(socketio_room(&workout_id));
             }
-            tracing::info!(workout_id = %workout_id, "left workout");
+            tracing::info!(workout_id = ?workout_id, "left workout");
         }
         Ok(Outbound::SessionEnded { workout_id })
     }

@@ -210,7 +210,7 @@ async fn deliver(rooms: &Rooms, workout_id: &str, socketio_room: &str, payload: 
     for member in rooms.websocket_members(workout_id) {
         if member.try_send(payload.clone()).is_err() {
             switchboard_proto::metrics::metrics().outbound_drop("room_member");
-            tracing::debug!(workout_id = %workout_id, "slow room member, event dropped");
+            tracing::debug!(workout_id = ?workout_id, "slow room member, event dropped");
         }
     }
     match RawValue::from_string(text.to_owned()) {

@@ -14,7 +14,8 @@
 //!   detector starts afresh (a few seconds of window), while the session's
 //!   totals stay in the session registry. Every stream also watches for a
 //!   fall; a fall becomes an alert for the stream's user, stored before the
-//!   reply that names it.
+//!   reply that names it. The server is the one place the detectors' and
+//!   the alerts' errors become gRPC statuses.
 
 pub mod alerts;
 pub mod fall;
@@ -27,6 +28,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use switchboard_bus::{Bus, BusError};
+use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
 use switchboard_proto::server;
 use switchboard_proto::trace::continued;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
@@ -39,7 +41,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use alerts::Alerts;
+use alerts::{AlertError, Alerts};
 use fall::{Fall, FallConfig, FallDetector};
 use pressure::{PeakAnomaly, PeakMonitor, PeakMonitorConfig};
 use steps::{DetectorConfig, StepDetector};
@@ -117,7 +119,7 @@ impl SessionDetectors {
 
     /// Applies one request: reset, samples, flush; stores an alert for each
     /// fall before replying.
-    async fn step(&mut self, request: StepRequest) -> Result<StepReply, Status> {
+    async fn step(&mut self, request: StepRequest) -> Result<StepReply, AlertError> {
         if request.reset {
             self.steps.reset();
             self.falls.reset();
@@ -148,14 +150,20 @@ impl SessionDetectors {
 }
 
 /// The statistics of a frame, or why it is refused.
-fn analyse(request: &FrameRequest) -> Result<pressure::FrameStats, String> {
+fn analyse(request: &FrameRequest) -> Result<pressure::FrameStats, pressure::FrameError> {
     let matrix: Vec<Vec<f64>> = request
         .matrix
         .iter()
         .map(|row| row.values.clone())
         .collect();
     pressure::frame_stats(&matrix, pressure::DEFAULT_CONTACT_THRESHOLD)
-        .map_err(|error| error.to_string())
+}
+
+impl ServiceError for pressure::FrameError {
+    /// A frame the detectors cannot read is the client's to fix.
+    fn error_code(&self) -> ErrorCode {
+        ErrorCode::InvalidArgument
+    }
 }
 
 fn to_proto(stats: &pressure::FrameStats) -> FrameStats {
@@ -184,12 +192,12 @@ struct FrameDetectors {
 }
 
 impl FrameDetectors {
-    async fn frame(&mut self, request: FrameRequest) -> Result<FrameReply, Status> {
+    async fn frame(&mut self, request: FrameRequest) -> Result<FrameReply, AlertError> {
         let stats = match analyse(&request) {
             Ok(stats) => stats,
             Err(error) => {
                 return Ok(FrameReply {
-                    error,
+                    error: error.to_string(),
                     ..Default::default()
                 });
             }
@@ -254,7 +262,7 @@ trait StreamDetectors: Send + 'static {
     fn handle(
         &mut self,
         request: Self::Request,
-    ) -> impl Future<Output = Result<Self::Reply, Status>> + Send + '_;
+    ) -> impl Future<Output = Result<Self::Reply, AlertError>> + Send + '_;
 }
 
 impl StreamDetectors for SessionDetectors {
@@ -271,7 +279,7 @@ impl StreamDetectors for SessionDetectors {
     fn handle(
         &mut self,
         request: StepRequest,
-    ) -> impl Future<Output = Result<StepReply, Status>> + Send + '_ {
+    ) -> impl Future<Output = Result<StepReply, AlertError>> + Send + '_ {
         self.step(request)
     }
 }
@@ -283,19 +291,20 @@ impl StreamDetectors for FrameDetectors {
     fn span(request: &FrameRequest) -> tracing::Span {
         continued(
             &request.trace_context,
-            || tracing::info_span!("detection.frame", workout_id = %request.workout_id, trace_id = tracing::field::Empty),
+            || tracing::info_span!("detection.frame", workout_id = ?request.workout_id, trace_id = tracing::field::Empty),
         )
     }
 
     fn handle(
         &mut self,
         request: FrameRequest,
-    ) -> impl Future<Output = Result<FrameReply, Status>> + Send + '_ {
+    ) -> impl Future<Output = Result<FrameReply, AlertError>> + Send + '_ {
         self.frame(request)
     }
 }
 
-/// One reply per request of a stream, in order, from `detectors`.
+/// One reply per request of a stream, in order, from `detectors`; a
+/// request that fails is its error's status in the reply stream.
 fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) -> Replies<D::Reply> {
     Box::pin(futures::stream::unfold(
         (requests, detectors),
@@ -303,7 +312,11 @@ fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) ->
             let reply = match requests.next().await? {
                 Ok(request) => {
                     let span = D::span(&request);
-                    detectors.handle(request).instrument(span).await
+                    detectors
+                        .handle(request)
+                        .instrument(span)
+                        .await
+                        .map_err(status)
                 }
                 Err(status) => Err(status),
             };
@@ -332,13 +345,10 @@ impl DetectionService for Detection {
         &self,
         request: Request<FrameRequest>,
     ) -> Result<Response<FrameReply>, Status> {
-        match analyse(request.get_ref()) {
-            Ok(stats) => Ok(Response::new(FrameReply {
-                stats: Some(to_proto(&stats)),
-                ..Default::default()
-            })),
-            Err(error) => Err(Status::invalid_argument(error)),
-        }
+        reply(analyse(request.get_ref()).map(|stats| FrameReply {
+            stats: Some(to_proto(&stats)),
+            ..Default::default()
+        }))
     }
 
     async fn stream_steps(
@@ -367,10 +377,7 @@ impl DetectionService for Detection {
         &self,
         request: Request<RaiseAlertRequest>,
     ) -> Result<Response<Alert>, Status> {
-        self.alerts
-            .raise(request.into_inner())
-            .await
-            .map(Response::new)
+        reply(self.alerts.raise(request.into_inner()).await)
     }
 
     async fn ack_alert(
@@ -378,15 +385,15 @@ impl DetectionService for Detection {
         request: Request<AckAlertRequest>,
     ) -> Result<Response<AckAlertResponse>, Status> {
         let request = request.into_inner();
-        self.alerts.ack(&request.user_id, &request.alert_id).await?;
-        Ok(Response::new(AckAlertResponse {}))
+        let acked = self.alerts.ack(&request.user_id, &request.alert_id).await;
+        reply(acked.map(|()| AckAlertResponse {}))
     }
 
     async fn list_alerts(
         &self,
         request: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
-        let alerts = self.alerts.list(&request.into_inner().user_id).await?;
-        Ok(Response::new(ListAlertsResponse { alerts }))
+        let alerts = self.alerts.list(&request.into_inner().user_id).await;
+        reply(alerts.map(|alerts| ListAlertsResponse { alerts }))
     }
 }
