@@ -53,6 +53,11 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// A connection gauge, as [`Metrics::connection`] hands it out.
 pub use prometheus_client::metrics::gauge::Gauge as ConnectionGauge;
 
@@ -64,6 +69,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The process's metrics.
+#[derive(Debug)]
 pub struct Metrics {
     pub connections: Family<EndpointLabel, Gauge>,
     pub messages: Family<DirectionLabel, Counter>,
@@ -72,6 +78,7 @@ pub struct Metrics {
     pub grpc_server_duration: Histograms,
     pub nats_publish_failures: Counter,
     pub outbound_drops: Family<QueueLabel, Counter>,
+    pub refused_connections: Family<ReasonLabel, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -82,6 +89,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     grpc_server_duration: Family::new_with_constructor(latency_histogram),
     nats_publish_failures: Counter::default(),
     outbound_drops: Family::default(),
+    refused_connections: Family::default(),
 });
 
 /// The process's metrics.
@@ -102,6 +110,16 @@ impl Metrics {
         self.outbound_drops
             .get_or_create(&QueueLabel {
                 queue: queue.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A connection refused before it was read (`max_connections`,
+    /// `per_ip`, `connect_rate`).
+    pub fn refused_connection(&self, reason: &str) {
+        self.refused_connections
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }
@@ -164,6 +182,11 @@ pub fn encode() -> String {
         "outbound_drops",
         "Messages or clients dropped because a bounded queue was full",
         metrics.outbound_drops.clone(),
+    );
+    registry.register(
+        "refused_connections",
+        "Connections refused before they were read, by reason",
+        metrics.refused_connections.clone(),
     );
     // Tasks alive in this process's runtime: each connection has its own,
     // so a number that does not come back down when clients leave is a leak.

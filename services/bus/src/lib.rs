@@ -7,26 +7,39 @@
 //! process, for a laptop or a small device: one process is then the whole
 //! cluster, and it says so in its log.
 //!
+//! - [`BusSettings`]: the NATS servers (one URL or a comma-separated list
+//!   the client moves across) and the JetStream replicas of everything the
+//!   bus creates.
 //! - [`Bus`]: connect, publish, subscribe, open a [`KeyValue`] bucket.
-//! - [`KeyValue`]: get / create / compare-and-swap update / delete, the
-//!   operations the registry and the counters need, with the same semantics
-//!   in both modes (revisions, conflicts).
+//! - [`KeyValue`]: get / put / create / delete, and [`KeyValue::update`],
+//!   the one compare-and-swap loop every shared record is changed with,
+//!   with the same semantics in both modes (revisions, conflicts).
 //! - [`Log`]: append-only per-key logs that lose nothing (frames).
 //! - [`Mailbox`]: per-owner messages kept until removed (alerts until
 //!   acknowledged), read as backlog then live.
+//! - [`hub`]: the UI and statistics-stream messages clients get through
+//!   NATS, built and checked in one place, and their subjects.
 //! - [`subjects`]: every subject name, in one place.
+//! - [`BusError`]: what failed, with its cause as the error's source; it
+//!   says what kind of failure it is ([`ServiceError`]), and each service
+//!   maps that to a gRPC status at its server.
 
+pub mod hub;
+mod key_value;
 mod local;
 pub mod log;
 pub mod mailbox;
 
-use std::fmt::Display;
+use std::error::Error;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::ServerAddr;
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
+use switchboard_proto::error::{ErrorCode, ServiceError};
 
+pub use key_value::{Change, Contended, Entry, KeyValue};
 pub use local::LocalBus;
 pub use log::Log;
 pub use mailbox::{Letter, Mailbox, MailboxReader};
@@ -35,22 +48,71 @@ pub use mailbox::{Letter, Mailbox, MailboxReader};
 /// NATS outage turns into an error instead of a hang.
 const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the bus lives: a NATS URL, or nothing for the in-process bus.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Copies JetStream keeps of each stream and bucket when none is asked
+/// for: one, what a single NATS server can hold.
+pub const DEFAULT_JETSTREAM_REPLICAS: usize = 1;
+
+/// Where the bus lives: NATS servers, or none for the in-process bus.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BusSettings {
-    /// NATS server URL (JetStream enabled). Without it the process runs
-    /// alone, with an in-process bus and in-memory state.
-    #[arg(long = "nats-url", env = "NATS_URL")]
-    pub nats_url: Option<String>,
+    /// NATS server URL (JetStream enabled), or several separated by commas:
+    /// the servers of one NATS cluster, which the client moves across when
+    /// the one it uses fails. Without it the process runs alone, with an
+    /// in-process bus and in-memory state.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        value_delimiter = ',',
+        value_parser = nats_server
+    )]
+    pub nats_servers: Vec<ServerAddr>,
+
+    /// Copies JetStream keeps of every stream and key-value bucket the bus
+    /// creates (1 to 5; more than one needs a NATS cluster). An existing
+    /// stream with another count is updated to this one.
+    #[arg(
+        long = "jetstream-replicas",
+        env = "SWITCHBOARD_JETSTREAM_REPLICAS",
+        default_value_t = DEFAULT_JETSTREAM_REPLICAS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5),
+    )]
+    pub jetstream_replicas: usize,
+}
+
+/// One NATS server's URL (`nats://host:port`, `tls://…`, or `host:port`).
+fn nats_server(url: &str) -> Result<ServerAddr, String> {
+    let server = url
+        .trim()
+        .parse::<ServerAddr>()
+        .map_err(|error| error.to_string())?;
+    if server.host().is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(server)
+}
+
+impl Default for BusSettings {
+    /// The in-process bus.
+    fn default() -> Self {
+        Self {
+            nats_servers: Vec::new(),
+            jetstream_replicas: DEFAULT_JETSTREAM_REPLICAS,
+        }
+    }
 }
 
 /// A bus failure, as callers need to tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("nats: {0}")]
-    Nats(String),
+    /// NATS or JetStream failed, or did not answer in time.
+    #[error("nats: {source}")]
+    Nats {
+        #[source]
+        source: Box<dyn Error + Send + Sync>,
+    },
     /// A compare-and-swap lost to a concurrent writer (or the key already
-    /// existed, for a create): read again and retry.
+    /// existed, for a create): read again and retry, as
+    /// [`KeyValue::update`] does.
     #[error("revision conflict on key {0}")]
     Conflict(String),
     /// An in-process store reached its memory bound.
@@ -58,12 +120,30 @@ pub enum BusError {
     Full(String),
 }
 
-/// The header of a KV message that says whether it is a put or a removal
-/// (ADR-8).
-const KV_OPERATION: &str = "KV-Operation";
+impl BusError {
+    /// True when a concurrent writer got there first.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, BusError::Conflict(_))
+    }
+}
 
-fn nats_error(error: impl Display) -> BusError {
-    BusError::Nats(error.to_string())
+impl ServiceError for BusError {
+    /// NATS trouble is the caller's "try again"; a conflict that survived
+    /// the caller's own retries is a contended write; a full store is a
+    /// limit reached.
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            BusError::Nats { .. } => ErrorCode::Unavailable,
+            BusError::Conflict(_) => ErrorCode::Contended,
+            BusError::Full(_) => ErrorCode::LimitReached,
+        }
+    }
+}
+
+fn nats_error(error: impl Error + Send + Sync + 'static) -> BusError {
+    BusError::Nats {
+        source: Box::new(error),
+    }
 }
 
 /// One message received from a subscription.
@@ -121,31 +201,46 @@ pub enum Bus {
 pub struct NatsBus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    /// Copies JetStream keeps of each stream and bucket this bus creates.
+    replicas: usize,
 }
 
 impl Bus {
-    /// Connects to NATS when `settings` names a URL, otherwise starts the
+    /// Connects to NATS when `settings` names servers, otherwise starts the
     /// in-process bus.
     pub async fn connect(settings: &BusSettings) -> Result<Self, BusError> {
-        match &settings.nats_url {
-            Some(url) => {
-                let client = async_nats::ConnectOptions::new()
-                    .name("switchboard")
-                    .request_timeout(Some(NATS_REQUEST_TIMEOUT))
-                    .connect(url.as_str())
-                    .await
-                    .map_err(nats_error)?;
-                tracing::info!(url = %url, "connected to nats");
-                let jetstream = jetstream::new(client.clone());
-                Ok(Bus::Nats(Box::new(NatsBus { client, jetstream })))
-            }
-            None => {
-                tracing::warn!(
-                    "no NATS_URL: single-instance mode, in-process bus and in-memory state"
-                );
-                Ok(Bus::Local(LocalBus::default()))
-            }
+        if settings.nats_servers.is_empty() {
+            tracing::warn!("no NATS_URL: single-instance mode, in-process bus and in-memory state");
+            return Ok(Bus::Local(LocalBus::default()));
         }
+        // Host and port only: a URL may carry a password.
+        let servers = settings
+            .nats_servers
+            .iter()
+            .map(|server| format!("{}:{}", server.host(), server.port()))
+            .collect::<Vec<_>>()
+            .join(",");
+        // With several servers the client reconnects to another when its
+        // own fails, and learns the cluster's others from the one it uses.
+        let client = async_nats::ConnectOptions::new()
+            .name("switchboard")
+            .request_timeout(Some(NATS_REQUEST_TIMEOUT))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("nats connected"),
+                    other => tracing::warn!(event = %other, "nats connection event"),
+                }
+            })
+            .connect(settings.nats_servers.as_slice())
+            .await
+            .map_err(nats_error)?;
+        tracing::info!(%servers, replicas = settings.jetstream_replicas, "connected to nats");
+        let jetstream = jetstream::new(client.clone());
+        Ok(Bus::Nats(Box::new(NatsBus {
+            client,
+            jetstream,
+            replicas: settings.jetstream_replicas,
+        })))
     }
 
     /// True when this process is the whole cluster.
@@ -212,24 +307,18 @@ impl Bus {
     pub async fn key_value(&self, bucket: &str) -> Result<KeyValue, BusError> {
         match self {
             Bus::Nats(nats) => {
-                if let Ok(store) = nats.jetstream.get_key_value(bucket).await {
-                    return Ok(KeyValue::Nats(Box::new(store)));
-                }
                 // `create_key_value` first reads the account's JetStream
                 // info, which async-nats cannot parse from nats-server 2.9
-                // (Debian's); creating the bucket's stream directly, as
-                // the KV layout prescribes, works on every 2.9+ server.
-                let created = nats.jetstream.create_stream(kv_stream_config(bucket)).await;
-                // Another replica may have created it in between: open it
-                // either way, and report the create error only if that fails.
-                nats.jetstream
+                // (Debian's); opening the bucket's stream directly, as the
+                // KV layout prescribes, works on every 2.9+ server, and
+                // brings an existing bucket's replicas to the settings'.
+                open_stream(&nats.jetstream, kv_stream_config(bucket, nats.replicas)).await?;
+                let store = nats
+                    .jetstream
                     .get_key_value(bucket)
                     .await
-                    .map(|store| KeyValue::Nats(Box::new(store)))
-                    .map_err(|open_error| match created {
-                        Err(create_error) => nats_error(create_error),
-                        Ok(_) => nats_error(open_error),
-                    })
+                    .map_err(nats_error)?;
+                Ok(KeyValue::Nats(Box::new(store)))
             }
             Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
         }
@@ -238,7 +327,9 @@ impl Bus {
     /// Opens (creating when needed) the log `name`.
     pub async fn log(&self, name: &str) -> Result<Log, BusError> {
         match self {
-            Bus::Nats(nats) => Ok(Log::Nats(Box::new(log::open(&nats.jetstream, name).await?))),
+            Bus::Nats(nats) => Ok(Log::Nats(Box::new(
+                log::open(&nats.jetstream, name, nats.replicas).await?,
+            ))),
             Bus::Local(local) => Ok(Log::Local(local.log(name))),
         }
     }
@@ -247,27 +338,9 @@ impl Bus {
     pub async fn mailbox(&self, name: &str) -> Result<Mailbox, BusError> {
         match self {
             Bus::Nats(nats) => Ok(Mailbox::Nats(Box::new(
-                mailbox::open(&nats.jetstream, name).await?,
+                mailbox::open(&nats.jetstream, name, nats.replicas).await?,
             ))),
             Bus::Local(local) => Ok(Mailbox::Local(local.mailbox(name))),
-        }
-    }
-
-    /// Announces a system event to every `/ws/ui` client (seed 003's
-    /// `event` message) and to the statistics counters. Best effort: an
-    /// event that cannot be published is logged, never an error for the
-    /// caller.
-    pub async fn announce(&self, event_type: &str, mut data: serde_json::Value) {
-        if let serde_json::Value::Object(fields) = &mut data {
-            fields.insert("timestamp".into(), serde_json::Value::String(rfc3339_now()));
-        }
-        let message = serde_json::json!({"type": "event", "event_type": event_type, "data": data});
-        let payload = Bytes::from(message.to_string());
-        if let Err(error) = self
-            .publish(subjects::UI_MESSAGES.to_owned(), payload)
-            .await
-        {
-            tracing::debug!(%error, event_type, "event not announced");
         }
     }
 
@@ -289,21 +362,21 @@ pub(crate) async fn open_stream(
     config: jetstream::stream::Config,
 ) -> Result<jetstream::stream::Stream, BusError> {
     let name = config.name.clone();
-    if let Ok(mut stream) = jetstream.get_stream(&name).await {
-        let current = stream.cached_info().config.clone();
-        if current.subjects == config.subjects {
+    if let Ok(stream) = jetstream.get_stream(&name).await {
+        let current = &stream.cached_info().config;
+        let Some(updated) = reconciled(current, &config) else {
             return Ok(stream);
-        }
-        // A stream an older version laid out: take the new subjects, keep
-        // what it holds.
-        tracing::info!(stream = %name, from = ?current.subjects, to = ?config.subjects, "stream subjects updated");
-        let updated = jetstream::stream::Config {
-            subjects: config.subjects,
-            ..current
         };
+        tracing::info!(
+            stream = %name,
+            subjects = ?updated.subjects,
+            replicas = updated.num_replicas,
+            was_subjects = ?current.subjects,
+            was_replicas = current.num_replicas,
+            "stream updated"
+        );
         jetstream.update_stream(updated).await.map_err(nats_error)?;
-        stream = jetstream.get_stream(&name).await.map_err(nats_error)?;
-        return Ok(stream);
+        return jetstream.get_stream(&name).await.map_err(nats_error);
     }
     match jetstream.create_stream(config).await {
         Ok(stream) => Ok(stream),
@@ -312,6 +385,24 @@ pub(crate) async fn open_stream(
             .await
             .map_err(|_| nats_error(create_error)),
     }
+}
+
+/// What an existing stream laid out as `current` must be updated to so it
+/// has the subjects and replicas `wanted` asks for (a stream an older
+/// version laid out, or settings that changed), keeping everything else it
+/// has and what it holds; `None` when it already has them.
+fn reconciled(
+    current: &jetstream::stream::Config,
+    wanted: &jetstream::stream::Config,
+) -> Option<jetstream::stream::Config> {
+    if current.subjects == wanted.subjects && current.num_replicas == wanted.num_replicas {
+        return None;
+    }
+    Some(jetstream::stream::Config {
+        subjects: wanted.subjects.clone(),
+        num_replicas: wanted.num_replicas,
+        ..current.clone()
+    })
 }
 
 /// A JetStream stream whose subjects share a prefix, one subject token per
@@ -396,8 +487,8 @@ impl PrefixedStream {
 }
 
 /// The stream behind a JetStream KV bucket with one revision per key, as
-/// NATS's KV specification (ADR-8) lays it out.
-fn kv_stream_config(bucket: &str) -> jetstream::stream::Config {
+/// NATS's KV specification (ADR-8) lays it out, kept in `replicas` copies.
+fn kv_stream_config(bucket: &str, replicas: usize) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -406,7 +497,7 @@ fn kv_stream_config(bucket: &str) -> jetstream::stream::Config {
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
@@ -428,156 +519,6 @@ impl Subscription {
                 payload: message.payload,
             }),
             Subscription::Local(receiver) => receiver.recv().await,
-        }
-    }
-}
-
-/// A value and the revision it was written at, for compare-and-swap.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub value: Bytes,
-    pub revision: u64,
-}
-
-/// A key-value bucket: JetStream KV or its in-process twin.
-#[derive(Clone, Debug)]
-pub enum KeyValue {
-    Nats(Box<kv::Store>),
-    Local(local::LocalKeyValue),
-}
-
-impl KeyValue {
-    /// The current value of `key`, if it has one.
-    pub async fn get(&self, key: &str) -> Result<Option<Entry>, BusError> {
-        match self {
-            KeyValue::Nats(store) => {
-                let entry = store.entry(key).await.map_err(nats_error)?;
-                Ok(entry
-                    .filter(|entry| entry.operation == kv::Operation::Put)
-                    .map(|entry| Entry {
-                        value: entry.value,
-                        revision: entry.revision,
-                    }))
-            }
-            KeyValue::Local(local) => Ok(local.get(key)),
-        }
-    }
-
-    /// Writes `key` whatever it held: for records with a single writer.
-    pub async fn put(&self, key: &str, value: Bytes) -> Result<(), BusError> {
-        match self {
-            KeyValue::Nats(store) => store.put(key, value).await.map(|_| ()).map_err(nats_error),
-            KeyValue::Local(local) => {
-                local.put(key, value);
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes `key` only if it has no value; [`BusError::Conflict`] otherwise.
-    pub async fn create(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
-        match self {
-            KeyValue::Nats(store) => match store.create(key, value).await {
-                Ok(revision) => Ok(revision),
-                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    Err(BusError::Conflict(key.to_owned()))
-                }
-                Err(error) => Err(nats_error(error)),
-            },
-            KeyValue::Local(local) => local.create(key, value),
-        }
-    }
-
-    /// Writes `key` only if its revision is still `revision`;
-    /// [`BusError::Conflict`] when someone wrote or deleted it since.
-    pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, BusError> {
-        match self {
-            KeyValue::Nats(store) => match store.update(key, value, revision).await {
-                Ok(revision) => Ok(revision),
-                Err(error) => Err(self.classify_conflict(key, revision, error).await),
-            },
-            KeyValue::Local(local) => local.update(key, value, revision),
-        }
-    }
-
-    /// Deletes `key` only if its revision is still `revision`.
-    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), BusError> {
-        match self {
-            KeyValue::Nats(store) => {
-                match store.delete_expect_revision(key, Some(revision)).await {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(self.classify_conflict(key, revision, error).await),
-                }
-            }
-            KeyValue::Local(local) => local.delete(key, revision),
-        }
-    }
-
-    /// Every key with its value. With NATS this is one pass over the
-    /// bucket's stream (an ordered consumer delivering the last message of
-    /// each key), not a round trip per key: the registry's sweep, listings
-    /// and counts read whole buckets every few seconds.
-    pub async fn entries(&self) -> Result<Vec<(String, Entry)>, BusError> {
-        match self {
-            KeyValue::Nats(store) => {
-                let consumer = store
-                    .stream
-                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                        filter_subject: format!("{}>", store.prefix),
-                        deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(nats_error)?;
-                let mut pending = consumer.cached_info().num_pending;
-                let mut entries = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-                if pending == 0 {
-                    return Ok(entries);
-                }
-                let mut messages = consumer.messages().await.map_err(nats_error)?;
-                while pending > 0 {
-                    let Some(message) = messages.next().await else {
-                        break;
-                    };
-                    let message = message.map_err(nats_error)?;
-                    let info = message.info().map_err(nats_error)?;
-                    pending = info.pending;
-                    let revision = info.stream_sequence;
-                    // A delete or purge leaves a marker as the key's last message.
-                    let removed = message
-                        .headers
-                        .as_ref()
-                        .and_then(|headers| headers.get(KV_OPERATION))
-                        .is_some_and(|operation| operation.as_str() != "PUT");
-                    if let Some(key) = message.subject.strip_prefix(store.prefix.as_str())
-                        && !removed
-                    {
-                        entries.push((
-                            key.to_owned(),
-                            Entry {
-                                value: message.payload.clone(),
-                                revision,
-                            },
-                        ));
-                    }
-                }
-                Ok(entries)
-            }
-            KeyValue::Local(local) => Ok(local
-                .keys()
-                .into_iter()
-                .filter_map(|key| local.get(&key).map(|entry| (key, entry)))
-                .collect()),
-        }
-    }
-
-    /// A failed JetStream compare-and-swap is a conflict when the key moved
-    /// on from `revision`; anything else is a real failure.
-    async fn classify_conflict(&self, key: &str, revision: u64, error: impl Display) -> BusError {
-        match self.get(key).await {
-            Ok(Some(entry)) if entry.revision != revision => BusError::Conflict(key.to_owned()),
-            Ok(None) => BusError::Conflict(key.to_owned()),
-            _ => nats_error(error),
         }
     }
 }
@@ -613,24 +554,33 @@ pub mod subjects {
     pub const ALERTS_MAILBOX: &str = "alerts";
 
     /// Messages for every `/ws/ui` client (seed 003), system events
-    /// included; the payload is the message's JSON.
+    /// included; the payload is a [`crate::hub::UiMessage`].
     pub const UI_MESSAGES: &str = "switchboard.ui.messages";
 
-    /// Messages for every statistics-stream client (seed 004).
+    /// Messages for every statistics-stream client (seed 004); the payload
+    /// is a [`crate::hub::StreamMessage`], as on the two subjects below.
     pub const STREAM_ALL: &str = "switchboard.stream.all";
 
-    /// Everything for statistics-stream clients, as an edge subscribes.
+    /// Everything for statistics-stream clients, as an edge subscribes;
+    /// [`crate::hub::StreamAudience::of_subject`] says whom a message on
+    /// one of them is for.
     pub const STREAM_ANY: &str = "switchboard.stream.>";
+
+    /// Where one user's subjects start, before the user's token.
+    pub(crate) const STREAM_USER_PREFIX: &str = "switchboard.stream.user";
+
+    /// Where one connection's subjects start, before its token.
+    pub(crate) const STREAM_CONNECTION_PREFIX: &str = "switchboard.stream.connection";
 
     /// Messages for one user's statistics-stream connections.
     pub fn stream_user(user_id: &str) -> String {
-        format!("switchboard.stream.user.{}", super::key_token(user_id))
+        format!("{STREAM_USER_PREFIX}.{}", super::key_token(user_id))
     }
 
     /// Messages for one statistics-stream connection.
     pub fn stream_connection(connection_id: &str) -> String {
         format!(
-            "switchboard.stream.connection.{}",
+            "{STREAM_CONNECTION_PREFIX}.{}",
             super::key_token(connection_id)
         )
     }
@@ -641,15 +591,88 @@ pub mod subjects {
     }
 }
 
-impl From<BusError> for tonic::Status {
-    /// NATS trouble is the caller's "try again" (UNAVAILABLE); a conflict that
-    /// survived the service's own retries is ABORTED, as gRPC defines it for
-    /// concurrency conflicts.
-    fn from(error: BusError) -> Self {
-        match error {
-            BusError::Nats(_) => tonic::Status::unavailable(error.to_string()),
-            BusError::Conflict(_) => tonic::Status::aborted(error.to_string()),
-            BusError::Full(_) => tonic::Status::resource_exhausted(error.to_string()),
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        bus: BusSettings,
+    }
+
+    fn parsed(arguments: &[&str]) -> Result<BusSettings, clap::Error> {
+        Command::try_parse_from(["switchboard"].iter().chain(arguments)).map(|command| command.bus)
+    }
+
+    #[test]
+    fn a_nats_url_may_list_a_cluster_s_servers() {
+        let settings = parsed(&["--nats-url", "nats://10.0.0.1:4222,10.0.0.2:4223"]).unwrap();
+        let servers: Vec<(&str, u16)> = settings
+            .nats_servers
+            .iter()
+            .map(|server| (server.host(), server.port()))
+            .collect();
+        assert_eq!(servers, [("10.0.0.1", 4222), ("10.0.0.2", 4223)]);
+        let spaced = parsed(&["--nats-url", "nats-a:4222, nats-b"]).unwrap();
+        assert_eq!(spaced.nats_servers[1].host(), "nats-b");
+        assert!(parsed(&["--nats-url", "nats://a:1,http://b"]).is_err());
+        assert!(parsed(&["--nats-url", "nats://a:1,"]).is_err());
+    }
+
+    #[test]
+    fn replicas_default_to_one_and_stay_within_what_jetstream_allows() {
+        if std::env::var_os("SWITCHBOARD_JETSTREAM_REPLICAS").is_none() {
+            assert_eq!(parsed(&[]).unwrap().jetstream_replicas, 1);
         }
+        assert_eq!(BusSettings::default().jetstream_replicas, 1);
+        assert!(BusSettings::default().nats_servers.is_empty());
+        assert_eq!(
+            parsed(&["--jetstream-replicas", "3"])
+                .unwrap()
+                .jetstream_replicas,
+            3
+        );
+        assert!(parsed(&["--jetstream-replicas", "0"]).is_err());
+        assert!(parsed(&["--jetstream-replicas", "6"]).is_err());
+    }
+
+    #[test]
+    fn an_existing_stream_takes_new_subjects_and_replicas_and_keeps_the_rest() {
+        let current = jetstream::stream::Config {
+            max_age: Duration::from_secs(60),
+            ..kv_stream_config("sessions", 1)
+        };
+        assert!(reconciled(&current, &kv_stream_config("sessions", 1)).is_none());
+        let updated = reconciled(&current, &kv_stream_config("sessions", 3)).unwrap();
+        assert_eq!(updated.num_replicas, 3);
+        assert_eq!(updated.max_age, Duration::from_secs(60));
+        let moved = jetstream::stream::Config {
+            subjects: vec!["$KV.other.>".into()],
+            ..kv_stream_config("sessions", 1)
+        };
+        let updated = reconciled(&current, &moved).unwrap();
+        assert_eq!(updated.subjects, ["$KV.other.>"]);
+        assert_eq!(updated.max_age, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bus_errors_say_what_kind_of_failure_they_are() {
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let error = nats_error(timeout);
+        assert_eq!(error.to_string(), "nats: timed out");
+        assert!(error.source().is_some(), "the cause is kept");
+        assert_eq!(error.error_code(), ErrorCode::Unavailable);
+        assert!(BusError::Conflict("k".into()).is_conflict());
+        assert_eq!(
+            BusError::Conflict("k".into()).error_code(),
+            ErrorCode::Contended
+        );
+        assert_eq!(
+            BusError::Full("log".into()).error_code(),
+            ErrorCode::LimitReached
+        );
     }
 }

@@ -39,10 +39,12 @@ pub enum Log {
     Local(LocalLog),
 }
 
-/// Opens (creating when needed) the JetStream stream behind log `name`.
+/// Opens (creating when needed) the JetStream stream behind log `name`,
+/// kept in `replicas` copies.
 pub(crate) async fn open(
     jetstream: &jetstream::Context,
     name: &str,
+    replicas: usize,
 ) -> Result<PrefixedStream, BusError> {
     let prefix = format!("switchboard.log.{name}");
     let config = stream::Config {
@@ -50,6 +52,7 @@ pub(crate) async fn open(
         subjects: vec![format!("{prefix}.*.*")],
         storage: stream::StorageType::File,
         allow_direct: true,
+        num_replicas: replicas,
         ..Default::default()
     };
     PrefixedStream::open(jetstream, prefix, config).await

@@ -52,10 +52,11 @@ pub enum Mailbox {
 }
 
 /// Opens (creating when needed) the JetStream stream behind mailbox `name`:
-/// one message per `<owner>.<id>` subject.
+/// one message per `<owner>.<id>` subject, kept in `replicas` copies.
 pub(crate) async fn open(
     jetstream: &jetstream::Context,
     name: &str,
+    replicas: usize,
 ) -> Result<PrefixedStream, BusError> {
     let prefix = format!("switchboard.{name}");
     let config = stream::Config {
@@ -65,6 +66,7 @@ pub(crate) async fn open(
         max_age: MAILBOX_MAX_AGE,
         storage: stream::StorageType::File,
         allow_direct: true,
+        num_replicas: replicas,
         ..Default::default()
     };
     PrefixedStream::open(jetstream, prefix, config).await
@@ -206,7 +208,7 @@ impl MailboxReader {
                         }));
                     }
                     None => {
-                        tracing::warn!(subject = %message.subject, "mailbox message with a bad subject")
+                        tracing::warn!(subject = %message.subject, "mailbox message with a bad subject");
                     }
                 }
             },

@@ -5,14 +5,14 @@
 //! holding the user's socket dying, and a delivery that was never
 //! acknowledged. The edge holding the user's `/ws/alerts` socket reads the
 //! mailbox (backlog, then live) and sends each as `anomaly_detected`; an
-//! `ack` removes it here.
+//! `ack` removes it here. Operations fail with an [`AlertError`].
 
 use bytes::Bytes;
 use prost::Message as _;
 use switchboard_bus::{Bus, BusError, Mailbox};
+use switchboard_proto::error::{ErrorCode, ServiceError};
 use switchboard_proto::unix_now;
 use switchboard_proto::v1::{Alert, RaiseAlertRequest};
-use tonic::Status;
 
 use switchboard_bus::subjects::ALERTS_MAILBOX;
 
@@ -32,14 +32,53 @@ pub struct Alerts {
     bus: Bus,
 }
 
-fn check_label(name: &str, value: &str, required: bool) -> Result<(), Status> {
+/// Why an alert operation failed. Its `Display` is the message a client
+/// reads; [`ServiceError`] says which status code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    #[error("{field} is longer than {MAX_LABEL_BYTES} bytes")]
+    TooLong { field: &'static str },
+    #[error("severity must be one of {SEVERITIES:?}, got {0:?}")]
+    UnknownSeverity(String),
+    #[error("detection_result_json is larger than {MAX_RESULT_BYTES} bytes")]
+    ResultTooLarge,
+    #[error("detection_result_json must be a JSON object")]
+    ResultNotAnObject,
+    #[error("detection_result_json is not JSON: {0}")]
+    ResultNotJson(#[source] serde_json::Error),
+    /// Never raised, already acknowledged, or someone else's.
+    #[error("no unacknowledged alert {alert_id}")]
+    NotFound { alert_id: String },
+    #[error("corrupt alert: {0}")]
+    Corrupt(#[source] prost::DecodeError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl ServiceError for AlertError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            AlertError::Missing { .. }
+            | AlertError::TooLong { .. }
+            | AlertError::UnknownSeverity(_)
+            | AlertError::ResultTooLarge
+            | AlertError::ResultNotAnObject
+            | AlertError::ResultNotJson(_) => ErrorCode::InvalidArgument,
+            AlertError::NotFound { .. } => ErrorCode::NotFound,
+            AlertError::Corrupt(_) => ErrorCode::Internal,
+            AlertError::Bus(error) => error.error_code(),
+        }
+    }
+}
+
+fn check_label(field: &'static str, value: &str, required: bool) -> Result<(), AlertError> {
     if required && value.is_empty() {
-        return Err(Status::invalid_argument(format!("{name} is required")));
+        return Err(AlertError::Missing { field });
     }
     if value.len() > MAX_LABEL_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{name} is longer than {MAX_LABEL_BYTES} bytes"
-        )));
+        return Err(AlertError::TooLong { field });
     }
     Ok(())
 }
@@ -53,7 +92,7 @@ impl Alerts {
     }
 
     /// Validates and stores a new alert; returns it once it is durable.
-    pub async fn raise(&self, request: RaiseAlertRequest) -> Result<Alert, Status> {
+    pub async fn raise(&self, request: RaiseAlertRequest) -> Result<Alert, AlertError> {
         check_label("user_id", &request.user_id, true)?;
         check_label("anomaly_type", &request.anomaly_type, true)?;
         check_label("stream_id", &request.stream_id, false)?;
@@ -63,30 +102,15 @@ impl Alerts {
         } else if SEVERITIES.contains(&request.severity.as_str()) {
             request.severity
         } else {
-            return Err(Status::invalid_argument(format!(
-                "severity must be one of {SEVERITIES:?}, got {:?}",
-                request.severity
-            )));
+            return Err(AlertError::UnknownSeverity(request.severity));
         };
         let detection_result_json = match request.detection_result_json.trim() {
             "" => "{}".to_owned(),
-            text if text.len() > MAX_RESULT_BYTES => {
-                return Err(Status::invalid_argument(format!(
-                    "detection_result_json is larger than {MAX_RESULT_BYTES} bytes"
-                )));
-            }
+            text if text.len() > MAX_RESULT_BYTES => return Err(AlertError::ResultTooLarge),
             text => match serde_json::from_str::<serde_json::Value>(text) {
                 Ok(serde_json::Value::Object(_)) => text.to_owned(),
-                Ok(_) => {
-                    return Err(Status::invalid_argument(
-                        "detection_result_json must be a JSON object",
-                    ));
-                }
-                Err(error) => {
-                    return Err(Status::invalid_argument(format!(
-                        "detection_result_json is not JSON: {error}"
-                    )));
-                }
+                Ok(_) => return Err(AlertError::ResultNotAnObject),
+                Err(error) => return Err(AlertError::ResultNotJson(error)),
             },
         };
         let alert = Alert {
@@ -129,7 +153,7 @@ impl Alerts {
 
     /// Removes an acknowledged alert; NOT_FOUND when the user has no such
     /// alert (never raised, already acknowledged, or someone else's).
-    pub async fn ack(&self, user_id: &str, alert_id: &str) -> Result<(), Status> {
+    pub async fn ack(&self, user_id: &str, alert_id: &str) -> Result<(), AlertError> {
         check_label("user_id", user_id, true)?;
         check_label("alert_id", alert_id, true)?;
         if self.mailbox.remove(user_id, alert_id).await? {
@@ -138,23 +162,20 @@ impl Alerts {
             self.bus.announce("alert_acked", event).await;
             Ok(())
         } else {
-            Err(Status::not_found(format!(
-                "no unacknowledged alert {alert_id}"
-            )))
+            Err(AlertError::NotFound {
+                alert_id: alert_id.to_owned(),
+            })
         }
     }
 
     /// The user's unacknowledged alerts, oldest first.
-    pub async fn list(&self, user_id: &str) -> Result<Vec<Alert>, Status> {
+    pub async fn list(&self, user_id: &str) -> Result<Vec<Alert>, AlertError> {
         check_label("user_id", user_id, true)?;
         self.mailbox
             .list(user_id)
             .await?
             .into_iter()
-            .map(|letter| {
-                Alert::decode(letter.payload.as_ref())
-                    .map_err(|error| Status::internal(format!("corrupt alert: {error}")))
-            })
+            .map(|letter| Alert::decode(letter.payload.as_ref()).map_err(AlertError::Corrupt))
             .collect()
     }
 }
@@ -163,6 +184,7 @@ impl Alerts {
 mod tests {
     use super::*;
     use switchboard_bus::BusSettings;
+    use switchboard_proto::error::status;
 
     async fn alerts() -> Alerts {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
@@ -187,25 +209,22 @@ mod tests {
         assert_eq!(raised.source, "detection");
         assert_eq!(alerts.list("ada").await.unwrap(), vec![raised.clone()]);
         assert!(alerts.list("bob").await.unwrap().is_empty());
+        let refused = status(alerts.ack("bob", &raised.alert_id).await.unwrap_err());
         assert_eq!(
-            alerts
-                .ack("bob", &raised.alert_id)
-                .await
-                .unwrap_err()
-                .code(),
+            refused.code(),
             tonic::Code::NotFound,
             "one user cannot ack another's alert"
         );
+        assert_eq!(
+            refused.message(),
+            format!("no unacknowledged alert {}", raised.alert_id)
+        );
         alerts.ack("ada", &raised.alert_id).await.unwrap();
         assert!(alerts.list("ada").await.unwrap().is_empty());
-        assert_eq!(
-            alerts
-                .ack("ada", &raised.alert_id)
-                .await
-                .unwrap_err()
-                .code(),
-            tonic::Code::NotFound
-        );
+        assert!(matches!(
+            alerts.ack("ada", &raised.alert_id).await,
+            Err(AlertError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -242,7 +261,7 @@ mod tests {
             ),
         ];
         for (bad, message) in cases {
-            let status = alerts.raise(bad).await.unwrap_err();
+            let status = status(alerts.raise(bad).await.unwrap_err());
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(message), "{}", status.message());
         }

@@ -553,7 +553,7 @@ impl StepDetector {
                         t,
                         score,
                         threshold,
-                    })
+                    });
                 }
             }
         }

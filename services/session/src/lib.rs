@@ -13,8 +13,10 @@
 //! session whose edge died is swept the same way.
 //!
 //! - [`SessionSettings`]: the timeout and how often to sweep.
-//! - [`serve`]: the gRPC server, with health and reflection.
-//! - [`Registry`]: the operations themselves, usable without gRPC.
+//! - [`serve`]: the gRPC server, with health and reflection; the one place
+//!   the registry's errors become gRPC statuses.
+//! - [`Registry`]: the operations themselves, usable without gRPC; they
+//!   fail with a [`RegistryError`].
 //! - [`workouts`]: seed 001's workout rooms: every frame stored, then counted.
 
 pub mod workouts;
@@ -24,7 +26,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{Bus, BusError, KeyValue, subjects};
+use switchboard_bus::{Bus, BusError, Change, Contended, KeyValue, subjects};
+use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
@@ -49,6 +52,10 @@ const USER_INDEX_BUCKET: &str = "session_users";
 /// to one session are its edge and the sweepers, so a few suffice.
 const CAS_ATTEMPTS: usize = 16;
 
+/// Seconds without activity after which a session closes, unless
+/// configured otherwise.
+pub const DEFAULT_INACTIVITY_TIMEOUT_SECS: f64 = 300.0;
+
 /// The session registry's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionSettings {
@@ -57,7 +64,7 @@ pub struct SessionSettings {
     #[arg(
         long = "inactivity-timeout-secs",
         env = "SWITCHBOARD_INACTIVITY_TIMEOUT_SECS",
-        default_value_t = 300.0
+        default_value_t = DEFAULT_INACTIVITY_TIMEOUT_SECS
     )]
     pub inactivity_timeout_secs: f64,
 
@@ -68,9 +75,10 @@ pub struct SessionSettings {
 }
 
 impl Default for SessionSettings {
+    /// What an empty command line gives.
     fn default() -> Self {
         Self {
-            inactivity_timeout_secs: 300.0,
+            inactivity_timeout_secs: DEFAULT_INACTIVITY_TIMEOUT_SECS,
             sweep_interval_ms: None,
         }
     }
@@ -95,6 +103,50 @@ pub enum SessionError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Serve(#[from] server::ServeError),
+}
+
+/// Why a registry operation failed. Its `Display` is the message a client
+/// reads; [`ServiceError`] says which status code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("edge_id is required")]
+    MissingEdgeId,
+    #[error("session {session_id} not found")]
+    SessionNotFound { session_id: String },
+    /// The user's sessions of this kind are at the limit the open asked
+    /// for, and it asked to be refused rather than replace the oldest.
+    #[error("user {user_id} already has {live} {kind} connection(s), the limit")]
+    LimitReached {
+        user_id: String,
+        kind: String,
+        live: usize,
+    },
+    #[error("session {session_id} changed concurrently too often")]
+    SessionContended { session_id: String },
+    #[error("sessions of user {user_id} changed concurrently too often")]
+    UserSessionsContended { user_id: String },
+    #[error("corrupt session record: {0}")]
+    CorruptSession(#[source] prost::DecodeError),
+    #[error("corrupt user index: {0}")]
+    CorruptUserIndex(#[source] prost::DecodeError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl ServiceError for RegistryError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            RegistryError::MissingEdgeId => ErrorCode::InvalidArgument,
+            RegistryError::SessionNotFound { .. } => ErrorCode::NotFound,
+            RegistryError::LimitReached { .. } => ErrorCode::LimitReached,
+            RegistryError::SessionContended { .. }
+            | RegistryError::UserSessionsContended { .. } => ErrorCode::Contended,
+            RegistryError::CorruptSession(_) | RegistryError::CorruptUserIndex(_) => {
+                ErrorCode::Internal
+            }
+            RegistryError::Bus(error) => error.error_code(),
+        }
+    }
 }
 
 /// Serves the session registry on `listener` until `shutdown` completes.
@@ -151,13 +203,8 @@ impl Usage {
     }
 }
 
-fn not_found(session_id: &str) -> Status {
-    Status::not_found(format!("session {session_id} not found"))
-}
-
-fn decode(value: &Bytes) -> Result<Session, Status> {
-    Session::decode(value.as_ref())
-        .map_err(|error| Status::internal(format!("corrupt session record: {error}")))
+fn decode(value: &Bytes) -> Result<Session, RegistryError> {
+    Session::decode(value.as_ref()).map_err(RegistryError::CorruptSession)
 }
 
 fn encode(session: &Session) -> Bytes {
@@ -180,9 +227,12 @@ impl Registry {
         })
     }
 
-    pub async fn open_session(&self, request: OpenSessionRequest) -> Result<Session, Status> {
+    pub async fn open_session(
+        &self,
+        request: OpenSessionRequest,
+    ) -> Result<Session, RegistryError> {
         if request.edge_id.is_empty() {
-            return Err(Status::invalid_argument("edge_id is required"));
+            return Err(RegistryError::MissingEdgeId);
         }
         let now = unix_now();
         let timeout = request.inactivity_timeout_seconds;
@@ -231,67 +281,64 @@ impl Registry {
         session: &Session,
         limit: u32,
         policy: LimitPolicy,
-    ) -> Result<Vec<String>, Status> {
+    ) -> Result<Vec<String>, RegistryError> {
         let key = format!(
             "{}.{}",
             switchboard_bus::key_token(&session.kind),
             switchboard_bus::key_token(&session.user_id)
         );
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = self.user_index.get(&key).await?;
-            let listed = match &entry {
-                Some(entry) => {
-                    UserSessions::decode(entry.value.as_ref())
-                        .map_err(|error| Status::internal(format!("corrupt user index: {error}")))?
-                        .session_ids
+        self.user_index
+            .update(&key, CAS_ATTEMPTS, |entry| async move {
+                let listed = match entry {
+                    Some(entry) => {
+                        UserSessions::decode(entry.value.as_ref())
+                            .map_err(RegistryError::CorruptUserIndex)?
+                            .session_ids
+                    }
+                    None => Vec::new(),
+                };
+                // Sessions closed or swept since they were listed free their slot.
+                let mut live = Vec::with_capacity(listed.len() + 1);
+                for session_id in listed {
+                    if self.sessions.get(&session_id).await?.is_some() {
+                        live.push(session_id);
+                    }
                 }
-                None => Vec::new(),
-            };
-            // Sessions closed or swept since they were listed free their slot.
-            let mut live = Vec::with_capacity(listed.len() + 1);
-            for session_id in listed {
-                if self.sessions.get(&session_id).await?.is_some() {
-                    live.push(session_id);
+                let mut replaced = Vec::new();
+                while live.len() >= limit as usize {
+                    if policy == LimitPolicy::Refuse {
+                        return Err(RegistryError::LimitReached {
+                            user_id: session.user_id.clone(),
+                            kind: session.kind.clone(),
+                            live: live.len(),
+                        });
+                    }
+                    replaced.push(live.remove(0));
                 }
-            }
-            let mut replaced = Vec::new();
-            while live.len() >= limit as usize {
-                if policy == LimitPolicy::Refuse {
-                    return Err(Status::resource_exhausted(format!(
-                        "user {} already has {} {} connection(s), the limit",
-                        session.user_id,
-                        live.len(),
-                        session.kind
-                    )));
-                }
-                replaced.push(live.remove(0));
-            }
-            live.push(session.session_id.clone());
-            let value = Bytes::from(UserSessions { session_ids: live }.encode_to_vec());
-            let written = match entry {
-                Some(entry) => self.user_index.update(&key, value, entry.revision).await,
-                None => self.user_index.create(&key, value).await,
-            };
-            match written {
-                Ok(_) => return Ok(replaced),
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(format!(
-            "sessions of user {} changed concurrently too often",
-            session.user_id
-        )))
+                live.push(session.session_id.clone());
+                let value = Bytes::from(UserSessions { session_ids: live }.encode_to_vec());
+                Ok(Change::Put(value, replaced))
+            })
+            .await?
+            .map_err(|Contended| RegistryError::UserSessionsContended {
+                user_id: session.user_id.clone(),
+            })
     }
 
-    pub async fn get_session(&self, session_id: &str) -> Result<Session, Status> {
+    pub async fn get_session(&self, session_id: &str) -> Result<Session, RegistryError> {
         match self.sessions.get(session_id).await? {
             Some(entry) => decode(&entry.value),
-            None => Err(not_found(session_id)),
+            None => Err(RegistryError::SessionNotFound {
+                session_id: session_id.to_owned(),
+            }),
         }
     }
 
-    pub async fn list_sessions(&self, kind: &str, user_id: &str) -> Result<Vec<Session>, Status> {
+    pub async fn list_sessions(
+        &self,
+        kind: &str,
+        user_id: &str,
+    ) -> Result<Vec<Session>, RegistryError> {
         let mut sessions = Vec::new();
         for (_, entry) in self.sessions.entries().await? {
             let session = decode(&entry.value)?;
@@ -306,7 +353,9 @@ impl Registry {
     }
 
     /// Live sessions by kind.
-    pub async fn count_sessions(&self) -> Result<std::collections::HashMap<String, u64>, Status> {
+    pub async fn count_sessions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u64>, RegistryError> {
         let mut by_kind = std::collections::HashMap::new();
         for (_, entry) in self.sessions.entries().await? {
             *by_kind.entry(decode(&entry.value)?.kind).or_default() += 1;
@@ -314,61 +363,51 @@ impl Registry {
         Ok(by_kind)
     }
 
-    /// Applies `change` to the stored record with compare-and-swap, retrying
-    /// when another writer got there first.
+    /// Changes the stored record of `session_id` by compare-and-swap:
+    /// `change` says, from the record as stored, what becomes of it.
+    async fn change_session(
+        &self,
+        session_id: &str,
+        change: impl Fn(Session) -> Change<Session>,
+    ) -> Result<Session, RegistryError> {
+        let change = &change;
+        self.sessions
+            .update(session_id, CAS_ATTEMPTS, |entry| async move {
+                let entry = entry.ok_or_else(|| RegistryError::SessionNotFound {
+                    session_id: session_id.to_owned(),
+                })?;
+                Ok::<_, RegistryError>(change(decode(&entry.value)?))
+            })
+            .await?
+            .map_err(|Contended| RegistryError::SessionContended {
+                session_id: session_id.to_owned(),
+            })
+    }
+
+    /// Applies `change` to the stored record; returns it as stored.
     async fn modify(
         &self,
         session_id: &str,
         change: impl Fn(&mut Session),
-    ) -> Result<Session, Status> {
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = self
-                .sessions
-                .get(session_id)
-                .await?
-                .ok_or_else(|| not_found(session_id))?;
-            let mut session = decode(&entry.value)?;
+    ) -> Result<Session, RegistryError> {
+        self.change_session(session_id, |mut session| {
             change(&mut session);
-            match self
-                .sessions
-                .update(session_id, encode(&session), entry.revision)
-                .await
-            {
-                Ok(_) => return Ok(session),
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(format!(
-            "session {session_id} changed concurrently too often"
-        )))
+            Change::Put(encode(&session), session)
+        })
+        .await
     }
 
-    /// Removes the record (compare-and-swap) and returns it as it ended,
-    /// with `usage` added.
-    async fn remove(&self, session_id: &str, usage: &Usage) -> Result<Session, Status> {
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = self
-                .sessions
-                .get(session_id)
-                .await?
-                .ok_or_else(|| not_found(session_id))?;
-            let mut session = decode(&entry.value)?;
-            match self.sessions.delete(session_id, entry.revision).await {
-                Ok(()) => {
-                    usage.apply(&mut session);
-                    return Ok(session);
-                }
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(format!(
-            "session {session_id} changed concurrently too often"
-        )))
+    /// Removes the record and returns it as it ended, with `usage` added.
+    async fn remove(&self, session_id: &str, usage: &Usage) -> Result<Session, RegistryError> {
+        let mut session = self.change_session(session_id, Change::Delete).await?;
+        usage.apply(&mut session);
+        Ok(session)
     }
 
-    pub async fn record_activity(&self, request: RecordActivityRequest) -> Result<Session, Status> {
+    pub async fn record_activity(
+        &self,
+        request: RecordActivityRequest,
+    ) -> Result<Session, RegistryError> {
         let usage = Usage {
             requests: request.requests,
             steps: request.steps,
@@ -382,7 +421,7 @@ impl Registry {
         .await
     }
 
-    pub async fn reset_session(&self, session_id: &str) -> Result<Session, Status> {
+    pub async fn reset_session(&self, session_id: &str) -> Result<Session, RegistryError> {
         let now = unix_now();
         self.modify(session_id, |session| {
             session.total_steps = 0;
@@ -392,7 +431,10 @@ impl Registry {
         .await
     }
 
-    pub async fn close_session(&self, request: CloseSessionRequest) -> Result<Session, Status> {
+    pub async fn close_session(
+        &self,
+        request: CloseSessionRequest,
+    ) -> Result<Session, RegistryError> {
         let usage = Usage {
             requests: request.requests,
             steps: request.steps,
@@ -408,7 +450,7 @@ impl Registry {
         &self,
         session_id: &str,
         reason: String,
-    ) -> Result<Session, Status> {
+    ) -> Result<Session, RegistryError> {
         let session = self.remove(session_id, &Usage::none()).await?;
         tracing::info!(session_id, reason = %reason, "session terminated");
         self.announce("session_terminated", &session).await;
@@ -448,7 +490,7 @@ impl Registry {
 
     /// Ends every session idle for longer than the timeout; returns how many
     /// this replica ended (another replica may end some first).
-    pub async fn sweep_once(&self) -> Result<usize, Status> {
+    pub async fn sweep_once(&self) -> Result<usize, RegistryError> {
         let now = unix_now();
         let mut ended = 0;
         for (session_id, entry) in self.sessions.entries().await? {
@@ -490,24 +532,23 @@ impl Registry {
     }
 }
 
+/// The gRPC face of the registry and the workouts: each method calls the
+/// operation and answers with its outcome ([`reply`]: an error becomes the
+/// client's status).
 #[tonic::async_trait]
 impl SessionService for Registry {
     async fn open_session(
         &self,
         request: Request<OpenSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Registry::open_session(self, request.into_inner())
-            .await
-            .map(Response::new)
+        reply(Registry::open_session(self, request.into_inner()).await)
     }
 
     async fn get_session(
         &self,
         request: Request<GetSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Registry::get_session(self, &request.into_inner().session_id)
-            .await
-            .map(Response::new)
+        reply(Registry::get_session(self, &request.into_inner().session_id).await)
     }
 
     async fn list_sessions(
@@ -515,16 +556,16 @@ impl SessionService for Registry {
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let request = request.into_inner();
-        let sessions = Registry::list_sessions(self, &request.kind, &request.user_id).await?;
-        Ok(Response::new(ListSessionsResponse { sessions }))
+        let sessions = Registry::list_sessions(self, &request.kind, &request.user_id).await;
+        reply(sessions.map(|sessions| ListSessionsResponse { sessions }))
     }
 
     async fn count_sessions(
         &self,
         _request: Request<CountSessionsRequest>,
     ) -> Result<Response<CountSessionsResponse>, Status> {
-        let by_kind = Registry::count_sessions(self).await?;
-        Ok(Response::new(CountSessionsResponse {
+        let by_kind = Registry::count_sessions(self).await;
+        reply(by_kind.map(|by_kind| CountSessionsResponse {
             active_sessions: by_kind.values().sum(),
             by_kind,
         }))
@@ -534,27 +575,21 @@ impl SessionService for Registry {
         &self,
         request: Request<RecordActivityRequest>,
     ) -> Result<Response<Session>, Status> {
-        Registry::record_activity(self, request.into_inner())
-            .await
-            .map(Response::new)
+        reply(Registry::record_activity(self, request.into_inner()).await)
     }
 
     async fn reset_session(
         &self,
         request: Request<ResetSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Registry::reset_session(self, &request.into_inner().session_id)
-            .await
-            .map(Response::new)
+        reply(Registry::reset_session(self, &request.into_inner().session_id).await)
     }
 
     async fn close_session(
         &self,
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Registry::close_session(self, request.into_inner())
-            .await
-            .map(Response::new)
+        reply(Registry::close_session(self, request.into_inner()).await)
     }
 
     async fn terminate_session(
@@ -567,9 +602,7 @@ impl SessionService for Registry {
         } else {
             request.reason
         };
-        Registry::terminate_session(self, &request.session_id, reason)
-            .await
-            .map(Response::new)
+        reply(Registry::terminate_session(self, &request.session_id, reason).await)
     }
 
     async fn record_frame(
@@ -579,18 +612,20 @@ impl SessionService for Registry {
         let frame = request
             .into_inner()
             .frame
-            .ok_or_else(|| Status::invalid_argument("frame is required"))?;
-        self.workouts.record_frame(frame).await.map(Response::new)
+            .ok_or(workouts::WorkoutError::MissingFrame)
+            .map_err(status)?;
+        reply(self.workouts.record_frame(frame).await)
     }
 
     async fn get_workout(
         &self,
         request: Request<GetWorkoutRequest>,
     ) -> Result<Response<Workout>, Status> {
-        self.workouts
-            .workout(&request.into_inner().workout_id)
-            .await
-            .map(Response::new)
+        reply(
+            self.workouts
+                .workout(&request.into_inner().workout_id)
+                .await,
+        )
     }
 
     async fn list_frames(
@@ -598,10 +633,11 @@ impl SessionService for Registry {
         request: Request<ListFramesRequest>,
     ) -> Result<Response<ListFramesResponse>, Status> {
         let request = request.into_inner();
-        self.workouts
-            .frames(&request.workout_id, request.after_sequence, request.limit)
-            .await
-            .map(Response::new)
+        reply(
+            self.workouts
+                .frames(&request.workout_id, request.after_sequence, request.limit)
+                .await,
+        )
     }
 }
 
@@ -610,13 +646,19 @@ mod tests {
     use super::*;
     use switchboard_bus::BusSettings;
 
-    async fn registry(timeout: f64) -> (Registry, Bus) {
+    async fn registry() -> (Registry, Bus) {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let settings = SessionSettings {
-            inactivity_timeout_secs: timeout,
-            sweep_interval_ms: None,
-        };
+        let settings = SessionSettings::default();
         (Registry::open(&settings, bus.clone()).await.unwrap(), bus)
+    }
+
+    /// The next control message to `edge-a`, waiting at most five seconds.
+    async fn next_control(control: &mut switchboard_bus::Subscription) -> SessionControl {
+        let message = tokio::time::timeout(Duration::from_secs(5), control.next())
+            .await
+            .expect("a control message within 5 s")
+            .expect("the bus is up");
+        SessionControl::decode(message.payload.as_ref()).unwrap()
     }
 
     fn open_request() -> OpenSessionRequest {
@@ -630,7 +672,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_per_user_limit_replaces_the_oldest_or_refuses() {
-        let (registry, bus) = registry(300.0).await;
+        let (registry, bus) = registry().await;
         let mut control = bus
             .subscribe(subjects::edge_control("edge-a"))
             .await
@@ -649,8 +691,7 @@ mod tests {
             .open_session(limited(LimitPolicy::ReplaceOldest))
             .await
             .unwrap();
-        let message = control.next().await.unwrap();
-        let replaced = SessionControl::decode(message.payload.as_ref()).unwrap();
+        let replaced = next_control(&mut control).await;
         assert_eq!(replaced.kind(), ControlKind::Replaced);
         assert_eq!(replaced.session_id, first.session_id);
         let live = registry.list_sessions("alerts", "u1").await.unwrap();
@@ -661,7 +702,12 @@ mod tests {
             .open_session(limited(LimitPolicy::Refuse))
             .await
             .unwrap_err();
+        let refused = status(refused);
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "user u1 already has 1 alerts connection(s), the limit"
+        );
         // Another user, or another kind, has its own slots.
         let other_user = OpenSessionRequest {
             user_id: "u2".into(),
@@ -684,7 +730,7 @@ mod tests {
 
     #[tokio::test]
     async fn activity_accumulates_and_reset_zeroes_steps() {
-        let (registry, _) = registry(300.0).await;
+        let (registry, _) = registry().await;
         let session = registry.open_session(open_request()).await.unwrap();
         let id = session.session_id.clone();
         let activity = |requests, steps| RecordActivityRequest {
@@ -708,32 +754,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(closed.total_requests, 6);
-        assert_eq!(
-            registry.get_session(&id).await.unwrap_err().code(),
-            tonic::Code::NotFound
-        );
+        let gone = status(registry.get_session(&id).await.unwrap_err());
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+        assert_eq!(gone.message(), format!("session {id} not found"));
+        let closed_again = registry
+            .close_session(CloseSessionRequest {
+                session_id: id.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(
+            closed_again,
+            Err(RegistryError::SessionNotFound { .. })
+        ));
     }
 
     #[tokio::test]
     async fn idle_sessions_are_swept_and_their_edge_told() {
-        let (registry, bus) = registry(0.05).await;
+        let (registry, bus) = registry().await;
         let mut control = bus
             .subscribe(subjects::edge_control("edge-a"))
             .await
             .unwrap();
         let session = registry.open_session(open_request()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let active = registry.open_session(open_request()).await.unwrap();
+        assert_eq!(registry.sweep_once().await.unwrap(), 0, "nothing idle yet");
+        // Its last activity a little more than the timeout ago.
+        registry
+            .modify(&session.session_id, |session| {
+                session.last_activity -= session.inactivity_timeout_seconds + 1.0;
+            })
+            .await
+            .unwrap();
         assert_eq!(registry.sweep_once().await.unwrap(), 1);
-        let message = control.next().await.unwrap();
-        let control = SessionControl::decode(message.payload.as_ref()).unwrap();
+        let control = next_control(&mut control).await;
         assert_eq!(control.session_id, session.session_id);
         assert_eq!(control.kind(), ControlKind::TimedOut);
-        assert!(registry.count_sessions().await.unwrap().is_empty());
+        let live = registry.list_sessions("", "").await.unwrap();
+        assert_eq!(live, vec![active]);
     }
 
     #[tokio::test]
     async fn terminate_tells_the_holding_edge() {
-        let (registry, bus) = registry(300.0).await;
+        let (registry, bus) = registry().await;
         let mut control = bus
             .subscribe(subjects::edge_control("edge-a"))
             .await
@@ -743,9 +806,92 @@ mod tests {
             .terminate_session(&session.session_id, "admin".into())
             .await
             .unwrap();
-        let message = control.next().await.unwrap();
-        let control = SessionControl::decode(message.payload.as_ref()).unwrap();
+        let control = next_control(&mut control).await;
         assert_eq!(control.kind(), ControlKind::Terminated);
         assert_eq!(control.reason, "admin");
+    }
+
+    #[test]
+    fn the_default_settings_are_what_an_empty_command_line_gives() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            session: SessionSettings,
+        }
+        let environment = [
+            "SWITCHBOARD_INACTIVITY_TIMEOUT_SECS",
+            "SWITCHBOARD_SWEEP_INTERVAL_MS",
+        ];
+        if environment
+            .iter()
+            .any(|name| std::env::var_os(name).is_some())
+        {
+            return;
+        }
+        let parsed = <Command as clap::Parser>::parse_from(["switchboard"]).session;
+        let default = SessionSettings::default();
+        assert_eq!(
+            (parsed.inactivity_timeout_secs, parsed.sweep_interval_ms),
+            (default.inactivity_timeout_secs, default.sweep_interval_ms)
+        );
+    }
+
+    #[test]
+    fn errors_reach_grpc_clients_with_their_codes_and_messages() {
+        let cases = [
+            (
+                RegistryError::MissingEdgeId,
+                tonic::Code::InvalidArgument,
+                "edge_id is required",
+            ),
+            (
+                RegistryError::SessionNotFound {
+                    session_id: "s1".into(),
+                },
+                tonic::Code::NotFound,
+                "session s1 not found",
+            ),
+            (
+                RegistryError::LimitReached {
+                    user_id: "u1".into(),
+                    kind: "alerts".into(),
+                    live: 1,
+                },
+                tonic::Code::ResourceExhausted,
+                "user u1 already has 1 alerts connection(s), the limit",
+            ),
+            (
+                RegistryError::SessionContended {
+                    session_id: "s1".into(),
+                },
+                tonic::Code::Aborted,
+                "session s1 changed concurrently too often",
+            ),
+            (
+                RegistryError::UserSessionsContended {
+                    user_id: "u1".into(),
+                },
+                tonic::Code::Aborted,
+                "sessions of user u1 changed concurrently too often",
+            ),
+            (
+                RegistryError::Bus(BusError::Conflict("k".into())),
+                tonic::Code::Aborted,
+                "revision conflict on key k",
+            ),
+            (
+                RegistryError::Bus(BusError::Full("log".into())),
+                tonic::Code::ResourceExhausted,
+                "store full: log",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = status(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+        let corrupt = Session::decode(&b"\xff"[..]).unwrap_err();
+        let status = status(RegistryError::CorruptSession(corrupt));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(status.message().starts_with("corrupt session record: "));
     }
 }

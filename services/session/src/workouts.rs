@@ -5,16 +5,18 @@
 //! the workout's record (the `workouts` bucket, compare-and-swap), so a
 //! frame the client was told about is always stored, frames are numbered
 //! 1, 2, 3, … per workout, and the count is cluster-wide whichever edge
-//! took it.
+//! took it. Operations fail with a [`WorkoutError`].
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{Bus, BusError, KeyValue, Log};
+use switchboard_bus::{Bus, BusError, Change, Contended, KeyValue, Log};
+use switchboard_proto::error::{ErrorCode, ServiceError};
 use switchboard_proto::v1::{ListFramesResponse, PressureFrame, RecordFrameResponse, Workout};
-use tonic::Status;
 
 const RECORDS_BUCKET: &str = "workouts";
 const FRAMES_LOG: &str = "frames";
+/// Attempts at claiming a frame number, and at counting a frame in the
+/// workout's record, before a frame is refused with ABORTED.
 const CAS_ATTEMPTS: usize = 32;
 
 /// Largest page of frames.
@@ -24,20 +26,62 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// Longest workout id.
 const MAX_WORKOUT_ID_BYTES: usize = 128;
 
+/// The workouts' records and their frames.
 #[derive(Clone, Debug)]
 pub struct Workouts {
     records: KeyValue,
     frames: Log,
 }
 
-fn check_workout_id(workout_id: &str) -> Result<(), Status> {
+/// Why a workout operation failed. Its `Display` is the message a client
+/// reads; [`ServiceError`] says which status code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkoutError {
+    #[error("workout_id is required")]
+    MissingWorkoutId,
+    #[error("workout_id is longer than {MAX_WORKOUT_ID_BYTES} bytes")]
+    WorkoutIdTooLong,
+    #[error("frame is required")]
+    MissingFrame,
+    #[error("a frame is recorded with its stats")]
+    MissingStats,
+    #[error("workout {workout_id} not found")]
+    NotFound { workout_id: String },
+    /// Other writers kept claiming the frame numbers this one tried.
+    #[error("workout {workout_id} took new frames concurrently too often")]
+    FramesContended { workout_id: String },
+    /// Other writers kept changing the workout's record.
+    #[error("workout {workout_id} changed concurrently too often")]
+    RecordContended { workout_id: String },
+    #[error("corrupt workout data: {0}")]
+    Corrupt(#[source] prost::DecodeError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl ServiceError for WorkoutError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            WorkoutError::MissingWorkoutId
+            | WorkoutError::WorkoutIdTooLong
+            | WorkoutError::MissingFrame
+            | WorkoutError::MissingStats => ErrorCode::InvalidArgument,
+            WorkoutError::NotFound { .. } => ErrorCode::NotFound,
+            WorkoutError::FramesContended { .. } | WorkoutError::RecordContended { .. } => {
+                ErrorCode::Contended
+            }
+            WorkoutError::Corrupt(_) => ErrorCode::Internal,
+            WorkoutError::Bus(error) => error.error_code(),
+        }
+    }
+}
+
+fn check_workout_id(workout_id: &str) -> Result<(), WorkoutError> {
     if workout_id.is_empty() {
-        return Err(Status::invalid_argument("workout_id is required"));
+        return Err(WorkoutError::MissingWorkoutId);
     }
     if workout_id.len() > MAX_WORKOUT_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "workout_id is longer than {MAX_WORKOUT_ID_BYTES} bytes"
-        )));
+        return Err(WorkoutError::WorkoutIdTooLong);
     }
     Ok(())
 }
@@ -46,8 +90,8 @@ fn record_key(workout_id: &str) -> String {
     switchboard_bus::key_token(workout_id)
 }
 
-fn corrupt(error: prost::DecodeError) -> Status {
-    Status::internal(format!("corrupt workout data: {error}"))
+fn decode_workout(value: &Bytes) -> Result<Workout, WorkoutError> {
+    Workout::decode(value.as_ref()).map_err(WorkoutError::Corrupt)
 }
 
 impl Workouts {
@@ -70,95 +114,77 @@ impl Workouts {
     pub async fn record_frame(
         &self,
         mut frame: PressureFrame,
-    ) -> Result<RecordFrameResponse, Status> {
+    ) -> Result<RecordFrameResponse, WorkoutError> {
         check_workout_id(&frame.workout_id)?;
-        let stats = frame
-            .stats
-            .ok_or_else(|| Status::invalid_argument("a frame is recorded with its stats"))?;
+        let stats = frame.stats.ok_or(WorkoutError::MissingStats)?;
         let key = record_key(&frame.workout_id);
-        let mut entry = self.records.get(&key).await?;
+        let entry = self.records.get(&key).await?;
         let counted = match &entry {
-            Some(entry) => {
-                Workout::decode(entry.value.as_ref())
-                    .map_err(corrupt)?
-                    .frame_count
-            }
+            Some(entry) => decode_workout(&entry.value)?.frame_count,
             None => 0,
         };
-        let mut number = counted + 1;
-        let mut stored = false;
-        for _ in 0..CAS_ATTEMPTS {
-            frame.sequence = number;
-            match self
-                .frames
-                .append_at(
-                    &frame.workout_id,
-                    number,
-                    Bytes::from(frame.encode_to_vec()),
-                )
-                .await
-            {
-                Ok(()) => {
-                    stored = true;
-                    break;
-                }
-                Err(BusError::Conflict(_)) => number += 1,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        if !stored {
-            return Err(Status::aborted(format!(
-                "workout {} took new frames concurrently too often",
-                frame.workout_id
-            )));
-        }
-        for attempt in 0..CAS_ATTEMPTS {
-            if attempt > 0 {
-                entry = self.records.get(&key).await?;
-            }
-            let mut workout = match &entry {
-                Some(entry) => Workout::decode(entry.value.as_ref()).map_err(corrupt)?,
-                None => Workout {
-                    workout_id: frame.workout_id.clone(),
-                    first_frame_at: frame.timestamp,
-                    first_received_at: frame.received_at,
-                    ..Default::default()
-                },
-            };
-            workout.frame_count = workout.frame_count.max(number);
-            workout.last_frame_at = frame.timestamp;
-            workout.last_received_at = frame.received_at;
-            workout.total_pressure_sum += stats.total_pressure;
-            workout.mean_pressure_sum += stats.mean_pressure;
-            workout.contact_area_ratio_sum += stats.contact_area_ratio;
-            workout.peak_pressure_max = workout.peak_pressure_max.max(stats.peak_pressure);
-            let value = Bytes::from(workout.encode_to_vec());
-            let written = match &entry {
-                Some(entry) => self.records.update(&key, value, entry.revision).await,
-                None => self.records.create(&key, value).await,
-            };
-            match written {
-                Ok(_) => {
-                    return Ok(RecordFrameResponse {
-                        frame_count: workout.frame_count,
-                        sequence: number,
-                    });
-                }
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(format!(
-            "workout {} changed concurrently too often",
-            frame.workout_id
-        )))
+        let number = self.store(&mut frame, counted + 1).await?;
+        let (frame, stats) = (&frame, &stats);
+        let frame_count = self
+            .records
+            .update_from(&key, entry, CAS_ATTEMPTS, |entry| async move {
+                let mut workout = match entry {
+                    Some(entry) => decode_workout(&entry.value)?,
+                    None => Workout {
+                        workout_id: frame.workout_id.clone(),
+                        first_frame_at: frame.timestamp,
+                        first_received_at: frame.received_at,
+                        ..Default::default()
+                    },
+                };
+                workout.frame_count = workout.frame_count.max(number);
+                workout.last_frame_at = frame.timestamp;
+                workout.last_received_at = frame.received_at;
+                workout.total_pressure_sum += stats.total_pressure;
+                workout.mean_pressure_sum += stats.mean_pressure;
+                workout.contact_area_ratio_sum += stats.contact_area_ratio;
+                workout.peak_pressure_max = workout.peak_pressure_max.max(stats.peak_pressure);
+                let value = Bytes::from(workout.encode_to_vec());
+                Ok::<_, WorkoutError>(Change::Put(value, workout.frame_count))
+            })
+            .await?
+            .map_err(|Contended| WorkoutError::RecordContended {
+                workout_id: frame.workout_id.clone(),
+            })?;
+        Ok(RecordFrameResponse {
+            frame_count,
+            sequence: number,
+        })
     }
 
-    pub async fn workout(&self, workout_id: &str) -> Result<Workout, Status> {
+    /// Appends `frame` to its workout's log under the first free number
+    /// from `first` on; returns the number it took (also set in `frame`).
+    async fn store(&self, frame: &mut PressureFrame, first: u64) -> Result<u64, WorkoutError> {
+        for number in (first..).take(CAS_ATTEMPTS) {
+            frame.sequence = number;
+            let payload = Bytes::from(frame.encode_to_vec());
+            match self
+                .frames
+                .append_at(&frame.workout_id, number, payload)
+                .await
+            {
+                Ok(()) => return Ok(number),
+                Err(BusError::Conflict(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(WorkoutError::FramesContended {
+            workout_id: frame.workout_id.clone(),
+        })
+    }
+
+    pub async fn workout(&self, workout_id: &str) -> Result<Workout, WorkoutError> {
         check_workout_id(workout_id)?;
         match self.records.get(&record_key(workout_id)).await? {
-            Some(entry) => Workout::decode(entry.value.as_ref()).map_err(corrupt),
-            None => Err(Status::not_found(format!("workout {workout_id} not found"))),
+            Some(entry) => decode_workout(&entry.value),
+            None => Err(WorkoutError::NotFound {
+                workout_id: workout_id.to_owned(),
+            }),
         }
     }
 
@@ -167,7 +193,7 @@ impl Workouts {
         workout_id: &str,
         after_sequence: u64,
         limit: u32,
-    ) -> Result<ListFramesResponse, Status> {
+    ) -> Result<ListFramesResponse, WorkoutError> {
         check_workout_id(workout_id)?;
         let limit = match limit {
             0 => DEFAULT_PAGE,
@@ -183,11 +209,12 @@ impl Workouts {
             .into_iter()
             .take(limit)
             .map(|entry| {
-                let mut frame = PressureFrame::decode(entry.payload.as_ref()).map_err(corrupt)?;
+                let mut frame =
+                    PressureFrame::decode(entry.payload.as_ref()).map_err(WorkoutError::Corrupt)?;
                 frame.sequence = entry.number;
                 Ok(frame)
             })
-            .collect::<Result<Vec<_>, Status>>()?;
+            .collect::<Result<Vec<_>, WorkoutError>>()?;
         let next_after_sequence = match (more, frames.last()) {
             (true, Some(last)) => last.sequence,
             _ => 0,
@@ -262,9 +289,8 @@ mod tests {
             [3.0, 4.0, 5.0]
         );
         assert_eq!(rest.next_after_sequence, 0, "no page after the last");
-        assert_eq!(
-            workouts.workout("nope").await.unwrap_err().code(),
-            tonic::Code::NotFound
-        );
+        let missing = switchboard_proto::error::status(workouts.workout("nope").await.unwrap_err());
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert_eq!(missing.message(), "workout nope not found");
     }
 }

@@ -1,65 +1,23 @@
 //! `BroadcastService`: how other backends reach WebSocket clients on every
 //! edge (seed 003's `broadcast`, seed 004's `broadcast_camera_event`,
 //! `broadcast_alert`, `broadcast_to_user`, `send_personal_message`).
-//! Messages are validated here, then published on NATS; each edge hands
-//! them to the clients it holds.
+//!
+//! A thin gRPC face over the bus's [`hub`]: each call builds and checks its
+//! message there, as the edge's REST broadcasts and the bus's own system
+//! events do, and publishes it on NATS; each edge hands it to the clients
+//! it holds. A refused message is `INVALID_ARGUMENT` with the hub's reason.
 
-use bytes::Bytes;
-use serde_json::{Map, Value};
-use switchboard_bus::{Bus, subjects};
+use switchboard_bus::Bus;
+use switchboard_bus::hub::{self, StreamAudience, UiMessageKind};
+use switchboard_proto::error::status;
 use switchboard_proto::v1::broadcast_service_server::BroadcastService;
 use switchboard_proto::v1::{BroadcastAck, StreamMessage, TargetedMessage, UiMessage};
 use tonic::{Request, Response, Status};
 
-/// Largest message, as JSON: it must fit a client's 64 KiB frame limit with
-/// room to spare.
-pub const MAX_MESSAGE_BYTES: usize = 60 * 1024;
-/// Longest type name.
-const MAX_TYPE_BYTES: usize = 64;
-
+/// The broadcast service: publishes what other backends send.
 #[derive(Clone, Debug)]
 pub struct Broadcasts {
     bus: Bus,
-}
-
-fn json_object(name: &str, text: &str) -> Result<Map<String, Value>, Status> {
-    if text.len() > MAX_MESSAGE_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{name} is larger than {MAX_MESSAGE_BYTES} bytes"
-        )));
-    }
-    match serde_json::from_str(if text.trim().is_empty() { "{}" } else { text }) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(Status::invalid_argument(format!(
-            "{name} must be a JSON object"
-        ))),
-        Err(error) => Err(Status::invalid_argument(format!(
-            "{name} is not JSON: {error}"
-        ))),
-    }
-}
-
-fn type_name(name: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() || value.len() > MAX_TYPE_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{name} must be 1 to {MAX_TYPE_BYTES} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// A statistics-stream message: a JSON object with a string `type`.
-fn stream_message(text: &str) -> Result<Bytes, Status> {
-    let object = json_object("message_json", text)?;
-    match object.get("type") {
-        Some(Value::String(kind)) => type_name("type", kind)?,
-        _ => {
-            return Err(Status::invalid_argument(
-                "message_json needs a string \"type\"",
-            ));
-        }
-    }
-    Ok(Bytes::from(Value::Object(object).to_string()))
 }
 
 impl Broadcasts {
@@ -67,45 +25,30 @@ impl Broadcasts {
         Self { bus }
     }
 
-    async fn publish(
+    async fn to_stream(
         &self,
-        subject: String,
-        payload: Bytes,
+        audience: &StreamAudience,
+        message_json: &str,
     ) -> Result<Response<BroadcastAck>, Status> {
-        self.bus.publish(subject, payload).await?;
-        Ok(Response::new(BroadcastAck {}))
+        let message = hub::stream_message(message_json).map_err(status)?;
+        self.bus
+            .publish_stream(audience, message)
+            .await
+            .map_err(status)?;
+        Ok(acknowledged())
     }
 }
 
+fn acknowledged() -> Response<BroadcastAck> {
+    Response::new(BroadcastAck {})
+}
+
 /// Seed 003's message for `request`, checked.
-pub fn ui_message(request: &UiMessage) -> Result<Value, Status> {
-    let data = json_object("data_json", &request.data_json)?;
-    let mut message = Map::new();
-    message.insert("type".into(), Value::String(request.r#type.clone()));
-    match request.r#type.as_str() {
-        "event" => {
-            type_name("event_type", &request.event_type)?;
-            message.insert(
-                "event_type".into(),
-                Value::String(request.event_type.clone()),
-            );
-        }
-        "overlay" => {
-            type_name("overlay_type", &request.overlay_type)?;
-            message.insert(
-                "overlay_type".into(),
-                Value::String(request.overlay_type.clone()),
-            );
-        }
-        "telemetry" => {}
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "type must be event, overlay or telemetry, got {other:?}"
-            )));
-        }
-    }
-    message.insert("data".into(), Value::Object(data));
-    Ok(Value::Object(message))
+fn ui_message(request: &UiMessage) -> Result<hub::UiMessage, hub::HubMessageError> {
+    let data = hub::ui_data(&request.data_json)?;
+    let kind =
+        UiMessageKind::from_fields(&request.r#type, &request.event_type, &request.overlay_type)?;
+    hub::ui_message(kind, data)
 }
 
 #[tonic::async_trait]
@@ -114,20 +57,17 @@ impl BroadcastService for Broadcasts {
         &self,
         request: Request<UiMessage>,
     ) -> Result<Response<BroadcastAck>, Status> {
-        let message = ui_message(request.get_ref())?;
-        self.publish(
-            subjects::UI_MESSAGES.to_owned(),
-            Bytes::from(message.to_string()),
-        )
-        .await
+        let message = ui_message(request.get_ref()).map_err(status)?;
+        self.bus.publish_ui(message).await.map_err(status)?;
+        Ok(acknowledged())
     }
 
     async fn broadcast_stream(
         &self,
         request: Request<StreamMessage>,
     ) -> Result<Response<BroadcastAck>, Status> {
-        let payload = stream_message(&request.get_ref().message_json)?;
-        self.publish(subjects::STREAM_ALL.to_owned(), payload).await
+        self.to_stream(&StreamAudience::All, &request.get_ref().message_json)
+            .await
     }
 
     async fn send_to_user(
@@ -135,10 +75,8 @@ impl BroadcastService for Broadcasts {
         request: Request<TargetedMessage>,
     ) -> Result<Response<BroadcastAck>, Status> {
         let request = request.into_inner();
-        type_name("target", &request.target)?;
-        let payload = stream_message(&request.message_json)?;
-        self.publish(subjects::stream_user(&request.target), payload)
-            .await
+        let audience = StreamAudience::user(&request.target).map_err(status)?;
+        self.to_stream(&audience, &request.message_json).await
     }
 
     async fn send_to_connection(
@@ -146,73 +84,103 @@ impl BroadcastService for Broadcasts {
         request: Request<TargetedMessage>,
     ) -> Result<Response<BroadcastAck>, Status> {
         let request = request.into_inner();
-        type_name("target", &request.target)?;
-        let payload = stream_message(&request.message_json)?;
-        self.publish(subjects::stream_connection(&request.target), payload)
-            .await
+        let audience = StreamAudience::connection(&request.target).map_err(status)?;
+        self.to_stream(&audience, &request.message_json).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
+    use std::time::Duration;
 
-    fn ui(kind: &str, event_type: &str, overlay_type: &str, data: &str) -> UiMessage {
-        UiMessage {
-            r#type: kind.into(),
-            event_type: event_type.into(),
-            overlay_type: overlay_type.into(),
-            data_json: data.into(),
-        }
+    use serde_json::{Value, json};
+    use switchboard_bus::{BusSettings, subjects};
+
+    use super::*;
+
+    async fn broadcasts() -> (Broadcasts, Bus) {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        (Broadcasts::new(bus.clone()), bus)
     }
 
-    #[test]
-    fn ui_messages_take_the_seed_shapes() {
+    async fn next_json(subscription: &mut switchboard_bus::Subscription) -> Value {
+        let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the bus is up");
+        serde_json::from_slice(&message.payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ui_broadcasts_reach_the_ui_subject_in_the_seed_shape() {
+        let (broadcasts, bus) = broadcasts().await;
+        let mut ui = bus
+            .subscribe(subjects::UI_MESSAGES.to_owned())
+            .await
+            .unwrap();
+        broadcasts
+            .broadcast_ui(Request::new(UiMessage {
+                r#type: "event".into(),
+                event_type: "sit".into(),
+                overlay_type: String::new(),
+                data_json: r#"{"confidence":0.95}"#.into(),
+            }))
+            .await
+            .unwrap();
         assert_eq!(
-            ui_message(&ui("event", "sit", "", r#"{"confidence":0.95}"#)).unwrap(),
+            next_json(&mut ui).await,
             json!({"type": "event", "event_type": "sit", "data": {"confidence": 0.95}})
         );
+    }
+
+    #[tokio::test]
+    async fn targeted_messages_reach_their_audience_s_subject() {
+        let (broadcasts, bus) = broadcasts().await;
+        let mut user = bus.subscribe(subjects::stream_user("ada")).await.unwrap();
+        broadcasts
+            .send_to_user(Request::new(TargetedMessage {
+                target: "ada".into(),
+                message_json: r#"{"type":"alert","level":"high"}"#.into(),
+            }))
+            .await
+            .unwrap();
         assert_eq!(
-            ui_message(&ui("overlay", "", "detection", r#"{"boxes":[]}"#)).unwrap(),
-            json!({"type": "overlay", "overlay_type": "detection", "data": {"boxes": []}})
-        );
-        assert_eq!(
-            ui_message(&ui("telemetry", "", "", r#"{"fps":30}"#)).unwrap(),
-            json!({"type": "telemetry", "data": {"fps": 30}})
+            next_json(&mut user).await,
+            json!({"type": "alert", "level": "high"})
         );
     }
 
-    #[test]
-    fn bad_messages_are_refused_with_a_reason() {
-        let cases = [
-            (
-                ui("event", "", "", "{}"),
-                "event_type must be 1 to 64 bytes",
-            ),
-            (
-                ui("overlay", "", "", "{}"),
-                "overlay_type must be 1 to 64 bytes",
-            ),
-            (
-                ui("shout", "", "", "{}"),
-                "type must be event, overlay or telemetry",
-            ),
-            (
-                ui("telemetry", "", "", "[1]"),
-                "data_json must be a JSON object",
-            ),
-            (ui("telemetry", "", "", "{"), "data_json is not JSON"),
-        ];
-        for (request, expected) in cases {
-            let status = ui_message(&request).unwrap_err();
-            assert!(
-                status.message().starts_with(expected),
-                "{}",
-                status.message()
-            );
-        }
-        assert!(stream_message(r#"{"data":1}"#).is_err());
-        assert!(stream_message(r#"{"type":"camera_event"}"#).is_ok());
+    #[tokio::test]
+    async fn bad_messages_are_invalid_arguments_with_the_hub_s_reason() {
+        let (broadcasts, _) = broadcasts().await;
+        let refused = broadcasts
+            .broadcast_ui(Request::new(UiMessage {
+                r#type: "shout".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            "type must be event, overlay or telemetry, got \"shout\""
+        );
+        let refused = broadcasts
+            .broadcast_stream(Request::new(StreamMessage {
+                message_json: r#"{"data":1}"#.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(refused.message(), "message_json needs a string \"type\"");
+        let refused = broadcasts
+            .send_to_connection(Request::new(TargetedMessage {
+                target: String::new(),
+                message_json: r#"{"type":"alert"}"#.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(refused.message(), "target must be 1 to 64 bytes");
     }
 }

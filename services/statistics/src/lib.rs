@@ -13,6 +13,8 @@
 //! The number of live sessions is not a counter that could drift: it is
 //! asked of the session registry each time server statistics are read.
 //!
+//! - [`Counters`]: the operations, usable without gRPC; they fail with a
+//!   [`CountersError`], which becomes a gRPC status only at the server.
 //! - [`snapshot`]: the cluster's statistics and the one `statistics_update`
 //!   per interval, whatever the number of replicas.
 //! - [`broadcast`]: `BroadcastService`, other backends' way to reach
@@ -25,12 +27,15 @@ pub mod broadcast;
 pub mod snapshot;
 mod usage_writer;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{Bus, BusError, KeyValue, subjects};
+use switchboard_bus::{Bus, BusError, Change, Contended, Entry, KeyValue, hub, subjects};
+use switchboard_proto::error::{ErrorCode, ServiceError, reply};
 use switchboard_proto::server;
 use switchboard_proto::v1::broadcast_service_server::BroadcastServiceServer;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
@@ -62,6 +67,7 @@ pub const SYSTEM_EVENTS: [&str; 8] = [
     "alert_raised",
     "alert_acked",
 ];
+/// Compare-and-swap attempts before a counter write gives up (ABORTED).
 const CAS_ATTEMPTS: usize = 32;
 
 /// The statistics service's settings.
@@ -105,6 +111,44 @@ pub enum StatisticsError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Serve(#[from] server::ServeError),
+}
+
+/// Why a counters operation failed. Its `Display` is the message a client
+/// reads; [`ServiceError`] says which status code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum CountersError {
+    #[error("corrupt statistics record: {0}")]
+    Corrupt(#[source] prost::DecodeError),
+    #[error("corrupt event counts: {0}")]
+    CorruptEvents(#[source] serde_json::Error),
+    /// Other writers kept changing `record` (a key, or "event counts").
+    #[error("{record} changed concurrently too often")]
+    Contended { record: String },
+    /// The session registry, asked for the live sessions, failed.
+    #[error("session service: {}", .0.message())]
+    SessionService(#[source] Box<tonic::Status>),
+    #[error("the statistics writer stopped")]
+    WriterStopped,
+    /// A usage batch could not be written: every report in it gets the
+    /// same error.
+    #[error(transparent)]
+    Batch(Arc<CountersError>),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl ServiceError for CountersError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            CountersError::Corrupt(_) | CountersError::CorruptEvents(_) => ErrorCode::Internal,
+            CountersError::Contended { .. } => ErrorCode::Contended,
+            CountersError::SessionService(_) | CountersError::WriterStopped => {
+                ErrorCode::Unavailable
+            }
+            CountersError::Batch(error) => error.error_code(),
+            CountersError::Bus(error) => error.error_code(),
+        }
+    }
 }
 
 /// Serves the counters on `listener` until `shutdown` completes.
@@ -173,38 +217,31 @@ async fn modify<T: prost::Message + Default>(
     bucket: &KeyValue,
     key: &str,
     change: impl Fn(&mut T),
-) -> Result<bool, Status> {
-    for _ in 0..CAS_ATTEMPTS {
-        let written = match bucket.get(key).await? {
-            Some(entry) => {
-                let mut record = T::decode(entry.value.as_ref()).map_err(corrupt)?;
-                change(&mut record);
-                let value = Bytes::from(record.encode_to_vec());
-                bucket
-                    .update(key, value, entry.revision)
-                    .await
-                    .map(|_| false)
-            }
-            None => {
-                let mut record = T::default();
-                change(&mut record);
-                let value = Bytes::from(record.encode_to_vec());
-                bucket.create(key, value).await.map(|_| true)
-            }
-        };
-        match written {
-            Ok(created) => return Ok(created),
-            Err(BusError::Conflict(_)) => continue,
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Err(Status::aborted(format!(
-        "{key} changed concurrently too often"
-    )))
+) -> Result<bool, CountersError> {
+    let change = &change;
+    bucket
+        .update(key, CAS_ATTEMPTS, |entry| async move {
+            let created = entry.is_none();
+            let mut record = match entry {
+                Some(entry) => T::decode(entry.value.as_ref()).map_err(CountersError::Corrupt)?,
+                None => T::default(),
+            };
+            change(&mut record);
+            let value = Bytes::from(record.encode_to_vec());
+            Ok::<_, CountersError>(Change::Put(value, created))
+        })
+        .await?
+        .map_err(|Contended| CountersError::Contended {
+            record: key.to_owned(),
+        })
 }
 
-fn corrupt(error: prost::DecodeError) -> Status {
-    Status::internal(format!("corrupt statistics record: {error}"))
+/// The event counts `entry` holds (none when absent).
+fn event_counts(entry: Option<&Entry>) -> Result<BTreeMap<String, u64>, CountersError> {
+    match entry {
+        Some(entry) => serde_json::from_slice(&entry.value).map_err(CountersError::CorruptEvents),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 impl Counters {
@@ -227,13 +264,13 @@ impl Counters {
         })
     }
 
-    pub async fn record_usage(&self, user_id: &str, delta: Usage) -> Result<(), Status> {
+    pub async fn record_usage(&self, user_id: &str, delta: Usage) -> Result<(), CountersError> {
         self.usage.add(user_id, delta).await
     }
 
-    pub async fn user_stats(&self, user_id: &str) -> Result<UserStats, Status> {
+    pub async fn user_stats(&self, user_id: &str) -> Result<UserStats, CountersError> {
         let usage = match self.bucket.get(&user_key(user_id)).await? {
-            Some(entry) => Usage::decode(entry.value.as_ref()).map_err(corrupt)?,
+            Some(entry) => Usage::decode(entry.value.as_ref()).map_err(CountersError::Corrupt)?,
             None => Usage::default(),
         };
         Ok(UserStats {
@@ -242,49 +279,40 @@ impl Counters {
         })
     }
 
-    async fn server_record(&self) -> Result<ServerStats, Status> {
+    async fn server_record(&self) -> Result<ServerStats, CountersError> {
         match self.bucket.get(SERVER_KEY).await? {
-            Some(entry) => ServerStats::decode(entry.value.as_ref()).map_err(corrupt),
+            Some(entry) => {
+                ServerStats::decode(entry.value.as_ref()).map_err(CountersError::Corrupt)
+            }
             None => Ok(ServerStats::default()),
         }
     }
 
     /// System events counted so far, by type.
-    pub async fn events(&self) -> Result<std::collections::BTreeMap<String, u64>, Status> {
-        match self.bucket.get(EVENTS_KEY).await? {
-            Some(entry) => serde_json::from_slice(&entry.value)
-                .map_err(|error| Status::internal(format!("corrupt event counts: {error}"))),
-            None => Ok(Default::default()),
-        }
+    pub async fn events(&self) -> Result<BTreeMap<String, u64>, CountersError> {
+        event_counts(self.bucket.get(EVENTS_KEY).await?.as_ref())
     }
 
     /// Counts the system events on the hub's subject (as one of the
     /// replicas' queue group), writing the sums every half second.
     async fn count_events_forever(self, mut events: switchboard_bus::Subscription) {
-        #[derive(serde::Deserialize)]
-        struct Announced {
-            r#type: String,
-            #[serde(default)]
-            event_type: String,
-        }
-        let mut pending: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut pending: BTreeMap<String, u64> = BTreeMap::new();
         let mut flushes = tokio::time::interval(EVENT_FLUSH_INTERVAL);
         loop {
             tokio::select! {
                 message = events.next() => {
                     let Some(message) = message else { return };
-                    if let Ok(event) = serde_json::from_slice::<Announced>(&message.payload)
-                        && event.r#type == "event"
-                        && SYSTEM_EVENTS.contains(&event.event_type.as_str())
+                    if let Some(event_type) = hub::event_type(&message.payload)
+                        && SYSTEM_EVENTS.contains(&event_type.as_str())
                     {
-                        *pending.entry(event.event_type).or_default() += 1;
+                        *pending.entry(event_type).or_default() += 1;
                     }
                 }
                 _ = flushes.tick() => {
                     if !pending.is_empty() {
                         match self.add_events(&pending).await {
                             Ok(()) => pending.clear(),
-                            Err(status) => tracing::warn!(message = status.message(), "cannot store event counts"),
+                            Err(error) => tracing::warn!(%error, "cannot store event counts"),
                         }
                     }
                 }
@@ -292,51 +320,33 @@ impl Counters {
         }
     }
 
-    async fn add_events(
-        &self,
-        counts: &std::collections::BTreeMap<String, u64>,
-    ) -> Result<(), Status> {
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = self.bucket.get(EVENTS_KEY).await?;
-            let mut totals: std::collections::BTreeMap<String, u64> = match &entry {
-                Some(entry) => serde_json::from_slice(&entry.value)
-                    .map_err(|error| Status::internal(format!("corrupt event counts: {error}")))?,
-                None => Default::default(),
-            };
-            for (event, count) in counts {
-                *totals.entry(event.clone()).or_default() += count;
-            }
-            let value = Bytes::from(serde_json::to_vec(&totals).expect("counts serialize"));
-            let written = match entry {
-                Some(entry) => self
-                    .bucket
-                    .update(EVENTS_KEY, value, entry.revision)
-                    .await
-                    .map(|_| ()),
-                None => self.bucket.create(EVENTS_KEY, value).await.map(|_| ()),
-            };
-            match written {
-                Ok(()) => return Ok(()),
-                Err(BusError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(Status::aborted(
-            "event counts changed concurrently too often",
-        ))
+    async fn add_events(&self, counts: &BTreeMap<String, u64>) -> Result<(), CountersError> {
+        self.bucket
+            .update(EVENTS_KEY, CAS_ATTEMPTS, |entry| async move {
+                let mut totals = event_counts(entry.as_ref())?;
+                for (event, count) in counts {
+                    *totals.entry(event.clone()).or_default() += count;
+                }
+                let value = Bytes::from(serde_json::to_vec(&totals).expect("counts serialize"));
+                Ok::<_, CountersError>(Change::Put(value, ()))
+            })
+            .await?
+            .map_err(|Contended| CountersError::Contended {
+                record: "event counts".to_owned(),
+            })
     }
 
     /// Live sessions, as the registry counts them.
-    pub(crate) async fn live_sessions(&self) -> Result<CountSessionsResponse, Status> {
+    pub(crate) async fn live_sessions(&self) -> Result<CountSessionsResponse, CountersError> {
         self.sessions
             .clone()
             .count_sessions(CountSessionsRequest {})
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| Status::unavailable(format!("session service: {}", status.message())))
+            .map_err(|status| CountersError::SessionService(Box::new(status)))
     }
 
-    pub async fn server_stats(&self) -> Result<ServerStats, Status> {
+    pub async fn server_stats(&self) -> Result<ServerStats, CountersError> {
         let mut stats = self.server_record().await?;
         stats.usage.get_or_insert_with(Usage::default);
         stats.active_sessions = self.live_sessions().await?.active_sessions;
@@ -344,6 +354,9 @@ impl Counters {
     }
 }
 
+/// The gRPC face of the counters: each method calls the operation and
+/// answers with its outcome ([`reply`]: an error becomes the client's
+/// status).
 #[tonic::async_trait]
 impl StatisticsService for Counters {
     async fn record_usage(
@@ -352,50 +365,53 @@ impl StatisticsService for Counters {
     ) -> Result<Response<RecordUsageResponse>, Status> {
         let request = request.into_inner();
         let delta = request.usage.unwrap_or_default();
-        Counters::record_usage(self, &request.user_id, delta).await?;
-        Ok(Response::new(RecordUsageResponse {}))
+        let recorded = Counters::record_usage(self, &request.user_id, delta).await;
+        reply(recorded.map(|()| RecordUsageResponse {}))
     }
 
     async fn get_user_stats(
         &self,
         request: Request<GetUserStatsRequest>,
     ) -> Result<Response<UserStats>, Status> {
-        self.user_stats(&request.into_inner().user_id)
-            .await
-            .map(Response::new)
+        reply(self.user_stats(&request.into_inner().user_id).await)
     }
 
     async fn get_server_stats(
         &self,
         _request: Request<GetServerStatsRequest>,
     ) -> Result<Response<ServerStats>, Status> {
-        self.server_stats().await.map(Response::new)
+        reply(self.server_stats().await)
     }
 
     async fn get_statistics(
         &self,
         _request: Request<GetStatisticsRequest>,
     ) -> Result<Response<StatisticsSnapshot>, Status> {
-        let statistics = self.statistics().await?;
-        Ok(Response::new(StatisticsSnapshot {
+        let statistics = self.statistics().await;
+        reply(statistics.map(|statistics| StatisticsSnapshot {
             data_json: serde_json::to_string(&statistics).expect("statistics serialize"),
         }))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchboard_bus::BusSettings;
 
-    #[tokio::test]
-    async fn usage_adds_up_per_user_and_for_the_server() {
-        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+    /// Counters on `bus`, with a session service that is not there.
+    pub(crate) async fn counters(bus: &Bus) -> Counters {
         let settings = StatisticsSettings {
             session_url: "http://127.0.0.1:1".into(),
             updates: UpdateSettings { interval_secs: 5.0 },
         };
-        let counters = Counters::open(&settings, &bus).await.unwrap();
+        Counters::open(&settings, bus).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn usage_adds_up_per_user_and_for_the_server() {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let counters = counters(&bus).await;
         let delta = |requests, steps| Usage {
             requests,
             steps,
@@ -416,11 +432,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_reports_are_all_counted_once() {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let settings = StatisticsSettings {
-            session_url: "http://127.0.0.1:1".into(),
-            updates: UpdateSettings { interval_secs: 5.0 },
-        };
-        let counters = Counters::open(&settings, &bus).await.unwrap();
+        let counters = counters(&bus).await;
         let reports: Vec<_> = (0..400)
             .map(|report| {
                 let counters = counters.clone();
@@ -447,6 +459,78 @@ mod tests {
         assert_eq!((usage.requests, usage.steps), (800, 400));
         let one = counters.user_stats("user-7").await.unwrap().usage.unwrap();
         assert_eq!(one.requests, 32);
+    }
+
+    #[tokio::test]
+    async fn system_events_are_counted_from_the_ui_subject() {
+        // Virtual time: the half-second flushes come as soon as the test
+        // waits for them.
+        tokio::time::pause();
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let counters = counters(&bus).await;
+        let events = bus
+            .subscribe(subjects::UI_MESSAGES.to_owned())
+            .await
+            .unwrap();
+        let counting = tokio::spawn(counters.clone().count_events_forever(events));
+        bus.announce("session_opened", serde_json::json!({})).await;
+        bus.announce("session_opened", serde_json::json!({})).await;
+        bus.announce("not_a_system_event", serde_json::json!({}))
+            .await;
+        let counted = async {
+            loop {
+                let events = counters.events().await.unwrap();
+                if !events.is_empty() {
+                    return events;
+                }
+                tokio::time::sleep(EVENT_FLUSH_INTERVAL / 10).await;
+            }
+        };
+        let counted = tokio::time::timeout(Duration::from_secs(5), counted)
+            .await
+            .expect("counts stored within 5 s");
+        counting.abort();
+        assert_eq!(counted, BTreeMap::from([("session_opened".to_owned(), 2)]));
+    }
+
+    #[test]
+    fn errors_reach_grpc_clients_with_their_codes_and_messages() {
+        use switchboard_proto::error::status;
+        let contended = CountersError::Contended {
+            record: "event counts".into(),
+        };
+        let shared = CountersError::Batch(Arc::new(CountersError::Contended {
+            record: "server".into(),
+        }));
+        let registry = CountersError::SessionService(Box::new(tonic::Status::unavailable(
+            "connection refused",
+        )));
+        let cases = [
+            (
+                contended,
+                tonic::Code::Aborted,
+                "event counts changed concurrently too often",
+            ),
+            (
+                shared,
+                tonic::Code::Aborted,
+                "server changed concurrently too often",
+            ),
+            (
+                registry,
+                tonic::Code::Unavailable,
+                "session service: connection refused",
+            ),
+            (
+                CountersError::WriterStopped,
+                tonic::Code::Unavailable,
+                "the statistics writer stopped",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = status(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! `statistics` bucket, open sockets and messages from the edges' own
 //! reports (the `edges` bucket; a report older than a few seconds is from a
 //! dead edge and left out).
+//!
+//! The message is a statistics-stream message like any other, built by the
+//! bus's [`hub`] and published to every client.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,12 +21,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use serde::Serialize;
-use switchboard_bus::{BusError, KeyValue, subjects};
+use switchboard_bus::hub::{self, StreamAudience};
+use switchboard_bus::{BusError, Change, KeyValue};
 use switchboard_proto::unix_now;
 use switchboard_proto::v1::EdgeReport;
-use tonic::Status;
 
-use crate::Counters;
+use crate::{Counters, CountersError};
 
 /// Bucket where edges report themselves.
 pub const EDGES_BUCKET: &str = "edges";
@@ -78,7 +81,7 @@ pub struct MessagesView {
 
 impl Counters {
     /// The cluster's statistics now.
-    pub async fn statistics(&self) -> Result<Statistics, Status> {
+    pub async fn statistics(&self) -> Result<Statistics, CountersError> {
         let sessions = self.live_sessions().await?;
         let server = self.server_record().await?;
         let usage = server.usage.unwrap_or_default();
@@ -130,30 +133,25 @@ impl Counters {
     }
 
     /// Advances the tick record to `tick` if no replica did yet; true when
-    /// this replica won the interval.
+    /// this replica won the interval. One attempt: a replica that loses the
+    /// write lost the interval to the one that made it.
     async fn claim(&self, tick: u64) -> Result<bool, BusError> {
-        let value = Bytes::from(tick.to_string());
-        match self.bucket.get(TICK_KEY).await? {
-            Some(entry) => {
-                let claimed: u64 = std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .unwrap_or_default();
-                if claimed >= tick {
-                    return Ok(false);
-                }
-                match self.bucket.update(TICK_KEY, value, entry.revision).await {
-                    Ok(_) => Ok(true),
-                    Err(BusError::Conflict(_)) => Ok(false),
-                    Err(error) => Err(error),
-                }
-            }
-            None => match self.bucket.create(TICK_KEY, value).await {
-                Ok(_) => Ok(true),
-                Err(BusError::Conflict(_)) => Ok(false),
-                Err(error) => Err(error),
-            },
-        }
+        let won = self
+            .bucket
+            .update(TICK_KEY, 1, |entry| async move {
+                let claimed = entry.map(|entry| {
+                    std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|text| text.parse::<u64>().ok())
+                        .unwrap_or_default()
+                });
+                Ok::<_, BusError>(match claimed {
+                    Some(claimed) if claimed >= tick => Change::Keep(false),
+                    _ => Change::Put(Bytes::from(tick.to_string()), true),
+                })
+            })
+            .await?;
+        Ok(won.unwrap_or(false))
     }
 
     /// Publishes `statistics_update` once per `interval` for the cluster.
@@ -174,25 +172,25 @@ impl Counters {
             }
             let statistics = match self.statistics().await {
                 Ok(statistics) => statistics,
-                Err(status) => {
-                    tracing::warn!(message = status.message(), "cannot gather statistics");
+                Err(error) => {
+                    tracing::warn!(%error, "cannot gather statistics");
                     continue;
                 }
             };
-            let message = serde_json::json!({
+            let message = hub::stream_message_from_value(serde_json::json!({
                 "type": "statistics_update",
                 "tick": tick,
                 "timestamp": statistics.timestamp,
                 "data": statistics,
-            });
-            if let Err(error) = self
-                .bus
-                .publish(
-                    subjects::STREAM_ALL.to_owned(),
-                    Bytes::from(message.to_string()),
-                )
-                .await
-            {
+            }));
+            let published = match message {
+                Ok(message) => self.bus.publish_stream(&StreamAudience::All, message).await,
+                Err(error) => {
+                    tracing::warn!(%error, "statistics do not make a stream message");
+                    continue;
+                }
+            };
+            if let Err(error) = published {
                 tracing::warn!(%error, "cannot publish statistics");
             }
         }
@@ -202,4 +200,21 @@ impl Counters {
 /// The edges bucket, opened by the statistics service and by every edge.
 pub async fn edges_bucket(bus: &switchboard_bus::Bus) -> Result<KeyValue, BusError> {
     bus.key_value(EDGES_BUCKET).await
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_bus::{Bus, BusSettings};
+
+    use crate::tests::counters;
+
+    #[tokio::test]
+    async fn one_replica_wins_each_interval() {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let (one, other) = (counters(&bus).await, counters(&bus).await);
+        assert!(one.claim(7).await.unwrap(), "the first to claim it wins");
+        assert!(!other.claim(7).await.unwrap(), "the other loses it");
+        assert!(!one.claim(6).await.unwrap(), "an earlier interval is over");
+        assert!(other.claim(8).await.unwrap());
+    }
 }

@@ -18,25 +18,30 @@
 //! hop to the writer task.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use switchboard_bus::KeyValue;
+use switchboard_proto::error::ServiceError;
 use switchboard_proto::v1::{ServerStats, Usage};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
-use crate::{SERVER_KEY, add, modify, user_key};
+use crate::{CountersError, SERVER_KEY, add, modify, user_key};
 
 /// Reports waiting for the writer; a full queue makes reporters wait.
 const QUEUE: usize = 1024;
 /// Users' records written at once.
 const CONCURRENT_WRITES: usize = 16;
 
+/// How a batch's writes ended for the reports of one user: the error, if
+/// any, is shared by all of them.
+type Outcome = Result<(), Arc<CountersError>>;
+
 /// One usage report.
 struct Report {
     user_id: String,
     delta: Usage,
-    done: oneshot::Sender<Result<(), Status>>,
+    done: oneshot::Sender<Outcome>,
 }
 
 /// The handle reports go through; the writer task ends with the last one.
@@ -55,8 +60,7 @@ impl UsageWriter {
 
     /// Adds `delta` to `user_id`'s record and the server's; returns once
     /// both are stored.
-    pub(crate) async fn add(&self, user_id: &str, delta: Usage) -> Result<(), Status> {
-        let stopped = || Status::unavailable("the statistics writer stopped");
+    pub(crate) async fn add(&self, user_id: &str, delta: Usage) -> Result<(), CountersError> {
         let (done, outcome) = oneshot::channel();
         self.reports
             .send(Report {
@@ -65,8 +69,11 @@ impl UsageWriter {
                 done,
             })
             .await
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+            .map_err(|_| CountersError::WriterStopped)?;
+        outcome
+            .await
+            .map_err(|_| CountersError::WriterStopped)?
+            .map_err(CountersError::Batch)
     }
 }
 
@@ -74,7 +81,7 @@ impl UsageWriter {
 #[derive(Default)]
 struct UserBatch {
     delta: Usage,
-    reports: Vec<oneshot::Sender<Result<(), Status>>>,
+    reports: Vec<oneshot::Sender<Outcome>>,
 }
 
 async fn write_batches(bucket: KeyValue, mut queued: mpsc::Receiver<Report>) {
@@ -87,12 +94,12 @@ async fn write_batches(bucket: KeyValue, mut queued: mpsc::Receiver<Report>) {
             user.reports.push(report.done);
         }
         // Each user's sum, several users at once; `Ok(true)`: a new user.
-        let written: Vec<(UserBatch, Result<bool, Status>)> =
+        let written: Vec<(UserBatch, Result<bool, CountersError>)> =
             futures::stream::iter(users.into_iter().map(|(user_id, user)| {
                 let bucket = &bucket;
                 async move {
                     let outcome = modify(bucket, &user_key(&user_id), |total: &mut Usage| {
-                        add(total, &user.delta)
+                        add(total, &user.delta);
                     })
                     .await;
                     (user, outcome)
@@ -109,7 +116,7 @@ async fn write_batches(bucket: KeyValue, mut queued: mpsc::Receiver<Report>) {
                 new_users += u64::from(*created);
             }
         }
-        let server = modify(&bucket, SERVER_KEY, |server: &mut ServerStats| {
+        let server: Outcome = modify(&bucket, SERVER_KEY, |server: &mut ServerStats| {
             add(
                 server.usage.get_or_insert_with(Usage::default),
                 &server_delta,
@@ -117,11 +124,12 @@ async fn write_batches(bucket: KeyValue, mut queued: mpsc::Receiver<Report>) {
             server.users += new_users;
         })
         .await
-        .map(|_| ());
+        .map(|_| ())
+        .map_err(Arc::new);
         for (user, outcome) in written {
-            let outcome = outcome.and_then(|_| server.clone());
-            if let Err(status) = &outcome {
-                tracing::warn!(reports = user.reports.len(), code = ?status.code(), message = status.message(), "usage not stored");
+            let outcome = outcome.map_err(Arc::new).and_then(|_| server.clone());
+            if let Err(error) = &outcome {
+                tracing::warn!(reports = user.reports.len(), code = ?error.error_code(), %error, "usage not stored");
             }
             for report in user.reports {
                 let _ = report.send(outcome.clone());

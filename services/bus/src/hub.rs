@@ -1,0 +1,533 @@
+//! The hubs' wire formats: the one place that builds and checks the
+//! messages `/ws/ui` (seed 003) and `/api/ws/statistics` (seed 004) clients
+//! get through NATS, says which subject each travels on, and reads back
+//! what a receiver needs of one.
+//!
+//! - UI messages ([`ui_message`]): `{"type": "event", "event_type", "data"}`,
+//!   `{"type": "overlay", "overlay_type", "data"}` and
+//!   `{"type": "telemetry", "data"}`, `data` an object, for every `/ws/ui`
+//!   client ([`Bus::publish_ui`]). Whoever publishes one builds it here: the
+//!   bus's own system events ([`Bus::announce`]), the statistics service's
+//!   `BroadcastService` (other backends' way in), the edge's REST broadcasts.
+//! - Statistics-stream messages ([`stream_message`]): any JSON object with a
+//!   string `type`, for every client, one user's connections or one
+//!   connection ([`StreamAudience`], [`Bus::publish_stream`]); the cluster's
+//!   `statistics_update` is one.
+//!
+//! Data is at most [`MAX_MESSAGE_BYTES`] of JSON and type names 1 to
+//! [`MAX_TYPE_NAME_BYTES`] bytes. A message is serialized once, here, and
+//! only a built message can be published on a hub subject: each edge hands
+//! the same bytes to every client it holds.
+
+use std::io;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use switchboard_proto::error::{ErrorCode, ServiceError};
+
+use crate::{Bus, BusError, key_untoken, subjects};
+
+/// Largest `data` of a UI message, and largest statistics-stream message,
+/// as JSON: it must fit a client's 64 KiB frame limit with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 60 * 1024;
+
+/// Longest type name (`event_type`, `overlay_type`, a stream message's
+/// `type`) and message target (user or connection id).
+pub const MAX_TYPE_NAME_BYTES: usize = 64;
+
+/// How the refusals name a UI message's data and a stream message: by the
+/// `BroadcastService` fields, the words clients have always been answered
+/// with, whichever way the message came.
+const DATA_FIELD: &str = "data_json";
+const MESSAGE_FIELD: &str = "message_json";
+
+/// Why a hub message was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HubMessageError {
+    #[error("{field} is larger than {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge { field: &'static str },
+    #[error("{field} is not JSON: {source}")]
+    NotJson {
+        field: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{field} must be a JSON object")]
+    NotAnObject { field: &'static str },
+    /// A type name or target that is empty or too long.
+    #[error("{field} must be 1 to {MAX_TYPE_NAME_BYTES} bytes")]
+    BadName { field: &'static str },
+    #[error("type must be event, overlay or telemetry, got {0:?}")]
+    UnknownUiType(String),
+    #[error("{MESSAGE_FIELD} needs a string \"type\"")]
+    MissingType,
+}
+
+impl ServiceError for HubMessageError {
+    fn error_code(&self) -> ErrorCode {
+        ErrorCode::InvalidArgument
+    }
+}
+
+/// A checked UI message, serialized: what [`Bus::publish_ui`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiMessage(Bytes);
+
+/// A checked statistics-stream message, serialized: what
+/// [`Bus::publish_stream`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMessage(Bytes);
+
+impl UiMessage {
+    /// The message's JSON.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl StreamMessage {
+    /// The message's JSON.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+/// What a UI message is (seed 003's `type`), with the type name it
+/// carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiMessageKind<'a> {
+    /// An action or system event, e.g. `sit`, `session_opened`.
+    Event { event_type: &'a str },
+    /// Something to draw over the video, e.g. `detection`.
+    Overlay { overlay_type: &'a str },
+    /// Figures such as frame rates.
+    Telemetry,
+}
+
+impl<'a> UiMessageKind<'a> {
+    /// The kind `BroadcastService.BroadcastUi` asks for: its `type`, and
+    /// the type name that goes with it.
+    pub fn from_fields(
+        kind: &str,
+        event_type: &'a str,
+        overlay_type: &'a str,
+    ) -> Result<Self, HubMessageError> {
+        match kind {
+            "event" => Ok(UiMessageKind::Event { event_type }),
+            "overlay" => Ok(UiMessageKind::Overlay { overlay_type }),
+            "telemetry" => Ok(UiMessageKind::Telemetry),
+            other => Err(HubMessageError::UnknownUiType(other.to_owned())),
+        }
+    }
+}
+
+/// A UI message of `kind` carrying `data`, checked and serialized.
+pub fn ui_message(
+    kind: UiMessageKind<'_>,
+    data: Map<String, Value>,
+) -> Result<UiMessage, HubMessageError> {
+    if serialized_len(&data) > MAX_MESSAGE_BYTES {
+        return Err(HubMessageError::TooLarge { field: DATA_FIELD });
+    }
+    let mut message = Map::new();
+    let kind = match kind {
+        UiMessageKind::Event { event_type } => {
+            message.insert("event_type".into(), name("event_type", event_type)?);
+            "event"
+        }
+        UiMessageKind::Overlay { overlay_type } => {
+            message.insert("overlay_type".into(), name("overlay_type", overlay_type)?);
+            "overlay"
+        }
+        UiMessageKind::Telemetry => "telemetry",
+    };
+    message.insert("type".into(), Value::String(kind.to_owned()));
+    message.insert("data".into(), Value::Object(data));
+    Ok(UiMessage(serialize(message)))
+}
+
+/// A UI message's `data` given as JSON text (`BroadcastService`'s
+/// `data_json`; empty text is an empty object).
+pub fn ui_data(data_json: &str) -> Result<Map<String, Value>, HubMessageError> {
+    json_object(DATA_FIELD, data_json)
+}
+
+/// A statistics-stream message given as JSON text, checked and serialized.
+pub fn stream_message(message_json: &str) -> Result<StreamMessage, HubMessageError> {
+    typed_stream_message(json_object(MESSAGE_FIELD, message_json)?)
+}
+
+/// A statistics-stream message given as a JSON value, checked and
+/// serialized.
+pub fn stream_message_from_value(message: Value) -> Result<StreamMessage, HubMessageError> {
+    if serialized_len(&message) > MAX_MESSAGE_BYTES {
+        return Err(HubMessageError::TooLarge {
+            field: MESSAGE_FIELD,
+        });
+    }
+    match message {
+        Value::Object(object) => typed_stream_message(object),
+        _ => Err(HubMessageError::NotAnObject {
+            field: MESSAGE_FIELD,
+        }),
+    }
+}
+
+fn typed_stream_message(message: Map<String, Value>) -> Result<StreamMessage, HubMessageError> {
+    match message.get("type") {
+        Some(Value::String(kind)) => {
+            name("type", kind)?;
+        }
+        _ => return Err(HubMessageError::MissingType),
+    }
+    Ok(StreamMessage(serialize(message)))
+}
+
+/// Who a statistics-stream message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamAudience {
+    /// Every client, as each one's subscriptions filter.
+    All,
+    /// Every connection of one user, on any edge.
+    User(String),
+    /// One connection, on whichever edge holds it.
+    Connection(String),
+}
+
+impl StreamAudience {
+    /// One user's connections; the id is 1 to [`MAX_TYPE_NAME_BYTES`]
+    /// bytes.
+    pub fn user(user_id: &str) -> Result<Self, HubMessageError> {
+        name("target", user_id)?;
+        Ok(StreamAudience::User(user_id.to_owned()))
+    }
+
+    /// One connection; the id is 1 to [`MAX_TYPE_NAME_BYTES`] bytes.
+    pub fn connection(connection_id: &str) -> Result<Self, HubMessageError> {
+        name("target", connection_id)?;
+        Ok(StreamAudience::Connection(connection_id.to_owned()))
+    }
+
+    /// The subject messages for this audience travel on.
+    pub fn subject(&self) -> String {
+        match self {
+            StreamAudience::All => subjects::STREAM_ALL.to_owned(),
+            StreamAudience::User(user_id) => subjects::stream_user(user_id),
+            StreamAudience::Connection(connection_id) => subjects::stream_connection(connection_id),
+        }
+    }
+
+    /// The audience of a message received on `subject` (one of
+    /// [`subjects::STREAM_ANY`]); `None` for a subject no publisher uses.
+    pub fn of_subject(subject: &str) -> Option<Self> {
+        if subject == subjects::STREAM_ALL {
+            return Some(StreamAudience::All);
+        }
+        let targeted = |prefix: &str| {
+            subject
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(key_untoken)
+        };
+        if let Some(user_id) = targeted(subjects::STREAM_USER_PREFIX) {
+            Some(StreamAudience::User(user_id))
+        } else {
+            targeted(subjects::STREAM_CONNECTION_PREFIX).map(StreamAudience::Connection)
+        }
+    }
+}
+
+/// The `type` of a hub message as received.
+pub fn message_type(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        r#type: String,
+    }
+    serde_json::from_slice::<Typed>(payload)
+        .ok()
+        .map(|typed| typed.r#type)
+}
+
+/// The `event_type` of a UI `event` message as received; `None` for any
+/// other message.
+pub fn event_type(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        r#type: String,
+        #[serde(default)]
+        event_type: String,
+    }
+    serde_json::from_slice::<Event>(payload)
+        .ok()
+        .filter(|event| event.r#type == "event")
+        .map(|event| event.event_type)
+}
+
+impl Bus {
+    /// Publishes `message` to every `/ws/ui` client, on every edge (core
+    /// NATS: an edge that is not there misses it).
+    pub async fn publish_ui(&self, message: UiMessage) -> Result<(), BusError> {
+        self.publish(subjects::UI_MESSAGES.to_owned(), message.0)
+            .await
+    }
+
+    /// Publishes `message` to `audience`'s statistics-stream connections,
+    /// on every edge.
+    pub async fn publish_stream(
+        &self,
+        audience: &StreamAudience,
+        message: StreamMessage,
+    ) -> Result<(), BusError> {
+        self.publish(audience.subject(), message.0).await
+    }
+
+    /// Announces a system event to every `/ws/ui` client (seed 003's
+    /// `event` message, `data` with a `timestamp` added) and to the
+    /// statistics counters. Best effort: an event that cannot be built or
+    /// published is logged, never an error for the caller.
+    pub async fn announce(&self, event_type: &str, data: Value) {
+        let Value::Object(mut data) = data else {
+            tracing::warn!(event_type, "event not announced: its data is not an object");
+            return;
+        };
+        data.insert("timestamp".into(), Value::String(crate::rfc3339_now()));
+        let published = match ui_message(UiMessageKind::Event { event_type }, data) {
+            Ok(message) => self.publish_ui(message).await,
+            Err(error) => {
+                tracing::warn!(%error, event_type, "event not announced");
+                return;
+            }
+        };
+        if let Err(error) = published {
+            tracing::debug!(%error, event_type, "event not announced");
+        }
+    }
+}
+
+/// `text` as a JSON object, refused when larger than
+/// [`MAX_MESSAGE_BYTES`]; empty text is an empty object.
+fn json_object(field: &'static str, text: &str) -> Result<Map<String, Value>, HubMessageError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(HubMessageError::TooLarge { field });
+    }
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(HubMessageError::NotAnObject { field }),
+        Err(source) => Err(HubMessageError::NotJson { field, source }),
+    }
+}
+
+/// `value` as a type name or target: 1 to [`MAX_TYPE_NAME_BYTES`] bytes.
+fn name(field: &'static str, value: &str) -> Result<Value, HubMessageError> {
+    if value.is_empty() || value.len() > MAX_TYPE_NAME_BYTES {
+        return Err(HubMessageError::BadName { field });
+    }
+    Ok(Value::String(value.to_owned()))
+}
+
+fn serialize(message: Map<String, Value>) -> Bytes {
+    Bytes::from(Value::Object(message).to_string())
+}
+
+/// The length of `value` as compact JSON, counted without building it.
+fn serialized_len(value: &impl serde::Serialize) -> usize {
+    struct Counter(usize);
+    impl io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing JSON values to a counter cannot fail: a failure would be
+    // refused as too large.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parsed(bytes: &Bytes) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(object) => object,
+            _ => unreachable!("an object literal"),
+        }
+    }
+
+    fn ui(
+        kind: &str,
+        event_type: &str,
+        overlay_type: &str,
+        data_json: &str,
+    ) -> Result<UiMessage, HubMessageError> {
+        let data = ui_data(data_json)?;
+        ui_message(
+            UiMessageKind::from_fields(kind, event_type, overlay_type)?,
+            data,
+        )
+    }
+
+    #[test]
+    fn ui_messages_take_the_seed_shapes() {
+        let event = ui("event", "sit", "", r#"{"confidence":0.95}"#).unwrap();
+        assert_eq!(
+            parsed(event.as_bytes()),
+            json!({"type": "event", "event_type": "sit", "data": {"confidence": 0.95}})
+        );
+        let overlay = ui("overlay", "", "detection", r#"{"boxes":[]}"#).unwrap();
+        assert_eq!(
+            parsed(overlay.as_bytes()),
+            json!({"type": "overlay", "overlay_type": "detection", "data": {"boxes": []}})
+        );
+        let telemetry = ui("telemetry", "", "", r#"{"fps":30}"#).unwrap();
+        assert_eq!(
+            parsed(telemetry.as_bytes()),
+            json!({"type": "telemetry", "data": {"fps": 30}})
+        );
+        let empty = ui("telemetry", "", "", " ").unwrap();
+        assert_eq!(
+            parsed(empty.as_bytes()),
+            json!({"type": "telemetry", "data": {}})
+        );
+    }
+
+    #[test]
+    fn bad_ui_messages_are_refused_with_a_reason() {
+        let huge = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        let cases = [
+            (
+                ui("event", "", "", "{}"),
+                "event_type must be 1 to 64 bytes",
+            ),
+            (
+                ui("event", &"e".repeat(65), "", "{}"),
+                "event_type must be 1 to 64 bytes",
+            ),
+            (
+                ui("overlay", "", "", "{}"),
+                "overlay_type must be 1 to 64 bytes",
+            ),
+            (
+                ui("shout", "", "", "{}"),
+                "type must be event, overlay or telemetry, got \"shout\"",
+            ),
+            (
+                ui("telemetry", "", "", "[1]"),
+                "data_json must be a JSON object",
+            ),
+            (ui("telemetry", "", "", "{"), "data_json is not JSON"),
+            (
+                ui("telemetry", "", "", &huge),
+                "data_json is larger than 61440 bytes",
+            ),
+            (
+                ui_message(
+                    UiMessageKind::Telemetry,
+                    object(json!({"x": "a".repeat(MAX_MESSAGE_BYTES)})),
+                ),
+                "data_json is larger than 61440 bytes",
+            ),
+        ];
+        for (built, expected) in cases {
+            let error = built.unwrap_err();
+            assert!(error.to_string().starts_with(expected), "{error}");
+            assert_eq!(error.error_code(), ErrorCode::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn stream_messages_are_objects_with_a_string_type() {
+        let message = stream_message(r#"{"type":"camera_event","camera":1}"#).unwrap();
+        assert_eq!(
+            parsed(message.as_bytes()),
+            json!({"type": "camera_event", "camera": 1})
+        );
+        let same = stream_message_from_value(json!({"type": "camera_event", "camera": 1}));
+        assert_eq!(same.unwrap(), message);
+        let refusals = [
+            (
+                stream_message(r#"{"data":1}"#),
+                "message_json needs a string \"type\"",
+            ),
+            (
+                stream_message(r#"{"type":1}"#),
+                "message_json needs a string \"type\"",
+            ),
+            (stream_message(""), "message_json needs a string \"type\""),
+            (stream_message("[1]"), "message_json must be a JSON object"),
+            (
+                stream_message(r#"{"type":""}"#),
+                "type must be 1 to 64 bytes",
+            ),
+            (
+                stream_message_from_value(json!([1])),
+                "message_json must be a JSON object",
+            ),
+            (
+                stream_message_from_value(json!({"type": "t", "x": "a".repeat(MAX_MESSAGE_BYTES)})),
+                "message_json is larger than 61440 bytes",
+            ),
+        ];
+        for (built, expected) in refusals {
+            assert_eq!(built.unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn audiences_round_trip_through_their_subjects() {
+        for audience in [
+            StreamAudience::All,
+            StreamAudience::user("ada.lovelace@example.com").unwrap(),
+            StreamAudience::connection("c-1 *>").unwrap(),
+        ] {
+            assert_eq!(
+                StreamAudience::of_subject(&audience.subject()),
+                Some(audience)
+            );
+        }
+        assert_eq!(StreamAudience::of_subject("switchboard.stream.other"), None);
+        assert_eq!(
+            StreamAudience::user("").unwrap_err().to_string(),
+            "target must be 1 to 64 bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn announced_events_reach_the_ui_subject_with_a_timestamp() {
+        let bus = Bus::Local(crate::LocalBus::default());
+        let mut ui = bus
+            .subscribe(subjects::UI_MESSAGES.to_owned())
+            .await
+            .unwrap();
+        bus.announce("session_opened", json!({"session_id": "s1"}))
+            .await;
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), ui.next())
+            .await
+            .expect("the event within 5 s")
+            .unwrap();
+        let message = parsed(&received.payload);
+        assert_eq!(message["type"], "event");
+        assert_eq!(message["event_type"], "session_opened");
+        assert_eq!(message["data"]["session_id"], "s1");
+        assert!(message["data"]["timestamp"].is_string());
+        assert_eq!(
+            event_type(&received.payload).as_deref(),
+            Some("session_opened")
+        );
+        assert_eq!(message_type(&received.payload).as_deref(), Some("event"));
+    }
+}
