@@ -23,6 +23,8 @@
 //!
 //! What they share:
 //!
+//! - [`server`] and [`admission`]: the HTTP server, and the connection
+//!   limits it applies before reading anything.
 //! - [`connection`]: the connection driver, its close table and transports.
 //! - [`caller`]: a request's token becomes a typed caller, in one place.
 //! - [`auth`]: JWT verification.
@@ -35,6 +37,7 @@
 //! - [`settings`]: limits, deadlines and service URLs; the gRPC clients.
 //! - [`times`]: the times each seed writes.
 
+pub mod admission;
 pub mod alerts;
 pub mod auth;
 pub mod caller;
@@ -48,6 +51,7 @@ pub mod origins;
 pub mod pressure;
 pub mod realtime;
 pub mod sessions;
+pub mod server;
 pub mod settings;
 pub mod stream_call;
 pub mod times;
@@ -71,6 +75,8 @@ pub enum EdgeError {
     InvalidUrl(#[from] settings::InvalidUrl),
     #[error(transparent)]
     Origins(#[from] origins::InvalidOrigin),
+    #[error(transparent)]
+    ProxyHeader(#[from] admission::InvalidHeader),
     #[error("authentication settings: {0}")]
     Auth(#[from] auth::AuthConfigError),
     #[error("message bus: {0}")]
@@ -86,6 +92,7 @@ async fn app(
     bus: &Bus,
     driver: &Driver,
     hubs: (Arc<hubs::Hub>, Arc<hubs::Hub>),
+    health: &Router,
 ) -> Result<Router, EdgeError> {
     let identities = Identities::new(auth::Authenticator::from_settings(&settings.auth)?);
     if !identities.configured() {
@@ -145,22 +152,14 @@ async fn app(
         identities,
         sessions: backends.session.clone(),
     };
-    let health = health::HealthState {
-        driver: driver.clone(),
-        channels: backends.channels.clone(),
-        mode: if bus.is_single_instance() {
-            "single-instance"
-        } else {
-            "cluster"
-        },
-    };
     Ok(Router::new()
         .merge(realtime::router(realtime))
         .merge(pressure::router(pressure))
         .merge(alerts::router(alerts))
         .merge(hubs::router(hubs))
         .merge(sessions::router(sessions))
-        .merge(health::router(health))
+        .merge(health.clone())
+        .layer(axum::middleware::from_fn(admission::admit_upgrades))
         .layer(socketio)
         .layer(origins.cors())
         .layer(axum::middleware::from_fn_with_state(
@@ -213,14 +212,40 @@ pub async fn serve(
     );
     let ui_hub = Arc::new(hubs::Hub::default());
     let stream_hub = Arc::new(hubs::Hub::default());
+    let health = health::router(health::HealthState {
+        driver: driver.clone(),
+        channels: backends.channels.clone(),
+        mode: if bus.is_single_instance() {
+            "single-instance"
+        } else {
+            "cluster"
+        },
+    });
     let app = app(
         &settings,
         &backends,
         &bus,
         &driver,
         (Arc::clone(&ui_hub), Arc::clone(&stream_hub)),
+        &health,
     )
     .await?;
+    let descriptors = admission::raise_descriptor_limit();
+    let admission = Arc::new(admission::Admission::new(&settings.admission, descriptors)?);
+    // Probes and metrics on a listener of their own: a flood of clients
+    // cannot take them.
+    let ops = match settings.ops_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(role = "ops", addr = %listener.local_addr()?, "listening");
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, health).await {
+                    tracing::warn!(%error, "ops listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
 
     // Subscribe before accepting, so no control message can miss a socket.
     let control = bus.subscribe(subjects::edge_control(&edge_id)).await?;
@@ -244,42 +269,16 @@ pub async fn serve(
             drain.send_replace(true);
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain_started);
-    let mut server = std::pin::pin!(server.into_future());
-    // Until a drain starts, serve. The server may also end first, in the
-    // same instant as the drain starts (axum does not wait for upgraded
-    // sockets), so whichever comes first, a started drain is waited for:
-    // every socket closes (1012) and its in-flight calls finish, within the
-    // deadline.
-    let ended = tokio::select! {
-        served = &mut server => Some(served),
-        () = driver.draining() => None,
-    };
-    let served = if driver.is_draining() {
-        let drained = async {
-            let served = match ended {
-                Some(served) => served,
-                None => server.await,
-            };
-            meter.idle().await;
-            served
-        };
-        match tokio::time::timeout(settings.drain_timeout, drained).await {
-            Ok(served) => {
-                tracing::info!("drained");
-                served
-            }
-            Err(_) => {
-                tracing::warn!(connections = ?meter.connections(), "drain deadline passed");
-                Ok(())
-            }
-        }
-    } else {
-        ended.expect("not draining, so the server ended on its own")
-    };
+    // Serves until the drain starts; then every socket closes (1012) and
+    // its in-flight calls finish, within the deadline.
+    server::serve(listener, app, admission, drain_started).await;
+    match tokio::time::timeout(settings.drain_timeout, meter.idle()).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(connections = ?meter.connections(), "drain deadline passed"),
+    }
     drop(drain);
-    for task in tasks {
+    for task in tasks.into_iter().chain(ops) {
         task.abort();
     }
-    Ok(served?)
+    Ok(())
 }

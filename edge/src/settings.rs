@@ -81,6 +81,16 @@ pub struct EdgeSettings {
     pub allowed_origins: Vec<String>,
 
     #[command(flatten)]
+    pub admission: crate::admission::AdmissionSettings,
+
+    /// Where `/health`, `/ready` and `/metrics` are also served, apart from
+    /// the clients' listener, so a flood of clients cannot take the probes
+    /// (the Kubernetes manifests probe here). Unset: on the clients'
+    /// listener only.
+    #[arg(long = "ops-addr", env = "SWITCHBOARD_OPS_ADDR")]
+    pub ops_addr: Option<std::net::SocketAddr>,
+
+    #[command(flatten)]
     pub auth: crate::auth::AuthSettings,
 
     /// Longest a drain may take on shutdown; set by the binary from its

@@ -198,7 +198,22 @@ impl Switchboard {
     }
 
     fn spawn_with(args: Vec<String>, env: Vec<(String, String)>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_switchboard")), args, env)
+    }
+
+    /// `switchboard <args>` with at most `descriptors` open files (soft and
+    /// hard limit, set by util-linux's `prlimit`, which then runs it).
+    pub fn start_with_descriptors(descriptors: u32, args: &[&str]) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={descriptors}:{descriptors}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_switchboard"));
+        let args = args.iter().map(|arg| arg.to_string()).collect();
+        Self::spawn_command(command, args, Vec::new())
+    }
+
+    fn spawn_command(mut command: Command, args: Vec<String>, env: Vec<(String, String)>) -> Self {
         command
             .args(&args)
             .env_clear()
