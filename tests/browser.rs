@@ -145,7 +145,7 @@ impl Snapshot {
 
     /// Every response the page got from the edge at `path` carried the CORS
     /// headers `cors` calls for (and there was at least one).
-    fn assert_cors(&self, method: &str, path: &str, cors: Cors) {
+    fn assert_cors(&self, method: &str, path: &str, cors: Cors<'_>) {
         let responses = self.responses(method, path);
         assert!(!responses.is_empty(), "no {method} {path} response\n{self}");
         for response in responses {
@@ -155,7 +155,7 @@ impl Snapshot {
 
     /// The browser asked before sending `method` to `path` (with `header`,
     /// if given): a CORS preflight, and the edge said yes.
-    fn assert_preflight(&self, method: &str, path: &str, header: Option<&str>, cors: Cors) {
+    fn assert_preflight(&self, method: &str, path: &str, header: Option<&str>, cors: Cors<'_>) {
         let preflights = self.responses("OPTIONS", path);
         assert!(
             !preflights.is_empty(),
@@ -190,7 +190,7 @@ impl Snapshot {
 }
 
 /// A response (or preflight) carries the CORS headers `cors` calls for.
-fn assert_allows(response: &Value, cors: Cors) {
+fn assert_allows(response: &Value, cors: Cors<'_>) {
     let headers = &response["headers"];
     match cors {
         Cors::Any => {

@@ -229,9 +229,7 @@ async fn a_message_over_the_limit_closes_with_1009_everywhere() {
     let node = node();
     for endpoint in endpoints() {
         let mut client = Raw::open(&node, &endpoint, "u-big").await;
-        client
-            .send(Message::text("x".repeat(LIMIT + 1)))
-            .await;
+        client.send(Message::text("x".repeat(LIMIT + 1))).await;
         assert_eq!(
             client.closed().await,
             Closed {
@@ -273,7 +271,11 @@ async fn a_binary_frame_gets_an_error_and_the_connection_goes_on_everywhere() {
         let mut client = Raw::open(&node, &endpoint, "u-binary").await;
         client.send(Message::binary(vec![1, 2, 3])).await;
         let error = client.expect("error").await;
-        assert_eq!(error["code"], "unsupported_message", "{}: {error}", endpoint.name);
+        assert_eq!(
+            error["code"], "unsupported_message",
+            "{}: {error}",
+            endpoint.name
+        );
         client
             .send(Message::text((endpoint.request)().to_string()))
             .await;
@@ -295,11 +297,8 @@ async fn protocol_violations_close_with_1007_or_1002_everywhere() {
         assert_eq!(client.closed().await.code, 1007, "{}", endpoint.name);
 
         let mut client = Raw::open(&node, &endpoint, "u-rsv").await;
-        let mut reserved = Frame::message(
-            Bytes::from_static(b"{}"),
-            OpCode::Data(Data::Text),
-            true,
-        );
+        let mut reserved =
+            Frame::message(Bytes::from_static(b"{}"), OpCode::Data(Data::Text), true);
         reserved.header_mut().rsv1 = true;
         client.send(Message::Frame(reserved)).await;
         assert_eq!(client.closed().await.code, 1002, "{}", endpoint.name);
@@ -317,7 +316,10 @@ async fn a_bad_token_closes_with_1008_where_tokens_are_taken() {
             .await
             .expect("the upgrade succeeds; the refusal is a close");
         let closed = loop {
-            match tokio::time::timeout(WAIT, socket.next()).await.expect("closed in time") {
+            match tokio::time::timeout(WAIT, socket.next())
+                .await
+                .expect("closed in time")
+            {
                 Some(Ok(Message::Close(Some(frame)))) => break frame,
                 Some(Ok(_)) => continue,
                 other => panic!("{}: {other:?}", endpoint.name),
@@ -331,7 +333,10 @@ async fn a_bad_token_closes_with_1008_where_tokens_are_taken() {
 #[tokio::test]
 async fn a_flood_closes_with_1008_where_rates_are_limited_and_pings_never_count() {
     let node = node();
-    for endpoint in endpoints().into_iter().filter(|endpoint| endpoint.rate_limited) {
+    for endpoint in endpoints()
+        .into_iter()
+        .filter(|endpoint| endpoint.rate_limited)
+    {
         // Protocol pings, many more than the limit allows messages: fine.
         let mut client = Raw::open(&node, &endpoint, "u-pings").await;
         for _ in 0..(RATE * 10) {

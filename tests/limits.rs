@@ -101,13 +101,21 @@ async fn a_flood_of_idle_sockets_cannot_take_the_edge() {
     .await
     .expect("upgrades in time")
     .expect("a legitimate client gets in");
-    let started = tokio::time::timeout(WAIT, legitimate.next()).await.unwrap().unwrap().unwrap();
-    assert!(started.to_text().unwrap().contains("session_started"), "{started:?}");
+    let started = tokio::time::timeout(WAIT, legitimate.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.to_text().unwrap().contains("session_started"),
+        "{started:?}"
+    );
     assert!(healthy(&format!("http://{ops}/health")).await);
 
     // Each ends one of two ways: refused at once (429), or held, then
     // closed without a word at the header-read timeout.
-    let answers = futures::future::join_all(held.iter_mut().map(|stream| answer(stream, WAIT))).await;
+    let answers =
+        futures::future::join_all(held.iter_mut().map(|stream| answer(stream, WAIT))).await;
     let mut timed_out = 0;
     for (index, (head, closed)) in answers.into_iter().enumerate() {
         assert!(closed, "socket {index} still open");
@@ -119,7 +127,11 @@ async fn a_flood_of_idle_sockets_cannot_take_the_edge() {
             refused += 1;
         }
     }
-    assert_eq!((refused, timed_out), (300 - PER_IP, PER_IP), "per-address limit");
+    assert_eq!(
+        (refused, timed_out),
+        (300 - PER_IP, PER_IP),
+        "per-address limit"
+    );
 
     // Many addresses together (the legitimate client still connected):
     // the edge's maximum, then 503.
@@ -158,12 +170,23 @@ async fn a_flood_of_idle_sockets_cannot_take_the_edge() {
         }
     })
     .await;
-    let started = tokio::time::timeout(WAIT, client.next()).await.unwrap().unwrap().unwrap();
+    let started = tokio::time::timeout(WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(started.to_text().unwrap().contains("session_started"));
-    let metrics = reqwest::get(format!("http://{ops}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for reason in ["per_ip", "max_connections"] {
         assert!(
-            metrics.contains(&format!("switchboard_refused_connections_total{{reason=\"{reason}\"}}")),
+            metrics.contains(&format!(
+                "switchboard_refused_connections_total{{reason=\"{reason}\"}}"
+            )),
             "{reason} counted: {metrics}"
         );
     }
@@ -192,7 +215,10 @@ async fn a_slowloris_upgrade_is_closed_within_the_header_timeout() {
     let (head, closed) = answer(&mut stream, WAIT).await;
     assert!(closed, "closed");
     assert!(!head.contains("101"), "never upgraded: {head}");
-    assert!(sent < request.len(), "closed before the request was complete");
+    assert!(
+        sent < request.len(),
+        "closed before the request was complete"
+    );
     assert!(
         started.elapsed() <= Duration::from_secs(HEADER_TIMEOUT_SECS + 5),
         "{:?}",

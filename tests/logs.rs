@@ -25,7 +25,10 @@ async fn a_newline_in_a_workout_id_stays_inside_its_field() {
     );
     let health = format!("http://{addr}/health");
     eventually("the edge to answer", || async {
-        reqwest::get(&health).await.ok().filter(|response| response.status().is_success())
+        reqwest::get(&health)
+            .await
+            .ok()
+            .filter(|response| response.status().is_success())
     })
     .await;
     let forged = "2026-01-01T00:00:00.000000Z  WARN switchboard: forged";
@@ -42,7 +45,10 @@ async fn a_newline_in_a_workout_id_stays_inside_its_field() {
         .iter()
         .find(|line| line.contains("joined workout"))
         .unwrap();
-    assert!(joined.contains(r"w1\n2026"), "escaped in its field: {joined}");
+    assert!(
+        joined.contains(r"w1\n2026"),
+        "escaped in its field: {joined}"
+    );
     assert!(
         !lines.iter().any(|line| line.starts_with(forged)),
         "a forged line:\n{}",

@@ -400,7 +400,10 @@ async fn a_socketio_client_with_a_bad_token_gets_connect_error_with_the_reason()
     let node = Switchboard::all_with_env(
         None,
         &[],
-        &[("SWITCHBOARD_JWT_SECRET", "pressure-test-secret-0123456789abcdef")],
+        &[(
+            "SWITCHBOARD_JWT_SECRET",
+            "pressure-test-secret-0123456789abcdef",
+        )],
     );
     // Socket.IO's way to refuse authentication: the client's connect_error,
     // from the handshake's `auth` or the `token` query parameter alike.

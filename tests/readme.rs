@@ -455,7 +455,7 @@ async fn run_shell(command: &str, paths: &[PathBuf]) -> Result<Ran, String> {
     ] {
         shell.env_remove(proxy);
     }
-    let mut child = shell
+    let child = shell
         .spawn()
         .map_err(|error| format!("cannot start sh: {error}"))?;
     let group = child.id().expect("a running child");

@@ -26,7 +26,9 @@ fn user(sub: &str) -> String {
 }
 
 fn admin() -> String {
-    token(json!({"sub": "ops", "roles": ["admin"], "exp": jsonwebtoken::get_current_timestamp() + 600}))
+    token(
+        json!({"sub": "ops", "roles": ["admin"], "exp": jsonwebtoken::get_current_timestamp() + 600}),
+    )
 }
 
 async fn call(method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, Value) {
@@ -54,9 +56,20 @@ async fn with_a_key_only_an_admin_sees_or_ends_sessions() {
     let list = format!("{}/sessions", node.http());
     let one = format!("{}/sessions/{connection_id}", node.http());
 
-    for (who, token, status) in [("anonymous", None, 401), ("a user", Some(alice.as_str()), 403)] {
-        assert_eq!(call(reqwest::Method::GET, &list, token).await.0, status, "{who} lists");
-        assert_eq!(call(reqwest::Method::GET, &one, token).await.0, status, "{who} reads");
+    for (who, token, status) in [
+        ("anonymous", None, 401),
+        ("a user", Some(alice.as_str()), 403),
+    ] {
+        assert_eq!(
+            call(reqwest::Method::GET, &list, token).await.0,
+            status,
+            "{who} lists"
+        );
+        assert_eq!(
+            call(reqwest::Method::GET, &one, token).await.0,
+            status,
+            "{who} reads"
+        );
         let (code, body) = call(reqwest::Method::DELETE, &one, token).await;
         assert_eq!(code, status, "{who} ends alice's alerts socket: {body}");
     }
@@ -83,12 +96,20 @@ async fn without_a_key_realtime_sessions_are_open_and_show_no_user() {
         .to_owned();
     let (_other, _) = realtime_session(&node).await;
 
-    let (status, listed) = call(reqwest::Method::GET, &format!("{}/sessions", node.http()), None).await;
+    let (status, listed) = call(
+        reqwest::Method::GET,
+        &format!("{}/sessions", node.http()),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(listed["active_sessions"], 2);
     for session in listed["sessions"].as_array().unwrap() {
         assert_eq!(session["kind"], "realtime");
-        assert!(session.get("user_id").is_none(), "no user ids for anonymous callers: {session}");
+        assert!(
+            session.get("user_id").is_none(),
+            "no user ids for anonymous callers: {session}"
+        );
     }
     let one = format!("{}/sessions/{session_id}", node.http());
     let (status, shown) = call(reqwest::Method::GET, &one, None).await;
@@ -96,5 +117,8 @@ async fn without_a_key_realtime_sessions_are_open_and_show_no_user() {
     assert!(shown.get("user_id").is_none(), "{shown}");
     let (status, _) = call(reqwest::Method::DELETE, &one, None).await;
     assert_eq!(status, 200, "seed 000: anyone may end a realtime session");
-    assert_eq!(labelled.expect("session_terminated").await["session_id"], session_id.as_str());
+    assert_eq!(
+        labelled.expect("session_terminated").await["session_id"],
+        session_id.as_str()
+    );
 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -97,7 +97,10 @@ pub struct AdmissionSettings {
     /// The header a trusted proxy in front sets to the client's address
     /// (`X-Forwarded-For`: its last address; `X-Real-IP`); per-address
     /// limits then apply to upgrades by that address. Unset: the peer's.
-    #[arg(long = "trusted-proxy-header", env = "SWITCHBOARD_TRUSTED_PROXY_HEADER")]
+    #[arg(
+        long = "trusted-proxy-header",
+        env = "SWITCHBOARD_TRUSTED_PROXY_HEADER"
+    )]
     pub trusted_proxy_header: Option<String>,
 }
 
@@ -136,7 +139,9 @@ impl Refusal {
 
     fn detail(self) -> &'static str {
         match self {
-            Refusal::Full => "this server holds as many connections as it may; retry, or another instance",
+            Refusal::Full => {
+                "this server holds as many connections as it may; retry, or another instance"
+            }
             Refusal::PerAddress => "too many connections from your address",
             Refusal::Rate => "connecting too fast from your address",
         }

@@ -236,8 +236,14 @@ mod tests {
         assert_eq!(token_of(&uri("/ws"), &headers), None);
         headers.insert("authorization", "Bearer abc".parse().unwrap());
         assert_eq!(token_of(&uri("/ws"), &headers).as_deref(), Some("abc"));
-        assert_eq!(token_of(&uri("/ws?token=xyz&a=1"), &headers).as_deref(), Some("xyz"));
-        assert_eq!(token_of(&uri("/ws?token="), &headers).as_deref(), Some("abc"));
+        assert_eq!(
+            token_of(&uri("/ws?token=xyz&a=1"), &headers).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(
+            token_of(&uri("/ws?token="), &headers).as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Sockets {
 }
 
 /// Removes its socket from the table when the connection ends.
+#[derive(Debug)]
 pub struct HeldSocket {
     sockets: Arc<Sockets>,
     session_id: String,
@@ -74,7 +75,7 @@ impl Sockets {
                 }
             }
             None => {
-                tracing::debug!(session_id = %control.session_id, "control for a socket not held here")
+                tracing::debug!(session_id = %control.session_id, "control for a socket not held here");
             }
         }
     }
@@ -86,7 +87,7 @@ pub async fn route(mut subscription: Subscription, sockets: Arc<Sockets>) {
         match SessionControl::decode(message.payload.as_ref()) {
             Ok(control) => sockets.deliver(control),
             Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "undecodable control message")
+                tracing::warn!(%error, subject = %message.subject, "undecodable control message");
             }
         }
     }

@@ -50,8 +50,8 @@ pub mod meter;
 pub mod origins;
 pub mod pressure;
 pub mod realtime;
-pub mod sessions;
 pub mod server;
+pub mod sessions;
 pub mod settings;
 pub mod stream_call;
 pub mod times;
@@ -145,7 +145,6 @@ async fn app(
         },
         sessions: backends.session.clone(),
         statistics: backends.statistics.clone(),
-        broadcast: backends.broadcast.clone(),
         bus: bus.clone(),
     };
     let sessions = sessions::SessionsState {

@@ -58,6 +58,7 @@ pub struct Meter {
 }
 
 /// An open socket, counted until dropped.
+#[derive(Debug)]
 pub struct Connected {
     meter: Arc<Meter>,
     endpoint: Endpoint,

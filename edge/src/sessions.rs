@@ -231,4 +231,3 @@ async fn terminate_session(
         session: access.view(session),
     }))
 }
-

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchboard_proto::metrics::{Side, Timed, TimedLayer};
-use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
@@ -190,8 +189,6 @@ pub struct Backends {
     pub session: SessionServiceClient<TimedChannel>,
     pub detection: DetectionServiceClient<TimedChannel>,
     pub statistics: StatisticsServiceClient<TimedChannel>,
-    /// Served by the statistics role.
-    pub broadcast: BroadcastServiceClient<TimedChannel>,
     /// Raw channels, for health checks.
     pub(crate) channels: [(&'static str, Channel); 3],
 }
@@ -225,7 +222,6 @@ impl Backends {
             session: SessionServiceClient::new(timed(&session)),
             detection: DetectionServiceClient::new(timed(&detection)),
             statistics: StatisticsServiceClient::new(timed(&statistics)),
-            broadcast: BroadcastServiceClient::new(timed(&statistics)),
             channels: [
                 ("session", session),
                 ("detection", detection),

@@ -22,6 +22,12 @@ pub struct StreamCall<Request, Reply> {
     replies: Streaming<Reply>,
 }
 
+impl<Request, Reply> std::fmt::Debug for StreamCall<Request, Reply> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("StreamCall").finish_non_exhaustive()
+    }
+}
+
 fn unavailable(service: &'static str, detail: &str) -> ClientError {
     ClientError::Unavailable {
         service,

@@ -11,7 +11,10 @@
 //!
 //! Set `TEST_LOG=1` to see every process's output.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the support module"
+)]
 
 pub mod venv;
 

@@ -37,8 +37,7 @@ use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::{
-    AckAlertRequest, Alert, LimitPolicy, OpenSessionRequest, RecordActivityRequest,
-    SessionControl,
+    AckAlertRequest, Alert, LimitPolicy, OpenSessionRequest, RecordActivityRequest, SessionControl,
 };
 use tracing::Instrument;
 
@@ -301,12 +300,17 @@ impl Handler for AlertsConnection {
         }
     }
 
-    async fn on_event<T: Transport>(&mut self, letter: Self::Event, conn: &mut Conn<'_, T>) -> Flow {
+    async fn on_event<T: Transport>(
+        &mut self,
+        letter: Self::Event,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
         match letter {
             Ok(Some(letter)) => {
-                let span = received(&letter.trace, || {
-                    tracing::info_span!("alert.deliver", alert_id = %letter.id, trace_id = tracing::field::Empty)
-                });
+                let span = received(
+                    &letter.trace,
+                    || tracing::info_span!("alert.deliver", alert_id = %letter.id, trace_id = tracing::field::Empty),
+                );
                 self.deliver(&letter.payload, conn).instrument(span).await
             }
             Ok(None) => Flow::Close(Close::Unavailable("alerts")),
@@ -447,8 +451,14 @@ mod tests {
 
     #[test]
     fn client_messages_parse_or_say_why_not() {
-        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping)));
-        assert!(matches!(parse(r#"{"type":"pong"}"#), Ok(ClientMessage::Pong)));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"pong"}"#),
+            Ok(ClientMessage::Pong)
+        ));
         assert!(
             matches!(parse(r#"{"type":"ack","alert_id":"a1"}"#), Ok(ClientMessage::Ack { alert_id }) if alert_id == "a1")
         );

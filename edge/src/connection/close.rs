@@ -62,7 +62,11 @@ impl fmt::Display for Close {
         match self {
             Close::Done(reason) => formatter.write_str(reason),
             Close::NoHeartbeat(timeout) => {
-                write!(formatter, "no heartbeat for {} seconds", timeout.as_secs_f64())
+                write!(
+                    formatter,
+                    "no heartbeat for {} seconds",
+                    timeout.as_secs_f64()
+                )
             }
             Close::Protocol => formatter.write_str("websocket protocol error"),
             Close::NotUtf8 => formatter.write_str("text message is not UTF-8"),

@@ -159,13 +159,19 @@ pub trait Handler: Send + 'static {
     }
 
     /// Every [`tick_every`](Self::tick_every).
-    fn on_tick<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> impl Future<Output = Flow> + Send {
+    fn on_tick<T: Transport>(
+        &mut self,
+        conn: &mut Conn<'_, T>,
+    ) -> impl Future<Output = Flow> + Send {
         let _ = conn;
         async { Flow::Continue }
     }
 
     /// A protocol-level ping or pong from the client.
-    fn on_heartbeat<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> impl Future<Output = Flow> + Send {
+    fn on_heartbeat<T: Transport>(
+        &mut self,
+        conn: &mut Conn<'_, T>,
+    ) -> impl Future<Output = Flow> + Send {
         let _ = conn;
         async { Flow::Continue }
     }
@@ -306,6 +312,15 @@ pub struct Conn<'a, T> {
     registration: Option<&'a mut Registration>,
 }
 
+impl<T> std::fmt::Debug for Conn<'_, T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Conn")
+            .field("registration", &self.registration)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: Transport> Conn<'_, T> {
     /// Sends one message, counted.
     pub async fn send(&mut self, message: &impl Serialize) -> Result<(), Gone> {
@@ -443,10 +458,7 @@ pub async fn drive<H: Handler, T: Transport>(
     };
     let (_held, mut controls) = match &registration {
         Some(registration) => {
-            let (held, control) = driver
-                .inner
-                .sockets
-                .hold(&registration.session.session_id);
+            let (held, control) = driver.inner.sockets.hold(&registration.session.session_id);
             (Some(held), Some(control))
         }
         None => (None, None),
@@ -455,7 +467,10 @@ pub async fn drive<H: Handler, T: Transport>(
     let mut limiter = options.rate_limit.map(|rate| {
         let rate = NonZeroU32::new(rate.max(1)).expect("at least 1");
         let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2"));
-        (rate.get(), RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+        (
+            rate.get(),
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        )
     });
     let mut last_heard = Instant::now();
 
@@ -516,7 +531,13 @@ pub async fn drive<H: Handler, T: Transport>(
         flow
     };
     if let Flow::Close(close) = &ended {
-        if matches!(close, Close::Restart | Close::NoHeartbeat(_) | Close::RateLimited { .. } | Close::TooSlow { .. }) {
+        if matches!(
+            close,
+            Close::Restart
+                | Close::NoHeartbeat(_)
+                | Close::RateLimited { .. }
+                | Close::TooSlow { .. }
+        ) {
             tracing::info!(endpoint = options.endpoint.name(), reason = %close, "connection closed");
         }
         transport.close(close).await;
@@ -532,12 +553,9 @@ pub async fn drive<H: Handler, T: Transport>(
 /// The limiter's verdict on one more client message.
 fn over_rate(limiter: &mut Option<(u32, DefaultDirectRateLimiter)>) -> Option<Close> {
     let (per_second, limiter) = limiter.as_ref()?;
-    limiter
-        .check()
-        .is_err()
-        .then_some(Close::RateLimited {
-            per_second: *per_second,
-        })
+    limiter.check().is_err().then_some(Close::RateLimited {
+        per_second: *per_second,
+    })
 }
 
 async fn on_client_message<H: Handler, T: Transport>(

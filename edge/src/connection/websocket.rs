@@ -53,6 +53,15 @@ pub struct WebSocketTransport {
     max_message_bytes: usize,
 }
 
+impl std::fmt::Debug for WebSocketTransport {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WebSocketTransport")
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WebSocketTransport {
     pub fn new(socket: WebSocket, max_message_bytes: usize) -> Self {
         Self {
@@ -102,20 +111,20 @@ impl WebSocketTransport {
 impl Transport for WebSocketTransport {
     async fn recv(&mut self) -> Received {
         match self.socket.recv().await {
-                Some(Ok(Message::Text(text))) => Received::Text(text),
-                Some(Ok(Message::Binary(_))) => Received::Binary,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Received::Heartbeat,
-                Some(Ok(Message::Close(_))) => {
-                    self.answer_close().await;
-                    Received::Closed
+            Some(Ok(Message::Text(text))) => Received::Text(text),
+            Some(Ok(Message::Binary(_))) => Received::Binary,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Received::Heartbeat,
+            Some(Ok(Message::Close(_))) => {
+                self.answer_close().await;
+                Received::Closed
+            }
+            Some(Err(error)) => {
+                let failure = self.failure(&error);
+                if matches!(failure, Received::Gone) {
+                    tracing::debug!(%error, "websocket read failed");
                 }
-                Some(Err(error)) => {
-                    let failure = self.failure(&error);
-                    if matches!(failure, Received::Gone) {
-                        tracing::debug!(%error, "websocket read failed");
-                    }
-                    failure
-                }
+                failure
+            }
             None => Received::Gone,
         }
     }

@@ -24,12 +24,11 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use switchboard_bus::{Bus, Subscription, subjects};
+use switchboard_bus::hub::{self, HubMessageError, StreamAudience};
+use switchboard_bus::{Bus, Subscription};
 use switchboard_proto::trace::received;
-use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
-use switchboard_proto::v1::UiMessage;
 use tokio::sync::mpsc;
 
 use crate::caller::Identities;
@@ -63,7 +62,7 @@ pub struct HubsState {
     pub sessions: SessionServiceClient<TimedChannel>,
     /// `GET /api/statistics`.
     pub statistics: StatisticsServiceClient<TimedChannel>,
-    pub broadcast: BroadcastServiceClient<TimedChannel>,
+    /// Where broadcasts are published: no service adds anything to them.
     pub bus: Bus,
 }
 
@@ -90,10 +89,7 @@ pub fn router(state: HubsState) -> Router {
             "/api/ws/statistics/connections",
             get(statistics::connections),
         )
-        .route(
-            "/api/ws/statistics/broadcast",
-            post(statistics::broadcast),
-        )
+        .route("/api/ws/statistics/broadcast", post(statistics::broadcast))
         .route(
             "/api/ws/statistics/users/{user_id}/messages",
             post(statistics::to_user),
@@ -105,15 +101,37 @@ pub fn router(state: HubsState) -> Router {
         .with_state(state)
 }
 
-/// Publishes a UI hub message to every edge.
-async fn publish_ui(state: &HubsState, message: UiMessage) -> Result<(), ClientError> {
+impl From<HubMessageError> for ClientError {
+    fn from(error: HubMessageError) -> Self {
+        ClientError::InvalidMessage(error.to_string())
+    }
+}
+
+/// The bus refused a broadcast: it was not sent.
+fn unpublished(error: switchboard_bus::BusError) -> ClientError {
+    tracing::warn!(%error, "broadcast not published");
+    ClientError::Unavailable {
+        service: "message bus",
+        detail: error.to_string(),
+    }
+}
+
+/// Publishes a UI hub message to every edge's `/ws/ui` clients.
+async fn publish_ui(state: &HubsState, message: hub::UiMessage) -> Result<(), ClientError> {
+    state.bus.publish_ui(message).await.map_err(unpublished)
+}
+
+/// Publishes a statistics-stream message to `audience`, on every edge.
+async fn publish_stream(
+    state: &HubsState,
+    audience: &StreamAudience,
+    message: hub::StreamMessage,
+) -> Result<(), ClientError> {
     state
-        .broadcast
-        .clone()
-        .broadcast_ui(message)
+        .bus
+        .publish_stream(audience, message)
         .await
-        .map_err(|status| ClientError::from_status("statistics", status))?;
-    Ok(())
+        .map_err(unpublished)
 }
 
 /// Which messages of a broadcast a client wants (personal messages always
@@ -214,6 +232,7 @@ impl std::fmt::Debug for Hub {
 }
 
 /// A client's place in a hub; leaving is dropping it.
+#[derive(Debug)]
 pub struct Member {
     hub: Arc<Hub>,
     id: u64,
@@ -299,17 +318,6 @@ impl Hub {
     }
 }
 
-/// The `type` of a hub message.
-fn message_type(payload: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Typed {
-        r#type: String,
-    }
-    serde_json::from_slice::<Typed>(payload)
-        .ok()
-        .map(|typed| typed.r#type)
-}
-
 /// Relays the UI hub's subject to the local `/ws/ui` clients.
 pub async fn relay_ui(mut subscription: Subscription, hub: Arc<Hub>) {
     while let Some(message) = subscription.next().await {
@@ -324,25 +332,22 @@ pub async fn relay_ui(mut subscription: Subscription, hub: Arc<Hub>) {
 /// Relays the statistics stream's subjects to the local clients: to all
 /// (by their filters), to one user, or to one connection.
 pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
-    let user_prefix = format!("{}.", subjects::stream_user("").trim_end_matches('.'));
-    let connection_prefix = format!("{}.", subjects::stream_connection("").trim_end_matches('.'));
     while let Some(message) = subscription.next().await {
         let span = received(
             &message.trace,
             || tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty),
         );
         let _entered = span.enter();
-        let kind = message_type(&message.payload).unwrap_or_default();
-        if message.subject == subjects::STREAM_ALL {
-            hub.deliver(&message.payload, &kind, Target::All);
-        } else if let Some(token) = message.subject.strip_prefix(&user_prefix) {
-            if let Some(user_id) = switchboard_bus::key_untoken(token) {
+        let kind = hub::message_type(&message.payload).unwrap_or_default();
+        match StreamAudience::of_subject(&message.subject) {
+            Some(StreamAudience::All) => hub.deliver(&message.payload, &kind, Target::All),
+            Some(StreamAudience::User(user_id)) => {
                 hub.deliver(&message.payload, &kind, Target::User(&user_id));
             }
-        } else if let Some(token) = message.subject.strip_prefix(&connection_prefix)
-            && let Some(connection_id) = switchboard_bus::key_untoken(token)
-        {
-            hub.deliver(&message.payload, &kind, Target::Connection(&connection_id));
+            Some(StreamAudience::Connection(connection_id)) => {
+                hub.deliver(&message.payload, &kind, Target::Connection(&connection_id));
+            }
+            None => tracing::debug!(subject = %message.subject, "not a statistics-stream subject"),
         }
     }
 }

@@ -25,9 +25,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_bus::hub::{StreamAudience, StreamMessage, stream_message_from_value};
 use switchboard_proto::v1::{
     GetStatisticsRequest, LimitPolicy, ListSessionsRequest, OpenSessionRequest,
-    RecordActivityRequest, SessionControl, StreamMessage, TargetedMessage,
+    RecordActivityRequest, SessionControl,
 };
 use tokio::sync::mpsc;
 
@@ -181,7 +182,11 @@ impl Handler for StatisticsConnection {
         }
     }
 
-    async fn on_event<T: Transport>(&mut self, message: Option<Bytes>, conn: &mut Conn<'_, T>) -> Flow {
+    async fn on_event<T: Transport>(
+        &mut self,
+        message: Option<Bytes>,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
         match message {
             Some(payload) => conn.send_shared(payload).await.into(),
             None => Flow::Close(Close::TooSlow {
@@ -218,10 +223,7 @@ impl Handler for StatisticsConnection {
 
 /// `GET /api/statistics`: the polling fallback, same token as the stream;
 /// the body is what `statistics_update.data` carries.
-pub async fn current(
-    State(state): State<HubsState>,
-    _user: User,
-) -> Result<Response, ClientError> {
+pub async fn current(State(state): State<HubsState>, _user: User) -> Result<Response, ClientError> {
     let snapshot = state
         .statistics
         .clone()
@@ -264,10 +266,10 @@ pub async fn connections(
     })))
 }
 
-fn message_json(body: Result<Json<Value>, JsonRejection>) -> Result<String, ClientError> {
+fn message(body: Result<Json<Value>, JsonRejection>) -> Result<StreamMessage, ClientError> {
     let Json(message) =
         body.map_err(|rejection| ClientError::InvalidMessage(rejection.body_text()))?;
-    Ok(message.to_string())
+    Ok(stream_message_from_value(message)?)
 }
 
 fn sent() -> (StatusCode, Json<Value>) {
@@ -281,15 +283,8 @@ pub async fn broadcast(
     _admin: Admin,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    let request = StreamMessage {
-        message_json: message_json(body)?,
-    };
-    state
-        .broadcast
-        .clone()
-        .broadcast_stream(request)
-        .await
-        .map_err(|status| ClientError::from_status("statistics", status))?;
+    let message = message(body)?;
+    super::publish_stream(&state, &StreamAudience::All, message).await?;
     Ok(sent())
 }
 
@@ -301,16 +296,9 @@ pub async fn to_user(
     Path(user_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    let request = TargetedMessage {
-        target: user_id,
-        message_json: message_json(body)?,
-    };
-    state
-        .broadcast
-        .clone()
-        .send_to_user(request)
-        .await
-        .map_err(|status| ClientError::from_status("statistics", status))?;
+    let audience = StreamAudience::user(&user_id)?;
+    let message = message(body)?;
+    super::publish_stream(&state, &audience, message).await?;
     Ok(sent())
 }
 
@@ -322,15 +310,8 @@ pub async fn to_connection(
     Path(connection_id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    let request = TargetedMessage {
-        target: connection_id,
-        message_json: message_json(body)?,
-    };
-    state
-        .broadcast
-        .clone()
-        .send_to_connection(request)
-        .await
-        .map_err(|status| ClientError::from_status("statistics", status))?;
+    let audience = StreamAudience::connection(&connection_id)?;
+    let message = message(body)?;
+    super::publish_stream(&state, &audience, message).await?;
     Ok(sent())
 }

@@ -17,7 +17,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use switchboard_proto::v1::UiMessage;
+use switchboard_bus::hub::{UiMessageKind, ui_message};
 use tokio::sync::mpsc;
 
 use super::{CLIENT_QUEUE, HubsState, Member, error_message};
@@ -78,8 +78,8 @@ impl Handler for UiConnection {
         let Inbound::Text(text) = message else {
             return Ok(Flow::Continue);
         };
-        let message: Value =
-            serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
+        let message: Value = serde_json::from_str(text)
+            .map_err(|error| ClientError::InvalidJson(error.to_string()))?;
         match message.get("type").and_then(Value::as_str) {
             Some("ping") => {
                 let pong = json!({"type": "pong", "timestamp": rfc3339_millis()});
@@ -103,7 +103,11 @@ impl Handler for UiConnection {
         }
     }
 
-    async fn on_event<T: Transport>(&mut self, message: Option<Bytes>, conn: &mut Conn<'_, T>) -> Flow {
+    async fn on_event<T: Transport>(
+        &mut self,
+        message: Option<Bytes>,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
         match message {
             Some(payload) => conn.send_shared(payload).await.into(),
             None => Flow::Close(Close::TooSlow {
@@ -123,16 +127,23 @@ fn object(value: Option<Value>, name: &str) -> Result<Map<String, Value>, Client
     }
 }
 
+/// Builds the UI message and publishes it to every edge; `202` with what
+/// was sent, `503` if the bus refused it (it was not sent).
 async fn broadcast(
     state: &HubsState,
-    message: UiMessage,
+    kind: UiMessageKind<'_>,
+    data: Map<String, Value>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
-    let echo = json!({
-        "status": "broadcast",
-        "type": message.r#type,
-    });
-    super::publish_ui(state, message).await?;
-    Ok((StatusCode::ACCEPTED, Json(echo)))
+    let type_name = match kind {
+        UiMessageKind::Event { .. } => "event",
+        UiMessageKind::Overlay { .. } => "overlay",
+        UiMessageKind::Telemetry => "telemetry",
+    };
+    super::publish_ui(state, ui_message(kind, data)?).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "broadcast", "type": type_name})),
+    ))
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ClientError> {
@@ -155,13 +166,10 @@ pub async fn broadcast_event(
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
     let request = body(request)?;
     let data = object(request.data, "data")?;
-    let message = UiMessage {
-        r#type: "event".into(),
-        event_type: request.event_type,
-        overlay_type: String::new(),
-        data_json: Value::Object(data).to_string(),
+    let kind = UiMessageKind::Event {
+        event_type: &request.event_type,
     };
-    broadcast(&state, message).await
+    broadcast(&state, kind, data).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,18 +197,17 @@ pub async fn broadcast_action(
             "confidence must be between 0 and 1".into(),
         ));
     }
-    let data = json!({
-        "timestamp": rfc3339_millis(),
-        "confidence": request.confidence,
-        "metadata": Value::Object(object(request.metadata, "metadata")?),
-    });
-    let message = UiMessage {
-        r#type: "event".into(),
-        event_type: request.action,
-        overlay_type: String::new(),
-        data_json: data.to_string(),
+    let mut data = Map::new();
+    data.insert("timestamp".into(), Value::String(rfc3339_millis()));
+    data.insert("confidence".into(), json!(request.confidence));
+    data.insert(
+        "metadata".into(),
+        Value::Object(object(request.metadata, "metadata")?),
+    );
+    let kind = UiMessageKind::Event {
+        event_type: &request.action,
     };
-    broadcast(&state, message).await
+    broadcast(&state, kind, data).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,13 +224,10 @@ pub async fn broadcast_overlay(
     request: Result<Json<OverlayBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
     let request = body(request)?;
-    let message = UiMessage {
-        r#type: "overlay".into(),
-        event_type: String::new(),
-        overlay_type: request.overlay_type,
-        data_json: Value::Object(object(request.data, "data")?).to_string(),
+    let kind = UiMessageKind::Overlay {
+        overlay_type: &request.overlay_type,
     };
-    broadcast(&state, message).await
+    broadcast(&state, kind, object(request.data, "data")?).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,11 +243,6 @@ pub async fn broadcast_telemetry(
     request: Result<Json<TelemetryBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
     let request = body(request)?;
-    let message = UiMessage {
-        r#type: "telemetry".into(),
-        event_type: String::new(),
-        overlay_type: String::new(),
-        data_json: Value::Object(object(request.data, "data")?).to_string(),
-    };
-    broadcast(&state, message).await
+    let data = object(request.data, "data")?;
+    broadcast(&state, UiMessageKind::Telemetry, data).await
 }

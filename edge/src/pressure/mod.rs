@@ -266,6 +266,7 @@ fn matrix(data: &Value) -> Result<Vec<MatrixRow>, ClientError> {
 }
 
 /// A frame as a client sends it, checked for types and sizes.
+#[derive(Debug)]
 pub struct FrameInput {
     pub workout_id: String,
     pub matrix: Vec<MatrixRow>,
@@ -322,12 +323,14 @@ impl FrameInput {
 }
 
 /// One joined workout.
+#[derive(Debug)]
 struct Joined {
     _membership: Membership,
     detection: Option<crate::stream_call::StreamCall<FrameRequest, FrameReply>>,
 }
 
 /// How room events reach a connection.
+#[derive(Debug)]
 pub enum Delivery {
     /// A plain WebSocket: events arrive on its bounded queue.
     Queue(mpsc::Sender<RoomEvent>),
@@ -336,6 +339,7 @@ pub enum Delivery {
 }
 
 /// One client connection's pressure streaming, whatever its transport.
+#[derive(Debug)]
 pub struct PressureConnection {
     state: PressureState,
     caller: Caller,
@@ -405,7 +409,11 @@ impl Handler for PressureConnection {
         }
     }
 
-    async fn on_event<T: Transport>(&mut self, event: Option<RoomEvent>, conn: &mut Conn<'_, T>) -> Flow {
+    async fn on_event<T: Transport>(
+        &mut self,
+        event: Option<RoomEvent>,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
         match event {
             Some(event) => conn.send_shared(event).await.into(),
             // The connection holds a sender: the queue never ends first.
@@ -564,6 +572,7 @@ pub async fn record_and_publish(
 }
 
 /// A frame once stored.
+#[derive(Debug)]
 pub struct Recorded {
     pub workout_id: String,
     pub stats: FrameStats,
@@ -571,10 +580,7 @@ pub struct Recorded {
     pub sequence: u64,
 }
 
-pub async fn record(
-    state: &PressureState,
-    frame: PressureFrame,
-) -> Result<Recorded, ClientError> {
+pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recorded, ClientError> {
     let workout_id = frame.workout_id.clone();
     let stats = frame.stats.unwrap_or_default();
     let recorded = state

@@ -40,6 +40,7 @@ pub fn socketio_room(workout_id: &str) -> String {
 pub type RoomEvent = Bytes;
 
 /// Who joins a room.
+#[derive(Debug)]
 pub enum Member {
     /// A plain WebSocket: events arrive on its queue.
     WebSocket(mpsc::Sender<RoomEvent>),
@@ -78,6 +79,7 @@ impl std::fmt::Debug for Rooms {
 }
 
 /// Membership in one room; leaving is dropping it.
+#[derive(Debug)]
 pub struct Membership {
     rooms: Arc<Rooms>,
     workout_id: String,

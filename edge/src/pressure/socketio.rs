@@ -111,7 +111,13 @@ fn on_connect(
     let driver = state.driver.clone();
     let handler = PressureConnection::new(state, caller, Delivery::SocketIo(socket));
     tokio::spawn(async move {
-        drive(&driver, Options::new(Endpoint::Pressure), transport, handler).await;
+        drive(
+            &driver,
+            Options::new(Endpoint::Pressure),
+            transport,
+            handler,
+        )
+        .await;
     });
     Ok(())
 }

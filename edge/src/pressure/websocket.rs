@@ -29,6 +29,12 @@ pub async fn upgrade(
         };
         let driver = state.driver.clone();
         let handler = PressureConnection::with_queue(state, caller);
-        drive(&driver, Options::new(Endpoint::Pressure), transport, handler).await;
+        drive(
+            &driver,
+            Options::new(Endpoint::Pressure),
+            transport,
+            handler,
+        )
+        .await;
     })
 }

@@ -234,7 +234,11 @@ impl Handler for Realtime {
                 // exported): this span, the detection service's, and any
                 // alert it raises, to the edge that delivers it.
                 let span = switchboard_proto::trace::message_span(|| {
-                    tracing::info_span!("ws.message", endpoint = "/ws/realtime", trace_id = tracing::field::Empty)
+                    tracing::info_span!(
+                        "ws.message",
+                        endpoint = "/ws/realtime",
+                        trace_id = tracing::field::Empty
+                    )
                 });
                 self.on_samples(samples, conn).instrument(span).await
             }
@@ -468,7 +472,10 @@ impl Realtime {
         Ok(Flow::Close(Close::Done("stopped".into())))
     }
 
-    async fn on_reset<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
+    async fn on_reset<T: Transport>(
+        &mut self,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
         // A session without a live stream gets a fresh detector anyway.
         if self.detection.is_some() {
             let reset = StepRequest {
@@ -504,7 +511,10 @@ impl Realtime {
         Ok(conn.send(&message).await.into())
     }
 
-    async fn on_stats<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
+    async fn on_stats<T: Transport>(
+        &mut self,
+        conn: &mut Conn<'_, T>,
+    ) -> Result<Flow, ClientError> {
         // Report first, so the session sees its own counts exactly.
         let live = conn.registration().is_live();
         let reported = self.start_report(live).await;
@@ -568,7 +578,10 @@ impl Realtime {
     /// Takes what this socket did since the last report and returns the
     /// calls that send it (a future of its own, to run as a task). The
     /// registry's share only while it holds the session.
-    fn start_report(&mut self, registered: bool) -> impl Future<Output = Reported> + Send + 'static {
+    fn start_report(
+        &mut self,
+        registered: bool,
+    ) -> impl Future<Output = Reported> + Send + 'static {
         let for_registry = if registered {
             std::mem::take(&mut self.for_registry)
         } else {
@@ -637,8 +650,13 @@ impl Realtime {
 
     /// After a report: a registry that no longer knows the session (its
     /// control message was lost) ends the socket.
-    async fn on_reported<T: Transport>(&mut self, reported: Reported, conn: &mut Conn<'_, T>) -> Flow {
-        let unknown = matches!(&reported.registry, Err(status) if status.code() == tonic::Code::NotFound);
+    async fn on_reported<T: Transport>(
+        &mut self,
+        reported: Reported,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
+        let unknown =
+            matches!(&reported.registry, Err(status) if status.code() == tonic::Code::NotFound);
         self.take_back(reported);
         if !unknown {
             return Flow::Continue;
