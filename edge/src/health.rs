@@ -16,6 +16,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use switchboard_bus::Bus;
+
 use crate::connection::Driver;
 
 /// What the operations routes need.
@@ -24,8 +26,17 @@ pub struct HealthState {
     pub driver: Driver,
     /// The services' channels, by name, for their gRPC health.
     pub channels: [(&'static str, Channel); 3],
-    /// `cluster` with NATS, `single-instance` with the in-process bus.
-    pub mode: &'static str,
+    /// NATS, whose state is the edge's too.
+    pub bus: Bus,
+}
+
+/// The message bus's state, in a word.
+fn bus_state(bus: &Bus) -> &'static str {
+    match (bus.is_single_instance(), bus.is_connected()) {
+        (true, _) => "in-process",
+        (false, true) => "connected",
+        (false, false) => "disconnected",
+    }
 }
 
 /// `/health`, `/ready`, `/metrics`.
@@ -59,8 +70,12 @@ async fn service_health(channel: Channel) -> &'static str {
 
 #[derive(Debug, Serialize)]
 pub struct Health {
-    /// `healthy` when every service answers SERVING, else `degraded`.
+    /// `healthy` when every service answers SERVING and NATS is connected,
+    /// else `degraded`.
     status: &'static str,
+    /// Why it is degraded: `session not_serving`, `nats disconnected`, …
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
     edge_id: String,
     /// `cluster` with NATS, `single-instance` with the in-process bus.
     mode: &'static str,
@@ -77,28 +92,45 @@ async fn health(State(state): State<HealthState>) -> Json<Health> {
         let channel = channel.clone();
         async move { (*name, service_health(channel).await) }
     });
-    let services: BTreeMap<_, _> = futures::future::join_all(checks)
+    let mut services: BTreeMap<_, _> = futures::future::join_all(checks)
         .await
         .into_iter()
         .collect();
-    let healthy = services.values().all(|status| *status == "serving");
+    services.insert("nats", bus_state(&state.bus));
+    let reasons: Vec<String> = services
+        .iter()
+        .filter(|(_, status)| !matches!(**status, "serving" | "connected" | "in-process"))
+        .map(|(name, status)| format!("{name} {status}"))
+        .collect();
     Json(Health {
-        status: if healthy { "healthy" } else { "degraded" },
+        status: if reasons.is_empty() { "healthy" } else { "degraded" },
+        reasons,
         edge_id: state.driver.edge_id().to_owned(),
-        mode: state.mode,
+        mode: if state.bus.is_single_instance() {
+            "single-instance"
+        } else {
+            "cluster"
+        },
         connections: state.driver.meter().connections(),
         services,
         timestamp: unix_now(),
     })
 }
 
-/// Readiness: 200 while the edge accepts traffic and reaches the session
-/// registry, 503 while draining or when it cannot (take it out of rotation).
+/// Readiness: 200 while the edge accepts traffic and reaches NATS and the
+/// session registry, 503 while draining or when it cannot, so a load
+/// balancer moves clients to an edge that can serve them.
 async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.driver.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "draining"})),
+        );
+    }
+    if !state.bus.is_connected() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not_ready", "reason": "message bus unreachable"})),
         );
     }
     let (_, session) = &state.channels[0];

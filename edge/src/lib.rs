@@ -214,11 +214,7 @@ pub async fn serve(
     let health = health::router(health::HealthState {
         driver: driver.clone(),
         channels: backends.channels.clone(),
-        mode: if bus.is_single_instance() {
-            "single-instance"
-        } else {
-            "cluster"
-        },
+        bus: bus.clone(),
     });
     let app = app(
         &settings,

@@ -90,32 +90,55 @@ impl Output {
 /// A `nats-server` with JetStream, on a random loopback port.
 pub struct Nats {
     child: Child,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
+    port: u16,
     pub url: String,
+}
+
+/// Runs `nats-server -js` on `port` (`-1`: any) with its store in `store`;
+/// returns the process once it listens, and the port.
+fn nats_server(port: &str, store: &std::path::Path) -> (Child, u16) {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server must be installed (apt-get install nats-server)");
+    let output = Arc::new(Output::default());
+    output.follow("nats".into(), child.stderr.take().unwrap());
+    let port: u16 = output.wait_for("nats-server to listen", |line| {
+        line.split("Listening for client connections on 127.0.0.1:")
+            .nth(1)
+            .and_then(|port| port.trim().parse().ok())
+    });
+    (child, port)
 }
 
 impl Nats {
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
-        let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server must be installed (apt-get install nats-server)");
-        let output = Arc::new(Output::default());
-        output.follow("nats".into(), child.stderr.take().unwrap());
-        let port: u16 = output.wait_for("nats-server to listen", |line| {
-            line.split("Listening for client connections on 127.0.0.1:")
-                .nth(1)
-                .and_then(|port| port.trim().parse().ok())
-        });
+        let (child, port) = nats_server("-1", store.path());
         Self {
             child,
-            _store: store,
+            store,
+            port,
             url: format!("nats://127.0.0.1:{port}"),
         }
+    }
+
+    /// Stops the server at once (SIGKILL): an outage, as clients see it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same store, as a
+    /// restarted server (or pod) comes back.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, _) = nats_server(&self.port.to_string(), self.store.path());
+        self.child = child;
     }
 }
 

@@ -116,8 +116,22 @@ fn unpublished(error: switchboard_bus::BusError) -> ClientError {
     }
 }
 
+/// While NATS is unreachable a broadcast is refused (503), not accepted
+/// and lost: core NATS keeps no message for later.
+fn connected(state: &HubsState) -> Result<(), ClientError> {
+    if state.bus.is_connected() {
+        Ok(())
+    } else {
+        Err(ClientError::Unavailable {
+            service: "message bus",
+            detail: "not connected; retry".to_owned(),
+        })
+    }
+}
+
 /// Publishes a UI hub message to every edge's `/ws/ui` clients.
 async fn publish_ui(state: &HubsState, message: hub::UiMessage) -> Result<(), ClientError> {
+    connected(state)?;
     state.bus.publish_ui(message).await.map_err(unpublished)
 }
 
@@ -127,6 +141,7 @@ async fn publish_stream(
     audience: &StreamAudience,
     message: hub::StreamMessage,
 ) -> Result<(), ClientError> {
+    connected(state)?;
     state
         .bus
         .publish_stream(audience, message)

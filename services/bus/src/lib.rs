@@ -248,6 +248,18 @@ impl Bus {
         matches!(self, Bus::Local(_))
     }
 
+    /// Whether messages can go out now: the in-process bus always, NATS
+    /// while the client is connected (it reconnects by itself when it is
+    /// not).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Bus::Nats(nats) => {
+                nats.client.connection_state() == async_nats::connection::State::Connected
+            }
+            Bus::Local(_) => true,
+        }
+    }
+
     /// Publishes without waiting for anyone to receive it (core NATS
     /// semantics: subscribers that are not there miss it).
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
