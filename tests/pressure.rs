@@ -437,3 +437,36 @@ async fn a_socketio_client_with_a_bad_token_gets_connect_error_with_the_reason()
     let reasons: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
     assert_eq!(reasons, json!(["malformed token", "malformed token"]));
 }
+
+#[tokio::test]
+async fn a_websocket_sender_faster_than_the_edge_gets_every_reply() {
+    let node = Switchboard::all(None, &[]);
+    let mut sender = joined(&node, "fast").await;
+    let mut watcher = joined(&node, "fast").await;
+    const FRAMES: u64 = 2000;
+    // Frames far faster than the edge analyses and stores them (5,000 a
+    // second), none waiting for its reply, so they queue up: the case
+    // where a sender's replies, once room broadcasts through a queue of
+    // 64, were dropped. Replies to its own frames are replies now.
+    let mut ticks = tokio::time::interval(std::time::Duration::from_micros(200));
+    for i in 1..=FRAMES {
+        ticks.tick().await;
+        sender
+            .send_json(frame("fast", json!([[i % 7, 1], [2, 3]]), i as f64))
+            .await;
+    }
+    let mut sequences = Vec::new();
+    while sequences.len() < FRAMES as usize {
+        let reply = sender.expect("frame_processed").await;
+        sequences.push(reply["sequence"].as_u64().unwrap());
+    }
+    assert_eq!(
+        sequences,
+        (1..=FRAMES).collect::<Vec<_>>(),
+        "every reply, once, in order"
+    );
+    // The other member hears of the frames as room events (at most its
+    // queue's worth may be lost if it reads slowly; it reads here).
+    let heard = watcher.expect("frame_processed").await;
+    assert_eq!(heard["workout_id"], "fast");
+}

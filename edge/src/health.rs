@@ -103,7 +103,11 @@ async fn health(State(state): State<HealthState>) -> Json<Health> {
         .map(|(name, status)| format!("{name} {status}"))
         .collect();
     Json(Health {
-        status: if reasons.is_empty() { "healthy" } else { "degraded" },
+        status: if reasons.is_empty() {
+            "healthy"
+        } else {
+            "degraded"
+        },
         reasons,
         edge_id: state.driver.edge_id().to_owned(),
         mode: if state.bus.is_single_instance() {

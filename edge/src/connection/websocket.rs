@@ -146,7 +146,11 @@ impl Transport for WebSocketTransport {
             code: close.code(),
             reason: close.to_string().into(),
         };
-        if self.socket.send(Message::Close(Some(frame))).await.is_err() {
+        // A client that does not read cannot take the close frame either:
+        // bounded, like every write.
+        let sent =
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame))));
+        if !matches!(sent.await, Ok(Ok(()))) {
             return;
         }
         let drain = async {

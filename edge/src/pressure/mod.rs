@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::caller::{Caller, Identities};
-use crate::connection::{Conn, Driver, Flow, Handler, Inbound, Transport};
+use crate::connection::{Close, Conn, Driver, Flow, Handler, Inbound, Transport};
 use crate::error::ClientError;
 use crate::settings::TimedChannel;
 use rooms::{Member, Membership, RoomEvent, Rooms, socketio_room};
@@ -325,7 +325,7 @@ impl FrameInput {
 /// One joined workout.
 #[derive(Debug)]
 struct Joined {
-    _membership: Membership,
+    membership: Membership,
     detection: Option<crate::stream_call::StreamCall<FrameRequest, FrameReply>>,
 }
 
@@ -333,7 +333,7 @@ struct Joined {
 #[derive(Debug)]
 pub enum Delivery {
     /// A plain WebSocket: events arrive on its bounded queue.
-    Queue(mpsc::Sender<RoomEvent>),
+    Queue(rooms::MemberQueue),
     /// A Socket.IO socket: socketioxide's room for the workout delivers.
     SocketIo(SocketRef),
 }
@@ -385,10 +385,10 @@ impl Handler for PressureConnection {
         let reply = match action.as_str() {
             "join_session" => self.join(&data).await?,
             "pressure_frame" => {
-                // The frame's answer reaches every room member (this one
-                // included) as `frame_processed`.
-                self.frame(&data).await?;
-                return Ok(Flow::Continue);
+                // The sender's `frame_processed` is a reply, sent here; the
+                // room's other members get the same as a broadcast.
+                let reply = self.frame(&data).await?;
+                return Ok(conn.send_json(reply).await.into());
             }
             "leave_session" => self.leave(&data)?,
             other => {
@@ -403,9 +403,13 @@ impl Handler for PressureConnection {
     }
 
     async fn next_event(&mut self) -> Option<RoomEvent> {
-        match &mut self.events {
-            Some(events) => events.recv().await,
-            None => std::future::pending().await,
+        let (Some(events), Delivery::Queue(queue)) = (&mut self.events, &self.delivery) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            biased;
+            event = events.recv() => event,
+            () = queue.dropped.notified() => None,
         }
     }
 
@@ -416,14 +420,19 @@ impl Handler for PressureConnection {
     ) -> Flow {
         match event {
             Some(event) => conn.send_shared(event).await.into(),
-            // The connection holds a sender: the queue never ends first.
-            None => Flow::Continue,
+            // Dropped from its rooms for not reading.
+            None => Flow::Close(Close::TooSlow {
+                queued: rooms::MEMBER_QUEUE,
+            }),
         }
     }
 }
 
 impl PressureConnection {
     pub fn new(state: PressureState, caller: Caller, delivery: Delivery) -> Self {
+        if let Delivery::SocketIo(socket) = &delivery {
+            socket.join(rooms::socketio_private_room(&socket.id.to_string()));
+        }
         Self {
             state,
             caller,
@@ -436,9 +445,13 @@ impl PressureConnection {
     /// A connection whose room events arrive on its own bounded queue.
     pub fn with_queue(state: PressureState, caller: Caller) -> Self {
         let (sender, events) = mpsc::channel(rooms::MEMBER_QUEUE);
+        let queue = rooms::MemberQueue {
+            events: sender,
+            dropped: Arc::default(),
+        };
         Self {
             events: Some(events),
-            ..Self::new(state, caller, Delivery::Queue(sender))
+            ..Self::new(state, caller, Delivery::Queue(queue))
         }
     }
 
@@ -452,10 +465,10 @@ impl PressureConnection {
                 )));
             }
             let member = match &self.delivery {
-                Delivery::Queue(sender) => Member::WebSocket(sender.clone()),
+                Delivery::Queue(queue) => Member::WebSocket(queue.clone()),
                 Delivery::SocketIo(socket) => {
                     socket.join(socketio_room(&workout_id));
-                    Member::SocketIo
+                    Member::SocketIo(socket.id.to_string())
                 }
             };
             let membership = self
@@ -470,7 +483,7 @@ impl PressureConnection {
             self.joined.insert(
                 workout_id.clone(),
                 Joined {
-                    _membership: membership,
+                    membership: membership,
                     detection: None,
                 },
             );
@@ -497,7 +510,7 @@ impl PressureConnection {
     /// `pressure_frame`: analyse, store, count, then tell the room; one
     /// trace (when traces are exported) from this edge through detection
     /// and the session service to every edge that delivers it.
-    pub async fn frame(&mut self, data: &Value) -> Result<(), ClientError> {
+    pub async fn frame(&mut self, data: &Value) -> Result<String, ClientError> {
         let span = switchboard_proto::trace::message_span(|| {
             tracing::info_span!(
                 "ws.message",
@@ -508,7 +521,7 @@ impl PressureConnection {
         self.analyse_and_record(data).instrument(span).await
     }
 
-    async fn analyse_and_record(&mut self, data: &Value) -> Result<(), ClientError> {
+    async fn analyse_and_record(&mut self, data: &Value) -> Result<String, ClientError> {
         let workout_id = workout_id(data)?;
         if !self.joined.contains_key(&workout_id) {
             return Err(invalid(format!(
@@ -534,7 +547,12 @@ impl PressureConnection {
             reply.stats.unwrap_or_default(),
             self.caller.user_id().to_owned(),
         );
-        record_and_publish(&self.state, frame, timestamp).await
+        let origin = self
+            .joined
+            .get(&workout_id)
+            .map(|joined| joined.membership.origin().to_owned());
+        let recorded = record(&self.state, frame).await?;
+        Ok(publish(&self.state, recorded, timestamp, origin.as_deref()).await)
     }
 
     /// Sends a frame on the workout's detection stream (opening it when
@@ -558,17 +576,6 @@ impl PressureConnection {
         )
         .await
     }
-}
-
-/// Stores and counts an analysed frame, then publishes `frame_processed`
-/// to its room: the one path every frame takes, from any transport.
-pub async fn record_and_publish(
-    state: &PressureState,
-    frame: PressureFrame,
-    timestamp: f64,
-) -> Result<(), ClientError> {
-    let recorded = record(state, frame).await?;
-    publish(state, recorded, timestamp).await
 }
 
 /// A frame once stored.
@@ -598,11 +605,17 @@ pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recor
     })
 }
 
+/// Tells a stored frame's room, every edge of it, but `origin` (its
+/// sender, who gets the returned `frame_processed` as a reply): the one
+/// path every frame takes, from any transport. The frame is stored and
+/// counted whatever happens here: a room that cannot be told is logged,
+/// not the sender's error.
 pub async fn publish(
     state: &PressureState,
     recorded: Recorded,
     timestamp: f64,
-) -> Result<(), ClientError> {
+    origin: Option<&str>,
+) -> String {
     let announced = serde_json::json!({
         "workout_id": recorded.workout_id,
         "frame_count": recorded.frame_count,
@@ -616,14 +629,15 @@ pub async fn publish(
         timestamp: Number(timestamp),
         sequence: recorded.sequence,
     };
-    state
+    let event = event.to_json();
+    if let Err(error) = state
         .rooms
-        .publish(&recorded.workout_id, event.to_json())
+        .publish(&recorded.workout_id, event.clone(), origin)
         .await
-        .map_err(|error| ClientError::Unavailable {
-            service: "rooms",
-            detail: error.to_string(),
-        })
+    {
+        tracing::warn!(%error, workout_id = ?recorded.workout_id, "room not told of a stored frame");
+    }
+    event
 }
 
 #[cfg(test)]

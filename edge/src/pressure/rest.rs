@@ -174,6 +174,6 @@ pub async fn post_frame(
         frame_count: recorded.frame_count,
         sequence: recorded.sequence,
     };
-    super::publish(&state, recorded, timestamp).await?;
+    super::publish(&state, recorded, timestamp, None).await;
     Ok((StatusCode::CREATED, Json(accepted)))
 }

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(test)]
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -42,16 +44,37 @@ pub type RoomEvent = Bytes;
 /// Who joins a room.
 #[derive(Debug)]
 pub enum Member {
-    /// A plain WebSocket: events arrive on its queue.
-    WebSocket(mpsc::Sender<RoomEvent>),
-    /// A Socket.IO socket: it already joined the socketioxide room.
-    SocketIo,
+    /// A plain WebSocket: events arrive on its queue; when the queue is
+    /// full the member is dropped from every room it is in and
+    /// [`MemberQueue::dropped`] tells its connection.
+    WebSocket(MemberQueue),
+    /// A Socket.IO socket (its id): it already joined the socketioxide
+    /// room, and its own [`socketio_private_room`].
+    SocketIo(String),
 }
+
+/// A plain WebSocket member's bounded queue of room events, and the signal
+/// that it was dropped for not reading.
+#[derive(Debug, Clone)]
+pub struct MemberQueue {
+    pub events: mpsc::Sender<RoomEvent>,
+    pub dropped: Arc<tokio::sync::Notify>,
+}
+
+/// The Socket.IO room only `socket_id` is in: a room event can leave out
+/// its sender, who was answered directly.
+pub fn socketio_private_room(socket_id: &str) -> String {
+    format!("socket:{socket_id}")
+}
+
+/// What an origin says of a member: a Socket.IO socket, or this edge's
+/// WebSocket member `n`.
+const SOCKETIO_ORIGIN: &str = "socketio:";
 
 #[derive(Default)]
 struct Room {
     next_member: u64,
-    websocket_members: HashMap<u64, mpsc::Sender<RoomEvent>>,
+    websocket_members: HashMap<u64, MemberQueue>,
     socketio_members: usize,
     relay: Option<JoinHandle<()>>,
 }
@@ -66,6 +89,8 @@ impl Room {
 pub struct Rooms {
     bus: Bus,
     io: SocketIo,
+    /// Names this edge's WebSocket members in origins (ids are per edge).
+    origin_prefix: String,
     rooms: Mutex<HashMap<String, Room>>,
 }
 
@@ -79,11 +104,25 @@ impl std::fmt::Debug for Rooms {
 }
 
 /// Membership in one room; leaving is dropping it.
+///
+/// Its [`origin`](Membership::origin) tags what the member publishes, so
+/// the room's fan-out leaves the member out: the sender's answer to its own
+/// frame is a reply it gets directly, never a broadcast it could lose.
 #[derive(Debug)]
 pub struct Membership {
     rooms: Arc<Rooms>,
     workout_id: String,
+    /// This edge's WebSocket member id; `None` for a Socket.IO socket.
     member: Option<u64>,
+    /// What its publications carry: see [`Rooms::publish`].
+    origin: String,
+}
+
+impl Membership {
+    /// The tag of what this member publishes.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
 }
 
 impl Drop for Membership {
@@ -112,6 +151,7 @@ impl Rooms {
         Self {
             bus,
             io,
+            origin_prefix: format!("websocket:{}:", uuid::Uuid::new_v4().simple()),
             rooms: Mutex::default(),
         }
     }
@@ -148,37 +188,58 @@ impl Rooms {
                 subscription,
             )));
         }
-        let member = match member {
-            Member::WebSocket(sender) => {
+        let (member, origin) = match member {
+            Member::WebSocket(queue) => {
                 room.next_member += 1;
                 let id = room.next_member;
-                room.websocket_members.insert(id, sender);
-                Some(id)
+                room.websocket_members.insert(id, queue);
+                (Some(id), format!("{}{id}", self.origin_prefix))
             }
-            Member::SocketIo => {
+            Member::SocketIo(socket_id) => {
                 room.socketio_members += 1;
-                None
+                (None, format!("{SOCKETIO_ORIGIN}{socket_id}"))
             }
         };
         Ok(Membership {
             rooms: Arc::clone(self),
             workout_id: workout_id.to_owned(),
             member,
+            origin,
         })
     }
 
-    /// Publishes `event` (JSON) to every member of the room, on every edge.
-    pub async fn publish(&self, workout_id: &str, event: String) -> Result<(), BusError> {
-        self.bus
-            .publish(subject(workout_id), Bytes::from(event))
-            .await
+    /// Publishes `event` (JSON) to every member of the room, on every edge,
+    /// but the member whose [`Membership::origin`] is `origin` (it was
+    /// answered directly).
+    pub async fn publish(
+        &self,
+        workout_id: &str,
+        event: String,
+        origin: Option<&str>,
+    ) -> Result<(), BusError> {
+        let subject = subject(workout_id);
+        let event = Bytes::from(event);
+        match origin {
+            Some(origin) => self.bus.publish_from(subject, event, origin).await,
+            None => self.bus.publish(subject, event).await,
+        }
     }
 
-    /// Local WebSocket members' queues, cloned so no lock outlives this call.
-    fn websocket_members(&self, workout_id: &str) -> Vec<mpsc::Sender<RoomEvent>> {
+    /// Local WebSocket members' queues but the one `origin` names, cloned
+    /// so no lock outlives this call.
+    fn websocket_members(&self, workout_id: &str, origin: Option<&str>) -> Vec<(u64, MemberQueue)> {
+        let sender = origin
+            .and_then(|origin| origin.strip_prefix(self.origin_prefix.as_str()))
+            .and_then(|id| id.parse::<u64>().ok());
         self.lock()
             .get(workout_id)
-            .map(|room| room.websocket_members.values().cloned().collect())
+            .map(|room| {
+                room.websocket_members
+                    .iter()
+                    .filter(|(id, _)| Some(**id) != sender)
+                    .map(|(id, queue)| (*id, queue.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -196,29 +257,52 @@ async fn relay(
             &message.trace,
             || tracing::info_span!("room.deliver", workout_id = %workout_id, trace_id = tracing::field::Empty),
         );
-        deliver(&rooms, &workout_id, &socketio_room, message.payload)
-            .instrument(span)
-            .await;
+        deliver(
+            &rooms,
+            &workout_id,
+            &socketio_room,
+            message.payload,
+            message.origin.as_deref(),
+        )
+        .instrument(span)
+        .await;
     }
 }
 
 /// Hands one room event to the local WebSocket members (never waiting for
-/// a slow one) and to the Socket.IO room.
-async fn deliver(rooms: &Rooms, workout_id: &str, socketio_room: &str, payload: Bytes) {
+/// a slow one) and to the Socket.IO room, but its sender.
+async fn deliver(
+    rooms: &Rooms,
+    workout_id: &str,
+    socketio_room: &str,
+    payload: Bytes,
+    origin: Option<&str>,
+) {
     let Ok(text) = std::str::from_utf8(&payload) else {
         tracing::warn!("room event is not UTF-8");
         return;
     };
-    for member in rooms.websocket_members(workout_id) {
-        if member.try_send(payload.clone()).is_err() {
+    for (id, member) in rooms.websocket_members(workout_id, origin) {
+        if member.events.try_send(payload.clone()).is_err() {
+            // As the hubs do: a member that does not read is dropped, not
+            // left to lose events unknowingly; its connection closes (1008).
             switchboard_proto::metrics::metrics().outbound_drop("room_member");
-            tracing::debug!(workout_id = ?workout_id, "slow room member, event dropped");
+            tracing::info!(workout_id = ?workout_id, "slow room member dropped");
+            if let Some(room) = rooms.lock().get_mut(workout_id) {
+                room.websocket_members.remove(&id);
+            }
+            member.dropped.notify_one();
         }
     }
     match RawValue::from_string(text.to_owned()) {
         Ok(raw) => {
             let name = event_name(text);
-            if let Err(error) = rooms.io.to(socketio_room.to_owned()).emit(name, &raw).await {
+            let room = rooms.io.to(socketio_room.to_owned());
+            let room = match origin.and_then(|origin| origin.strip_prefix(SOCKETIO_ORIGIN)) {
+                Some(socket_id) => room.except(socketio_private_room(socket_id)),
+                None => room,
+            };
+            if let Err(error) = room.emit(name, &raw).await {
                 tracing::debug!(%error, "socket.io room emit failed");
             }
         }
@@ -235,4 +319,93 @@ fn event_name(text: &str) -> String {
     serde_json::from_str::<Typed>(text)
         .map(|typed| typed.r#type)
         .unwrap_or_else(|_| "message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rooms() -> Arc<Rooms> {
+        let bus = Bus::connect(&switchboard_bus::BusSettings::default())
+            .await
+            .unwrap();
+        let (_layer, io) = SocketIo::new_layer();
+        io.ns("/", async |_: socketioxide::extract::SocketRef| {});
+        Arc::new(Rooms::new(bus, io))
+    }
+
+    fn member() -> (MemberQueue, mpsc::Receiver<RoomEvent>) {
+        let (events, receiver) = mpsc::channel(MEMBER_QUEUE);
+        let queue = MemberQueue {
+            events,
+            dropped: Arc::default(),
+        };
+        (queue, receiver)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_read_is_dropped_and_told() {
+        let rooms = rooms().await;
+        let (slow, mut slow_events) = member();
+        let (live, mut live_events) = member();
+        let _slow = rooms
+            .join("w1", Member::WebSocket(slow.clone()))
+            .await
+            .unwrap();
+        let _live = rooms.join("w1", Member::WebSocket(live)).await.unwrap();
+        for n in 0..=MEMBER_QUEUE {
+            rooms
+                .publish("w1", format!("{{\"n\":{n}}}"), None)
+                .await
+                .unwrap();
+            // The live member reads each as it comes.
+            let event = tokio::time::timeout(Duration::from_secs(5), live_events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(event, Bytes::from(format!("{{\"n\":{n}}}")));
+        }
+        tokio::time::timeout(Duration::from_secs(5), slow.dropped.notified())
+            .await
+            .expect("the slow member is told it was dropped");
+        assert_eq!(
+            slow_events.len(),
+            MEMBER_QUEUE,
+            "it keeps what it had queued"
+        );
+        rooms.publish("w1", "{}".into(), None).await.unwrap();
+        assert!(
+            live_events.recv().await.is_some(),
+            "the room goes on for the others"
+        );
+        assert!(slow_events.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_sender_is_left_out_of_its_own_event() {
+        let rooms = rooms().await;
+        let (sender, mut sender_events) = member();
+        let (other, mut other_events) = member();
+        let sending = rooms.join("w1", Member::WebSocket(sender)).await.unwrap();
+        let _other = rooms.join("w1", Member::WebSocket(other)).await.unwrap();
+        rooms
+            .publish("w1", "{\"mine\":true}".into(), Some(sending.origin()))
+            .await
+            .unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(5), other_events.recv()).await;
+        assert!(heard.unwrap().is_some(), "the others hear it");
+        rooms
+            .publish("w1", "{\"theirs\":true}".into(), None)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), sender_events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first,
+            Bytes::from_static(b"{\"theirs\":true}"),
+            "not its own"
+        );
+    }
 }

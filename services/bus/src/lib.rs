@@ -154,7 +154,13 @@ pub struct Message {
     /// The publisher's trace context (empty when tracing is off): a
     /// receiver's span continues it, so the NATS hop stays in one trace.
     pub trace: opentelemetry::Context,
+    /// Who published it, when the publisher said ([`Bus::publish_from`]):
+    /// a receiver can skip the publisher, who was answered directly.
+    pub origin: Option<String>,
 }
+
+/// The header that carries a message's [`Message::origin`].
+const ORIGIN_HEADER: &str = "Switchboard-Origin";
 
 /// NATS headers as a trace-context carrier.
 struct NatsHeaders(async_nats::HeaderMap);
@@ -263,9 +269,35 @@ impl Bus {
     /// Publishes without waiting for anyone to receive it (core NATS
     /// semantics: subscribers that are not there miss it).
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        self.publish_tagged(subject, payload, None).await
+    }
+
+    /// Publishes as [`publish`](Self::publish) does, saying who published
+    /// (`origin`, received as [`Message::origin`]).
+    pub async fn publish_from(
+        &self,
+        subject: String,
+        payload: Bytes,
+        origin: &str,
+    ) -> Result<(), BusError> {
+        self.publish_tagged(subject, payload, Some(origin)).await
+    }
+
+    async fn publish_tagged(
+        &self,
+        subject: String,
+        payload: Bytes,
+        origin: Option<&str>,
+    ) -> Result<(), BusError> {
         match self {
             Bus::Nats(nats) => {
-                let published = match trace_headers() {
+                let mut headers = trace_headers();
+                if let Some(origin) = origin {
+                    headers
+                        .get_or_insert_with(async_nats::HeaderMap::new)
+                        .insert(ORIGIN_HEADER, origin);
+                }
+                let published = match headers {
                     None => nats.client.publish(subject, payload).await,
                     Some(headers) => {
                         nats.client
@@ -281,7 +313,7 @@ impl Bus {
                 })
             }
             Bus::Local(local) => {
-                local.publish(&subject, payload);
+                local.publish(&subject, payload, origin);
                 Ok(())
             }
         }
@@ -525,10 +557,18 @@ impl Subscription {
     /// The next message, or `None` once the bus is gone.
     pub async fn next(&mut self) -> Option<Message> {
         match self {
-            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| Message {
-                trace: trace_of(message.headers),
-                subject: message.subject.to_string(),
-                payload: message.payload,
+            Subscription::Nats(subscriber) => subscriber.next().await.map(|message| {
+                let origin = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(ORIGIN_HEADER))
+                    .map(|origin| origin.as_str().to_owned());
+                Message {
+                    trace: trace_of(message.headers),
+                    subject: message.subject.to_string(),
+                    payload: message.payload,
+                    origin,
+                }
             }),
             Subscription::Local(receiver) => receiver.recv().await,
         }

@@ -56,7 +56,7 @@ pub(crate) fn subject_matches(pattern: &str, subject: &str) -> bool {
 }
 
 impl LocalBus {
-    pub(crate) fn publish(&self, subject: &str, payload: Bytes) {
+    pub(crate) fn publish(&self, subject: &str, payload: Bytes, origin: Option<&str>) {
         let mut subscribers = lock(&self.inner.subscribers);
         subscribers.retain(|subscriber| !subscriber.sender.is_closed());
         for subscriber in subscribers.iter() {
@@ -67,6 +67,7 @@ impl LocalBus {
                     trace: tracing_opentelemetry::OpenTelemetrySpanExt::context(
                         &tracing::Span::current(),
                     ),
+                    origin: origin.map(str::to_owned),
                 };
                 if subscriber.sender.try_send(message).is_err() {
                     switchboard_proto::metrics::metrics().outbound_drop("local_bus");
