@@ -41,19 +41,32 @@ async fn readiness_and_broadcasts_follow_nats_and_recover() {
         (status == 503).then_some(body)
     })
     .await;
-    assert_eq!(not_ready["reason"], "message bus unreachable", "{not_ready}");
+    assert_eq!(
+        not_ready["reason"], "message bus unreachable",
+        "{not_ready}"
+    );
     let (status, health) = get_json(&format!("{}/health", node.http())).await;
     assert_eq!(status, 200, "liveness stays green: the process is fine");
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["services"]["nats"], "disconnected", "{health}");
     assert!(
-        health["reasons"].as_array().unwrap().contains(&json!("nats disconnected")),
+        health["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("nats disconnected")),
         "{health}"
     );
-    assert_eq!(broadcast(&node, "during_outage").await, 503, "refused, not lost");
+    assert_eq!(
+        broadcast(&node, "during_outage").await,
+        503,
+        "refused, not lost"
+    );
 
     nats.restart();
-    eventually("/ready to recover", || async { (ready(&node).await.0 == 200).then_some(()) }).await;
+    eventually("/ready to recover", || async {
+        (ready(&node).await.0 == 200).then_some(())
+    })
+    .await;
     // Accepted broadcasts are delivered again (the UI hub's subscription
     // is back): retried until the first one arrives, none refused.
     let delivered = eventually("a broadcast to arrive after the outage", || async {
@@ -62,7 +75,10 @@ async fn readiness_and_broadcasts_follow_nats_and_recover() {
     delivered.await;
     loop {
         let message = ui.recv_json().await;
-        assert_ne!(message["event_type"], "during_outage", "a refused broadcast never arrives");
+        assert_ne!(
+            message["event_type"], "during_outage",
+            "a refused broadcast never arrives"
+        );
         if message["event_type"] == "after_outage" {
             break;
         }

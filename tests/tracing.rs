@@ -147,10 +147,7 @@ async fn a_broadcast_is_one_trace_across_edge_nats_and_edge() {
 
     let id = one_trace_with(
         &collected,
-        &[
-            ("node-a", "http.request"),
-            ("node-b", "nats.receive"),
-        ],
+        &[("node-a", "http.request"), ("node-b", "nats.receive")],
     )
     .await;
     assert_eq!(id, trace_id, "the trace continues the caller's traceparent");
