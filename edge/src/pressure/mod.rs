@@ -483,7 +483,7 @@ impl PressureConnection {
             self.joined.insert(
                 workout_id.clone(),
                 Joined {
-                    membership: membership,
+                    membership,
                     detection: None,
                 },
             );

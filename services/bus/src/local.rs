@@ -193,8 +193,8 @@ mod tests {
         let bus = LocalBus::default();
         let mut edge_a = bus.subscribe("switchboard.edge.a.>");
         let mut every_edge = bus.subscribe("switchboard.edge.*.control");
-        bus.publish("switchboard.edge.b.control", Bytes::from_static(b"1"));
-        bus.publish("switchboard.edge.a.control", Bytes::from_static(b"2"));
+        bus.publish("switchboard.edge.b.control", Bytes::from_static(b"1"), None);
+        bus.publish("switchboard.edge.a.control", Bytes::from_static(b"2"), None);
         assert_eq!(edge_a.recv().await.unwrap().payload, "2");
         assert_eq!(every_edge.recv().await.unwrap().payload, "1");
         assert_eq!(every_edge.recv().await.unwrap().payload, "2");
