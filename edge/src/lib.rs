@@ -267,7 +267,11 @@ pub async fn serve(
     // Serves until the drain starts; then every socket closes (1012) and
     // its in-flight calls finish, within the deadline.
     server::serve(listener, app, admission, drain_started).await;
-    match tokio::time::timeout(settings.drain_timeout, meter.idle()).await {
+    let drained = async {
+        meter.idle().await;
+        driver.sessions_closed().await;
+    };
+    match tokio::time::timeout(settings.drain_timeout, drained).await {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!(connections = ?meter.connections(), "drain deadline passed"),
     }

@@ -17,6 +17,7 @@
 //! messages cross: a WebSocket ([`websocket`]) or a Socket.IO socket.
 
 pub mod close;
+pub mod closer;
 pub mod websocket;
 
 use std::future::Future;
@@ -231,7 +232,10 @@ struct DriverInner {
     meter: Arc<Meter>,
     sockets: Arc<Sockets>,
     draining: watch::Receiver<bool>,
+    /// Opens registry sessions.
     registry: SessionServiceClient<TimedChannel>,
+    /// Closes them, in batches.
+    closer: closer::Closer,
 }
 
 impl Driver {
@@ -243,6 +247,7 @@ impl Driver {
         draining: watch::Receiver<bool>,
         registry: SessionServiceClient<TimedChannel>,
     ) -> Self {
+        let closer = closer::Closer::start(registry.clone());
         Self {
             inner: Arc::new(DriverInner {
                 edge_id,
@@ -251,8 +256,15 @@ impl Driver {
                 sockets,
                 draining,
                 registry,
+                closer,
             }),
         }
+    }
+
+    /// Completes once every registry session of a closed connection is
+    /// closed (or given up to the sweep): the drain waits for it.
+    pub async fn sessions_closed(&self) {
+        self.inner.closer.flush().await;
     }
 
     /// This edge's id, as the registry records it.
@@ -379,7 +391,8 @@ async fn register(
     }
 }
 
-/// Closes a registry session that is still live, with its last counts.
+/// Closes a registry session that is still live, with its last counts
+/// (through the edge's [`closer`], in a batch, retried).
 async fn unregister(driver: &Driver, registration: &Registration, counts: Unreported) {
     let request = CloseSessionRequest {
         session_id: registration.session.session_id.clone(),
@@ -387,15 +400,7 @@ async fn unregister(driver: &Driver, registration: &Registration, counts: Unrepo
         steps: counts.steps,
         predictions: counts.predictions,
     };
-    match driver.inner.registry.clone().close_session(request).await {
-        Ok(_) => {}
-        Err(status) if status.code() == tonic::Code::NotFound => {}
-        Err(status) => tracing::warn!(
-            session_id = %registration.session.session_id,
-            code = ?status.code(),
-            "could not close the registry session; the inactivity sweep will"
-        ),
-    }
+    driver.inner.closer.close(request).await;
 }
 
 /// Sends an error the client is told of, counted once here. (The message

@@ -31,11 +31,11 @@ use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
-    CloseSessionRequest, CountSessionsRequest, CountSessionsResponse, GetSessionRequest,
-    GetWorkoutRequest, LimitPolicy, ListFramesRequest, ListFramesResponse, ListSessionsRequest,
-    ListSessionsResponse, OpenSessionRequest, RecordActivityRequest, RecordFrameRequest,
-    RecordFrameResponse, ResetSessionRequest, Session, SessionControl, TerminateSessionRequest,
-    UserSessions, Workout,
+    CloseSessionRequest, CloseSessionsRequest, CloseSessionsResponse, CountSessionsRequest,
+    CountSessionsResponse, GetSessionRequest, GetWorkoutRequest, LimitPolicy, ListFramesRequest,
+    ListFramesResponse, ListSessionsRequest, ListSessionsResponse, OpenSessionRequest,
+    RecordActivityRequest, RecordFrameRequest, RecordFrameResponse, ResetSessionRequest, Session,
+    SessionControl, TerminateSessionRequest, UserSessions, Workout,
 };
 use switchboard_proto::{server, unix_now};
 use tokio::net::TcpListener;
@@ -47,6 +47,11 @@ const BUCKET: &str = "sessions";
 /// The bucket holding, per user and kind, the user's live sessions
 /// ([`UserSessions`]), for per-user limits.
 const USER_INDEX_BUCKET: &str = "session_users";
+
+/// Sessions one `CloseSessions` call may close.
+pub const MAX_CLOSES_PER_CALL: usize = 1000;
+/// Closes of one call in flight at once against the store.
+const CLOSES_IN_FLIGHT: usize = 64;
 
 /// Compare-and-swap attempts before a write gives up with ABORTED. Writers
 /// to one session are its edge and the sweepers, so a few suffice.
@@ -125,6 +130,8 @@ pub enum RegistryError {
     SessionContended { session_id: String },
     #[error("sessions of user {user_id} changed concurrently too often")]
     UserSessionsContended { user_id: String },
+    #[error("at most {MAX_CLOSES_PER_CALL} sessions are closed in one call, not {asked}")]
+    TooManyCloses { asked: usize },
     #[error("corrupt session record: {0}")]
     CorruptSession(#[source] prost::DecodeError),
     #[error("corrupt user index: {0}")]
@@ -136,7 +143,9 @@ pub enum RegistryError {
 impl ServiceError for RegistryError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            RegistryError::MissingEdgeId => ErrorCode::InvalidArgument,
+            RegistryError::MissingEdgeId | RegistryError::TooManyCloses { .. } => {
+                ErrorCode::InvalidArgument
+            }
             RegistryError::SessionNotFound { .. } => ErrorCode::NotFound,
             RegistryError::LimitReached { .. } => ErrorCode::LimitReached,
             RegistryError::SessionContended { .. }
@@ -446,6 +455,36 @@ impl Registry {
         Ok(session)
     }
 
+    /// Closes `requests` together, a bounded number at a time, and says of
+    /// each how it went.
+    pub async fn close_sessions(
+        &self,
+        requests: Vec<CloseSessionRequest>,
+    ) -> CloseSessionsResponse {
+        use futures::StreamExt;
+        let outcomes: Vec<(String, Result<Session, RegistryError>)> =
+            futures::stream::iter(requests)
+                .map(|request| async move {
+                    let session_id = request.session_id.clone();
+                    (session_id, self.close_session(request).await)
+                })
+                .buffer_unordered(CLOSES_IN_FLIGHT)
+                .collect()
+                .await;
+        let mut response = CloseSessionsResponse::default();
+        for (session_id, outcome) in outcomes {
+            match outcome {
+                Ok(_) => response.closed.push(session_id),
+                Err(RegistryError::SessionNotFound { .. }) => response.unknown.push(session_id),
+                Err(error) => {
+                    tracing::warn!(%error, session_id = %session_id, "session not closed");
+                    response.failed.push(session_id);
+                }
+            }
+        }
+        response
+    }
+
     pub async fn terminate_session(
         &self,
         session_id: &str,
@@ -590,6 +629,21 @@ impl SessionService for Registry {
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<Session>, Status> {
         reply(Registry::close_session(self, request.into_inner()).await)
+    }
+
+    async fn close_sessions(
+        &self,
+        request: Request<CloseSessionsRequest>,
+    ) -> Result<Response<CloseSessionsResponse>, Status> {
+        let requests = request.into_inner().sessions;
+        if requests.len() > MAX_CLOSES_PER_CALL {
+            return reply(Err(RegistryError::TooManyCloses {
+                asked: requests.len(),
+            }));
+        }
+        Ok(Response::new(
+            Registry::close_sessions(self, requests).await,
+        ))
     }
 
     async fn terminate_session(
