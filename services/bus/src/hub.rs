@@ -291,14 +291,24 @@ impl Bus {
             return;
         };
         data.insert("timestamp".into(), Value::String(crate::rfc3339_now()));
-        let published = match ui_message(UiMessageKind::Event { event_type }, data) {
-            Ok(message) => self.publish_ui(message).await,
+        let message = match ui_message(UiMessageKind::Event { event_type }, data) {
+            Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, event_type, "event not announced");
                 return;
             }
         };
-        if let Err(error) = published {
+        let payload = message.as_bytes().clone();
+        if let Err(error) = self
+            .publish(subjects::SYSTEM_EVENTS.to_owned(), payload)
+            .await
+        {
+            tracing::debug!(%error, event_type, "event not counted");
+        }
+        if !system_events::shown(self, event_type) {
+            return;
+        }
+        if let Err(error) = self.publish_ui(message).await {
             tracing::debug!(%error, event_type, "event not announced");
         }
     }
@@ -529,5 +539,85 @@ mod tests {
             Some("session_opened")
         );
         assert_eq!(message_type(&received.payload).as_deref(), Some("event"));
+    }
+}
+
+/// How many system events a process shows `/ws/ui` clients: at most
+/// [`SHOWN_PER_SECOND`](system_events::SHOWN_PER_SECOND) a second (bursts
+/// of twice that), the rest summed up once a second in one
+/// `system_events_suppressed` event. So a burst of joins costs each viewer a
+/// bounded number of messages, not one per join, and can never fill a
+/// reading client's queue (256) and get it dropped. Every event is still
+/// published once on [`subjects::SYSTEM_EVENTS`], where it is counted.
+pub mod system_events {
+    use std::collections::BTreeMap;
+    use std::num::NonZeroU32;
+    use std::sync::{LazyLock, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+    use serde_json::{Map, Value, json};
+
+    use super::{UiMessageKind, ui_message};
+    use crate::Bus;
+
+    /// System events shown per second, per process.
+    pub const SHOWN_PER_SECOND: u32 = 20;
+    /// How often the suppressed ones are summed up.
+    pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
+    static SHOWN: LazyLock<DefaultDirectRateLimiter> = LazyLock::new(|| {
+        let rate = NonZeroU32::new(SHOWN_PER_SECOND).expect("not zero");
+        let burst = NonZeroU32::new(SHOWN_PER_SECOND * 2).expect("not zero");
+        RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    });
+    static SUPPRESSED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    static SUMMARIES: OnceLock<()> = OnceLock::new();
+
+    /// Whether an `event_type` event may be shown now; if not, it is
+    /// counted for the next summary.
+    pub(super) fn shown(bus: &Bus, event_type: &str) -> bool {
+        if SHOWN.check().is_ok() {
+            return true;
+        }
+        *SUPPRESSED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(event_type.to_owned())
+            .or_default() += 1;
+        SUMMARIES.get_or_init(|| {
+            tokio::spawn(summarize_forever(bus.clone()));
+        });
+        false
+    }
+
+    /// Publishes, once a second, what was not shown since the last time.
+    async fn summarize_forever(bus: Bus) {
+        let mut ticks = tokio::time::interval(SUMMARY_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let suppressed = std::mem::take(
+                &mut *SUPPRESSED
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            if suppressed.is_empty() {
+                continue;
+            }
+            let mut data = Map::new();
+            data.insert("suppressed".into(), json!(suppressed));
+            data.insert("timestamp".into(), Value::String(crate::rfc3339_now()));
+            let kind = UiMessageKind::Event {
+                event_type: "system_events_suppressed",
+            };
+            match ui_message(kind, data) {
+                Ok(message) => {
+                    if let Err(error) = bus.publish_ui(message).await {
+                        tracing::debug!(%error, "suppressed events not summed up");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "suppressed events not summed up"),
+            }
+        }
     }
 }

@@ -606,8 +606,14 @@ pub mod subjects {
     pub const ALERTS_MAILBOX: &str = "alerts";
 
     /// Messages for every `/ws/ui` client (seed 003), system events
-    /// included; the payload is a [`crate::hub::UiMessage`].
+    /// included (at a bounded rate); the payload is a
+    /// [`crate::hub::UiMessage`].
     pub const UI_MESSAGES: &str = "switchboard.ui.messages";
+
+    /// Every system event, each once, for whoever counts them (the
+    /// statistics replicas, as one queue group): as on [`UI_MESSAGES`], but
+    /// never rate-limited.
+    pub const SYSTEM_EVENTS: &str = "switchboard.events";
 
     /// Messages for every statistics-stream client (seed 004); the payload
     /// is a [`crate::hub::StreamMessage`], as on the two subjects below.

@@ -162,7 +162,7 @@ pub async fn serve(
     let interval = Duration::from_secs_f64(settings.updates.interval_secs.clamp(0.05, 3600.0));
     let events = bus
         .queue_subscribe(
-            subjects::UI_MESSAGES.to_owned(),
+            subjects::SYSTEM_EVENTS.to_owned(),
             "statistics-counters".to_owned(),
         )
         .await?;
@@ -293,8 +293,8 @@ impl Counters {
         event_counts(self.bucket.get(EVENTS_KEY).await?.as_ref())
     }
 
-    /// Counts the system events on the hub's subject (as one of the
-    /// replicas' queue group), writing the sums every half second.
+    /// Counts the system events (as one of the replicas' queue group: each
+    /// event once), writing the sums every half second.
     async fn count_events_forever(self, mut events: switchboard_bus::Subscription) {
         let mut pending: BTreeMap<String, u64> = BTreeMap::new();
         let mut flushes = tokio::time::interval(EVENT_FLUSH_INTERVAL);
@@ -462,14 +462,14 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn system_events_are_counted_from_the_ui_subject() {
+    async fn system_events_are_counted_from_their_subject() {
         // Virtual time: the half-second flushes come as soon as the test
         // waits for them.
         tokio::time::pause();
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
         let counters = counters(&bus).await;
         let events = bus
-            .subscribe(subjects::UI_MESSAGES.to_owned())
+            .subscribe(subjects::SYSTEM_EVENTS.to_owned())
             .await
             .unwrap();
         let counting = tokio::spawn(counters.clone().count_events_forever(events));
