@@ -23,6 +23,10 @@ use tokio::sync::Notify;
 
 use crate::{BusError, PrefixedStream, key_untoken as untoken, nats_error};
 
+/// Longest a mailbox reader's pull waits: it bounds how long a reader
+/// takes to notice its server is gone (about twice half of it).
+const READER_PULL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -119,6 +123,11 @@ impl Mailbox {
                 let config = consumer::pull::OrderedConfig {
                     filter_subject: format!("{}.*", nats.subject(&[owner])),
                     deliver_policy: consumer::DeliverPolicy::All,
+                    // An ordered consumer lives on one server; when that
+                    // server dies the reader notices two missed heartbeats
+                    // (half the pull expiry each) and recreates it on
+                    // another: seconds, not the default half-minute.
+                    max_expires: READER_PULL_EXPIRY,
                     ..Default::default()
                 };
                 let consumer = nats

@@ -1,0 +1,277 @@
+//! State survives the loss of a NATS server: on a 3-node JetStream cluster
+//! (three `nats-server` processes with routes) with `--jetstream-replicas
+//! 3`, the server leading the session registry's stream is killed
+//! (`kill -9`), and sessions, pressure frames and alerts go on, the edge
+//! reconnecting through the other servers of its `NATS_URL` list.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Client, Switchboard, WAIT, eventually, get_json};
+
+const SECRET: &str = "nats-cluster-secret-0123456789abcdef";
+
+/// A free port the OS picked (a route address must be known in advance).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One server of the cluster, with what it logged.
+struct Server {
+    name: String,
+    client_port: u16,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three JetStream servers in one cluster, each with its own store.
+struct Cluster {
+    servers: Vec<Server>,
+    _stores: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_urls = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        let mut stores = Vec::new();
+        for (index, route) in routes.iter().enumerate() {
+            let store = tempfile::tempdir().unwrap();
+            let name = format!("n{index}");
+            let client_port = free_port();
+            let mut child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &client_port.to_string(), "-js"])
+                .args(["--server_name", &name, "--cluster_name", "switchboard"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &route_urls, "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nats-server must be installed");
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let stderr = child.stderr.take().unwrap();
+            let sink = Arc::clone(&lines);
+            let verbose = std::env::var_os("TEST_LOG").is_some();
+            let label = name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if verbose {
+                        eprintln!("[{label}] {line}");
+                    }
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            servers.push(Server {
+                name,
+                client_port,
+                child,
+                lines,
+            });
+            stores.push(store);
+        }
+        Self {
+            servers,
+            _stores: stores,
+        }
+    }
+
+    /// `NATS_URL` for the whole cluster.
+    fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(|server| format!("nats://127.0.0.1:{}", server.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server that logged last that it leads `stream`, once one has.
+    fn leader_of(&self, stream: &str) -> usize {
+        let wanted = format!("new stream leader for '$G > {stream}'");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(index) = self.servers.iter().position(|server| {
+                server
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|line| line.contains(&wanted))
+            }) {
+                return index;
+            }
+            assert!(Instant::now() < deadline, "no leader for {stream}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills a server at once (SIGKILL).
+    fn kill(&mut self, index: usize) -> String {
+        let server = self.servers.remove(index);
+        server.name.clone()
+    }
+}
+
+fn token(sub: &str, admin: bool) -> String {
+    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    if admin {
+        claims["roles"] = json!(["admin"]);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A realtime session opens (the registry's bucket takes a write) and
+/// answers a sample.
+async fn a_session_works(node: &Switchboard) -> bool {
+    let Ok(Ok((mut socket, _))) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(node.ws("/ws/realtime")),
+    )
+    .await
+    else {
+        return false;
+    };
+    use futures::{SinkExt, StreamExt};
+    let started = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+    let Ok(Some(Ok(started))) = started else {
+        return false;
+    };
+    if !started
+        .to_text()
+        .unwrap_or_default()
+        .contains("session_started")
+    {
+        return false;
+    }
+    let sample = json!({"x": 0.1, "y": 9.8, "z": 0.3}).to_string();
+    if socket.send(sample.into()).await.is_err() {
+        return false;
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+    matches!(reply, Ok(Some(Ok(reply))) if reply.to_text().unwrap_or_default().contains("step_detection"))
+}
+
+/// A pressure frame is stored (the frames log takes a write): `sequence`.
+async fn a_frame_is_stored(node: &Switchboard) -> Option<u64> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/workouts/w1/frames", node.http()))
+        .json(&json!({"matrix": [[1, 2], [3, 4]]}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if response.status().as_u16() != 201 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    body["sequence"].as_u64()
+}
+
+/// An alert is raised (the mailbox takes a write): its id.
+async fn an_alert_is_raised(node: &Switchboard) -> Option<String> {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/alerts?token={}",
+            node.http(),
+            token("ops", true)
+        ))
+        .json(&json!({"user_id": "mo", "anomaly_type": "fall", "severity": "warning"}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if response.status().as_u16() != 201 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    body["alert_id"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
+    let mut cluster = Cluster::start();
+    let node = Switchboard::all_with_env(
+        None,
+        &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
+        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
+    );
+    eventually("the edge to work on the cluster", || async {
+        a_session_works(&node).await.then_some(())
+    })
+    .await;
+    let mut alerts =
+        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false)))).await;
+    alerts.expect("connected").await;
+    let before = eventually("a frame stored", || a_frame_is_stored(&node)).await;
+    let raised = eventually("an alert raised", || an_alert_is_raised(&node)).await;
+    assert_eq!(
+        alerts.expect("anomaly_detected").await["alert_id"],
+        raised.as_str()
+    );
+
+    let leader = cluster.leader_of("KV_sessions");
+    let killed = cluster.kill(leader);
+    eprintln!("killed {killed}, the sessions bucket's leader");
+
+    eventually("a session to open after the loss", || async {
+        a_session_works(&node).await.then_some(())
+    })
+    .await;
+    let after = eventually("a frame stored after the loss", || a_frame_is_stored(&node)).await;
+    // (A try that timed out on the client's side may still have stored its
+    // frame: numbers go on from `before`, with no gap.)
+    assert!(after > before, "the workout's frames go on, numbered on");
+    let (_, page) = get_json(&format!("{}/api/workouts/w1/frames?limit=500", node.http())).await;
+    let numbers: Vec<u64> = page["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|frame| frame["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=after).collect::<Vec<_>>(),
+        "every frame kept, numbered 1, 2, 3…"
+    );
+    let raised = eventually("an alert raised after the loss", || {
+        an_alert_is_raised(&node)
+    })
+    .await;
+    let delivered = loop {
+        let message = alerts.recv_json().await;
+        if message["type"] == "anomaly_detected" {
+            break message;
+        }
+    };
+    assert_eq!(
+        delivered["alert_id"],
+        raised.as_str(),
+        "delivered after the loss"
+    );
+}
