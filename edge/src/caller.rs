@@ -162,7 +162,7 @@ where
 
 /// What an HTTP route refuses with: 401 for no or a bad token, 403 for a
 /// valid one without the right.
-fn refusal(error: AuthError) -> ClientError {
+pub fn refusal(error: AuthError) -> ClientError {
     tracing::info!(reason = %error, "request refused");
     match error {
         AuthError::WrongUser | AuthError::NotAdmin => ClientError::Forbidden(error),

@@ -23,7 +23,6 @@ use switchboard_proto::v1::{
     GetSessionRequest, ListSessionsRequest, Session, TerminateSessionRequest,
 };
 
-use crate::auth::AuthError;
 use crate::caller::{Credentials, Identities};
 use crate::error::ClientError;
 use crate::settings::TimedChannel;
@@ -70,13 +69,10 @@ impl Access {
         if !identities.configured() {
             return Ok(Access::Open);
         }
-        credentials.admin().map(|_| Access::Admin).map_err(|error| {
-            tracing::info!(reason = %error, "session route refused");
-            match error {
-                AuthError::NotAdmin => ClientError::Forbidden(error),
-                error => ClientError::Unauthorized(error),
-            }
-        })
+        credentials
+            .admin()
+            .map(|_| Access::Admin)
+            .map_err(crate::caller::refusal)
     }
 
     fn shows(self, session: &Session) -> bool {

@@ -42,8 +42,8 @@ use switchboard_proto::v1::{
 use tracing::Instrument;
 
 use crate::caller::{Credentials, Identities};
-use crate::connection::websocket::{WebSocketTransport, configure};
-use crate::connection::{Close, Conn, Driver, Flow, Handler, Inbound, Options, Transport, drive};
+use crate::connection::websocket::accept;
+use crate::connection::{Close, Conn, Driver, Flow, Handler, Inbound, Options, Transport};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
 use crate::settings::{HeartbeatSettings, TimedChannel};
@@ -93,14 +93,9 @@ async fn upgrade(
     credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let driver = state.driver.clone();
     let identity = credentials.user_named(&user_id);
-    let limit = state.driver.max_message_bytes();
-    configure(upgrade, limit).on_upgrade(move |socket| async move {
-        let mut transport = WebSocketTransport::new(socket, limit);
-        if let Err(reason) = identity {
-            tracing::info!(%reason, "alerts connection refused");
-            return transport.close(&Close::Unauthorized(reason)).await;
-        }
+    accept(upgrade, &driver, Endpoint::Alerts, identity, move |_| {
         let timeout = state.heartbeat.timeout();
         let options = Options {
             rate_limit: Some(state.rate_limit),
@@ -118,7 +113,6 @@ async fn upgrade(
             }),
             ..Options::new(Endpoint::Alerts)
         };
-        let driver = state.driver.clone();
         let handler = AlertsConnection {
             state,
             user_id,
@@ -127,7 +121,7 @@ async fn upgrade(
             last_reported: Instant::now(),
             heartbeat_unreported: false,
         };
-        drive(&driver, options, transport, handler).await;
+        (options, handler)
     })
 }
 

@@ -21,7 +21,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use bytes::Bytes;
 use futures::SinkExt;
 
-use super::{Close, Gone, Received, Transport};
+use axum::response::Response;
+
+use super::{Close, Driver, Gone, Handler, Options, Received, Transport};
+use crate::auth::AuthError;
+use crate::meter::Endpoint;
 
 /// Bytes tungstenite reads from a socket at a time. Messages larger than
 /// this still arrive whole (the buffer grows for them, up to the limit).
@@ -36,6 +40,38 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a closing socket waits for the client's close reply.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Upgrades to a WebSocket with the edge's limits and runs the connection
+/// `connect` describes through the driver. A caller whose token was
+/// refused is closed 1008 with the reason instead: after the upgrade,
+/// because a browser cannot read an HTTP status on a failed one.
+pub fn accept<C, H>(
+    upgrade: WebSocketUpgrade,
+    driver: &Driver,
+    endpoint: Endpoint,
+    caller: Result<C, AuthError>,
+    connect: impl FnOnce(C) -> (Options, H) + Send + 'static,
+) -> Response
+where
+    C: Send + 'static,
+    H: Handler,
+{
+    let limit = driver.max_message_bytes();
+    let driver = driver.clone();
+    configure(upgrade, limit).on_upgrade(move |socket| async move {
+        let mut transport = WebSocketTransport::new(socket, limit);
+        match caller {
+            Ok(caller) => {
+                let (options, handler) = connect(caller);
+                super::drive(&driver, options, transport, handler).await;
+            }
+            Err(reason) => {
+                tracing::info!(endpoint = endpoint.name(), %reason, "connection refused");
+                transport.close(&Close::Unauthorized(reason)).await;
+            }
+        }
+    })
+}
 
 /// Applies the edge's limits and buffer sizes to an upgrade.
 pub fn configure(upgrade: WebSocketUpgrade, max_message_bytes: usize) -> WebSocketUpgrade {

@@ -367,6 +367,31 @@ pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
     }
 }
 
+/// What a hub connection reads: its place in the hub, if it has one yet.
+/// The next message; pending without a place; `None` once the client was
+/// dropped for being slow.
+async fn next_message(membership: &mut Option<(Member, mpsc::Receiver<Bytes>)>) -> Option<Bytes> {
+    match membership {
+        Some((_, messages)) => messages.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a hub message to its client, or closes a client that was dropped
+/// for not reading (1008).
+async fn forward<T: crate::connection::Transport>(
+    message: Option<Bytes>,
+    conn: &mut crate::connection::Conn<'_, T>,
+) -> crate::connection::Flow {
+    use crate::connection::{Close, Flow};
+    match message {
+        Some(payload) => conn.send_shared(payload).await.into(),
+        None => Flow::Close(Close::TooSlow {
+            queued: CLIENT_QUEUE,
+        }),
+    }
+}
+
 /// A hub's `error` message: the code, the message, the time (RFC 3339, as
 /// every hub message has it).
 pub fn error_message(error: &ClientError) -> serde_json::Value {

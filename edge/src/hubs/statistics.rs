@@ -32,11 +32,11 @@ use switchboard_proto::v1::{
 };
 use tokio::sync::mpsc;
 
-use super::{CLIENT_QUEUE, HubsState, Member, error_message};
+use super::{HubsState, Member, error_message};
 use crate::auth::Identity;
 use crate::caller::{Admin, Credentials, User};
-use crate::connection::websocket::{WebSocketTransport, configure};
-use crate::connection::{Close, Conn, Flow, Handler, Inbound, Options, Transport, drive};
+use crate::connection::websocket::accept;
+use crate::connection::{Close, Conn, Flow, Handler, Inbound, Options, Transport};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
 use crate::times::rfc3339_millis;
@@ -52,38 +52,34 @@ pub async fn upgrade(
     credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let identity = credentials.user();
-    let limit = state.driver.max_message_bytes();
-    configure(upgrade, limit).on_upgrade(move |socket| async move {
-        let mut transport = WebSocketTransport::new(socket, limit);
-        let identity = match identity {
-            Ok(identity) => identity,
-            Err(reason) => {
-                tracing::info!(%reason, "statistics connection refused");
-                return transport.close(&Close::Unauthorized(reason)).await;
-            }
-        };
-        let options = Options {
-            rate_limit: Some(state.stream_limits.rate_limit),
-            registration: Some(OpenSessionRequest {
-                user_id: identity.user_id.clone(),
-                kind: KIND.to_owned(),
-                max_per_user: state.stream_limits.max_connections,
-                on_limit: LimitPolicy::Refuse as i32,
-                inactivity_timeout_seconds: 3.0 * KEEP_ALIVE.as_secs_f64(),
-                ..Default::default()
-            }),
-            ..Options::new(Endpoint::Statistics)
-        };
-        let driver = state.driver.clone();
-        let handler = StatisticsConnection {
-            state,
-            identity,
-            connection_id: String::new(),
-            membership: None,
-        };
-        drive(&driver, options, transport, handler).await;
-    })
+    let driver = state.driver.clone();
+    accept(
+        upgrade,
+        &driver,
+        Endpoint::Statistics,
+        credentials.user(),
+        move |identity| {
+            let options = Options {
+                rate_limit: Some(state.stream_limits.rate_limit),
+                registration: Some(OpenSessionRequest {
+                    user_id: identity.user_id.clone(),
+                    kind: KIND.to_owned(),
+                    max_per_user: state.stream_limits.max_connections,
+                    on_limit: LimitPolicy::Refuse as i32,
+                    inactivity_timeout_seconds: 3.0 * KEEP_ALIVE.as_secs_f64(),
+                    ..Default::default()
+                }),
+                ..Options::new(Endpoint::Statistics)
+            };
+            let handler = StatisticsConnection {
+                state,
+                identity,
+                connection_id: String::new(),
+                membership: None,
+            };
+            (options, handler)
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,10 +172,7 @@ impl Handler for StatisticsConnection {
     }
 
     async fn next_event(&mut self) -> Option<Bytes> {
-        match &mut self.membership {
-            Some((_, messages)) => messages.recv().await,
-            None => std::future::pending().await,
-        }
+        super::next_message(&mut self.membership).await
     }
 
     async fn on_event<T: Transport>(
@@ -187,12 +180,7 @@ impl Handler for StatisticsConnection {
         message: Option<Bytes>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        match message {
-            Some(payload) => conn.send_shared(payload).await.into(),
-            None => Flow::Close(Close::TooSlow {
-                queued: CLIENT_QUEUE,
-            }),
-        }
+        super::forward(message, conn).await
     }
 
     async fn on_tick<T: Transport>(&mut self, _conn: &mut Conn<'_, T>) -> Flow {

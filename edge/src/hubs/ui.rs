@@ -20,24 +20,22 @@ use serde_json::{Map, Value, json};
 use switchboard_bus::hub::{UiMessageKind, ui_message};
 use tokio::sync::mpsc;
 
-use super::{CLIENT_QUEUE, HubsState, Member, error_message};
+use super::{HubsState, Member, error_message};
 use crate::caller::AdminWhenConfigured;
-use crate::connection::websocket::{WebSocketTransport, configure};
-use crate::connection::{Close, Conn, Flow, Handler, Inbound, Options, Transport, drive};
+use crate::connection::websocket::accept;
+use crate::connection::{Conn, Flow, Handler, Inbound, Options, Transport};
 use crate::error::ClientError;
 use crate::meter::Endpoint;
 use crate::times::rfc3339_millis;
 
 pub async fn upgrade(State(state): State<HubsState>, upgrade: WebSocketUpgrade) -> Response {
-    let limit = state.driver.max_message_bytes();
-    configure(upgrade, limit).on_upgrade(move |socket| async move {
-        let transport = WebSocketTransport::new(socket, limit);
-        let driver = state.driver.clone();
+    let driver = state.driver.clone();
+    accept(upgrade, &driver, Endpoint::Ui, Ok(()), move |()| {
         let handler = UiConnection {
             state,
             membership: None,
         };
-        drive(&driver, Options::new(Endpoint::Ui), transport, handler).await;
+        (Options::new(Endpoint::Ui), handler)
     })
 }
 
@@ -97,10 +95,7 @@ impl Handler for UiConnection {
     }
 
     async fn next_event(&mut self) -> Option<Bytes> {
-        match &mut self.membership {
-            Some((_, messages)) => messages.recv().await,
-            None => std::future::pending().await,
-        }
+        super::next_message(&mut self.membership).await
     }
 
     async fn on_event<T: Transport>(
@@ -108,12 +103,7 @@ impl Handler for UiConnection {
         message: Option<Bytes>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        match message {
-            Some(payload) => conn.send_shared(payload).await.into(),
-            None => Flow::Close(Close::TooSlow {
-                queued: CLIENT_QUEUE,
-            }),
-        }
+        super::forward(message, conn).await
     }
 }
 

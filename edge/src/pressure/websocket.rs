@@ -10,8 +10,8 @@ use axum::response::Response;
 
 use super::{PressureConnection, PressureState};
 use crate::caller::Credentials;
-use crate::connection::websocket::{WebSocketTransport, configure};
-use crate::connection::{Close, Options, Transport, drive};
+use crate::connection::Options;
+use crate::connection::websocket::accept;
 use crate::meter::Endpoint;
 
 pub async fn upgrade(
@@ -19,22 +19,15 @@ pub async fn upgrade(
     credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let caller = credentials.anyone();
-    let limit = state.driver.max_message_bytes();
-    configure(upgrade, limit).on_upgrade(move |socket| async move {
-        let mut transport = WebSocketTransport::new(socket, limit);
-        let caller = match caller {
-            Ok(caller) => caller,
-            Err(reason) => return transport.close(&Close::Unauthorized(reason)).await,
-        };
-        let driver = state.driver.clone();
-        let handler = PressureConnection::with_queue(state, caller);
-        drive(
-            &driver,
-            Options::new(Endpoint::Pressure),
-            transport,
-            handler,
-        )
-        .await;
-    })
+    let driver = state.driver.clone();
+    accept(
+        upgrade,
+        &driver,
+        Endpoint::Pressure,
+        credentials.anyone(),
+        move |caller| {
+            let handler = PressureConnection::with_queue(state, caller);
+            (Options::new(Endpoint::Pressure), handler)
+        },
+    )
 }

@@ -43,9 +43,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::caller::{Caller, Credentials, Identities};
-use crate::connection::websocket::{WebSocketTransport, configure};
+use crate::connection::websocket::accept;
 use crate::connection::{
-    Close, Conn, Driver, Flow, Handler, Inbound as Received, Options, Transport, Unreported, drive,
+    Close, Conn, Driver, Flow, Handler, Inbound as Received, Options, Transport, Unreported,
 };
 use crate::error::ClientError;
 use crate::meter::Endpoint;
@@ -106,36 +106,31 @@ async fn upgrade(
     // With a token the session belongs to its `sub`, and anomalies in its
     // stream (a fall) become alerts for that user; without one, `user_id`
     // is only a label.
-    let caller = credentials.anyone();
-    let limit = state.driver.max_message_bytes();
-    configure(upgrade, limit).on_upgrade(move |socket| async move {
-        let mut transport = WebSocketTransport::new(socket, limit);
-        let caller = match caller {
-            Ok(caller) => caller,
-            Err(reason) => {
-                tracing::info!(%reason, "realtime connection refused");
-                return transport.close(&Close::Unauthorized(reason)).await;
-            }
-        };
-        let user_id = match &caller {
-            Caller::User(identity) => identity.user_id.clone(),
-            Caller::Anonymous => query
-                .user_id
-                .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
-                .unwrap_or_else(|| "anonymous".to_owned()),
-        };
-        let options = Options {
-            registration: Some(OpenSessionRequest {
-                user_id,
-                kind: "realtime".to_owned(),
-                ..Default::default()
-            }),
-            ..Options::new(Endpoint::Realtime)
-        };
-        let driver = state.driver.clone();
-        let handler = Realtime::new(state, caller.is_authenticated());
-        drive(&driver, options, transport, handler).await;
-    })
+    let driver = state.driver.clone();
+    accept(
+        upgrade,
+        &driver,
+        Endpoint::Realtime,
+        credentials.anyone(),
+        move |caller| {
+            let user_id = match &caller {
+                Caller::User(identity) => identity.user_id.clone(),
+                Caller::Anonymous => query
+                    .user_id
+                    .filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_BYTES)
+                    .unwrap_or_else(|| "anonymous".to_owned()),
+            };
+            let options = Options {
+                registration: Some(OpenSessionRequest {
+                    user_id,
+                    kind: "realtime".to_owned(),
+                    ..Default::default()
+                }),
+                ..Options::new(Endpoint::Realtime)
+            };
+            (options, Realtime::new(state, caller.is_authenticated()))
+        },
+    )
 }
 
 impl Unreported {
