@@ -244,13 +244,25 @@ pub async fn serve(
 
     // Subscribe before accepting, so no control message can miss a socket.
     let control = bus.subscribe(subjects::edge_control(&edge_id)).await?;
-    let ui_messages = bus.subscribe(subjects::UI_MESSAGES.to_owned()).await?;
-    let stream_messages = bus.subscribe(subjects::STREAM_ANY.to_owned()).await?;
+    let ui_history = bus.history(switchboard_bus::Channel::Ui);
+    let stream_history = bus.history(switchboard_bus::Channel::Stream);
+    let ui_messages = ui_history.follow().await?;
+    let stream_messages = stream_history.follow().await?;
     let edges = bus.key_value("edges").await?;
     let tasks = [
         tokio::spawn(control::route(control, sockets)),
-        tokio::spawn(hubs::relay_ui(ui_messages, ui_hub)),
-        tokio::spawn(hubs::relay_stream(stream_messages, stream_hub)),
+        tokio::spawn(hubs::relay(
+            ui_messages,
+            ui_hub,
+            switchboard_bus::Channel::Ui,
+            ui_history.epoch().to_owned(),
+        )),
+        tokio::spawn(hubs::relay(
+            stream_messages,
+            stream_hub,
+            switchboard_bus::Channel::Stream,
+            stream_history.epoch().to_owned(),
+        )),
         tokio::spawn(Arc::clone(&meter).report_forever(edge_id.clone(), edges)),
     ];
     tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %edge_id, "edge listening");

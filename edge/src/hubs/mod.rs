@@ -9,10 +9,16 @@
 //! the messages it did not read; it reconnects, and the statistics stream's
 //! clients can read the current figures from `GET /api/statistics`.
 //!
+//! Every message arrives from the hub's history ([`switchboard_bus::history`])
+//! with its offset, and is handed out with its position stamped on it, so a
+//! client that reconnects can [`resume`].
+//!
 //! - [`Hub`]: the fan-out, with per-client type filters and targets.
+//! - [`resume`]: positions, and replaying what a reconnecting client missed.
 //! - [`ui`]: `/ws/ui` and `POST /api/events/broadcast[/action|/overlay|/telemetry]`.
 //! - [`statistics`]: `/api/ws/statistics`, its REST fallbacks, targeted sends.
 
+pub mod resume;
 pub mod statistics;
 pub mod ui;
 
@@ -24,8 +30,9 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use bytes::Bytes;
+use switchboard_bus::history::Follower;
 use switchboard_bus::hub::{self, HubMessageError, StreamAudience};
-use switchboard_bus::{Bus, Subscription};
+use switchboard_bus::{Bus, Channel};
 use switchboard_proto::trace::received;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
@@ -220,10 +227,18 @@ pub enum Target<'a> {
     Connection(&'a str),
 }
 
+/// A hub message for one client: its offset in the hub's history, and its
+/// bytes with the position stamped on them.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub offset: u64,
+    pub payload: Bytes,
+}
+
 struct Client {
     user_id: String,
     connection_id: String,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Delivery>,
     filter: Filter,
 }
 
@@ -234,6 +249,8 @@ pub struct Hub {
     clients: Mutex<HashMap<u64, Client>>,
     /// Clients dropped for not keeping up, since start.
     dropped: AtomicU64,
+    /// The newest offset handed out (or where following started).
+    last_offset: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -260,6 +277,15 @@ impl Drop for Member {
 }
 
 impl Member {
+    /// The client's filter now.
+    pub fn filter(&self) -> Filter {
+        self.hub
+            .lock()
+            .get(&self.id)
+            .map(|client| client.filter.clone())
+            .unwrap_or_default()
+    }
+
     pub fn update_filter(&self, change: impl FnOnce(&mut Filter)) -> Vec<String> {
         let mut clients = self.hub.lock();
         match clients.get_mut(&self.id) {
@@ -285,7 +311,7 @@ impl Hub {
         self: &Arc<Self>,
         user_id: &str,
         connection_id: &str,
-    ) -> (Member, mpsc::Receiver<Bytes>) {
+    ) -> (Member, mpsc::Receiver<Delivery>) {
         let (queue, receiver) = mpsc::channel(CLIENT_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
@@ -306,10 +332,26 @@ impl Hub {
         )
     }
 
-    /// Hands `payload` (a message of type `kind`) to every client it is
-    /// for; drops the clients that cannot take it.
-    pub fn deliver(&self, payload: &Bytes, kind: &str, target: Target<'_>) {
+    /// The newest offset this hub handed out: a client joining now gets
+    /// every message after it.
+    pub fn last_offset(&self) -> u64 {
+        self.last_offset.load(Ordering::Acquire)
+    }
+
+    /// Where following the history started: messages up to `offset` are
+    /// not this hub's to hand out.
+    pub fn start_at(&self, offset: u64) {
+        self.last_offset.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// Hands message `offset` (of type `kind`, position stamped on
+    /// `payload`) to every client it is for, unless it was handed out
+    /// already; drops the clients that cannot take it.
+    pub fn deliver(&self, offset: u64, payload: &Bytes, kind: &str, target: Target<'_>) {
         let mut clients = self.lock();
+        if self.last_offset.fetch_max(offset, Ordering::AcqRel) >= offset {
+            return;
+        }
         let mut too_slow = Vec::new();
         for (id, client) in clients.iter() {
             let wanted = match target {
@@ -317,7 +359,11 @@ impl Hub {
                 Target::User(user_id) => client.user_id == user_id,
                 Target::Connection(connection_id) => client.connection_id == connection_id,
             };
-            if wanted && client.queue.try_send(payload.clone()).is_err() {
+            let delivery = || Delivery {
+                offset,
+                payload: payload.clone(),
+            };
+            if wanted && client.queue.try_send(delivery()).is_err() {
                 too_slow.push(*id);
             }
         }
@@ -333,36 +379,38 @@ impl Hub {
     }
 }
 
-/// Relays the UI hub's subject to the local `/ws/ui` clients.
-pub async fn relay_ui(mut subscription: Subscription, hub: Arc<Hub>) {
-    while let Some(message) = subscription.next().await {
+/// Relays a hub's history to its local clients as it grows: `/ws/ui`
+/// messages to all, statistics-stream messages to all (by their filters),
+/// to one user, or to one connection.
+pub async fn relay(mut follower: Follower, hub: Arc<Hub>, channel: Channel, epoch: String) {
+    hub.start_at(follower.last());
+    while let Some(kept) = follower.next().await {
         let span = received(
-            &message.trace,
-            || tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty),
-        );
-        span.in_scope(|| hub.deliver(&message.payload, "", Target::All));
-    }
-}
-
-/// Relays the statistics stream's subjects to the local clients: to all
-/// (by their filters), to one user, or to one connection.
-pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
-    while let Some(message) = subscription.next().await {
-        let span = received(
-            &message.trace,
-            || tracing::info_span!("nats.receive", subject = %message.subject, trace_id = tracing::field::Empty),
+            &kept.trace,
+            || tracing::info_span!("nats.receive", subject = %kept.subject, trace_id = tracing::field::Empty),
         );
         let _entered = span.enter();
-        let kind = hub::message_type(&message.payload).unwrap_or_default();
-        match StreamAudience::of_subject(&message.subject) {
-            Some(StreamAudience::All) => hub.deliver(&message.payload, &kind, Target::All),
+        let payload = resume::stamped(&kept.payload, kept.offset, &epoch);
+        if channel == Channel::Ui {
+            hub.deliver(kept.offset, &payload, "", Target::All);
+            continue;
+        }
+        let kind = hub::message_type(&kept.payload).unwrap_or_default();
+        let target = StreamAudience::of_subject(&kept.subject);
+        match &target {
+            Some(StreamAudience::All) => hub.deliver(kept.offset, &payload, &kind, Target::All),
             Some(StreamAudience::User(user_id)) => {
-                hub.deliver(&message.payload, &kind, Target::User(&user_id));
+                hub.deliver(kept.offset, &payload, &kind, Target::User(user_id));
             }
-            Some(StreamAudience::Connection(connection_id)) => {
-                hub.deliver(&message.payload, &kind, Target::Connection(&connection_id));
+            Some(StreamAudience::Connection { connection_id, .. }) => {
+                hub.deliver(
+                    kept.offset,
+                    &payload,
+                    &kind,
+                    Target::Connection(connection_id),
+                );
             }
-            None => tracing::debug!(subject = %message.subject, "not a statistics-stream subject"),
+            None => tracing::debug!(subject = %kept.subject, "not a statistics-stream subject"),
         }
     }
 }
@@ -370,22 +418,28 @@ pub async fn relay_stream(mut subscription: Subscription, hub: Arc<Hub>) {
 /// What a hub connection reads: its place in the hub, if it has one yet.
 /// The next message; pending without a place; `None` once the client was
 /// dropped for being slow.
-async fn next_message(membership: &mut Option<(Member, mpsc::Receiver<Bytes>)>) -> Option<Bytes> {
+async fn next_message(
+    membership: &mut Option<(Member, mpsc::Receiver<Delivery>)>,
+) -> Option<Delivery> {
     match membership {
         Some((_, messages)) => messages.recv().await,
         None => std::future::pending().await,
     }
 }
 
-/// Sends a hub message to its client, or closes a client that was dropped
-/// for not reading (1008).
+/// Sends a hub message to its client unless it was replayed already, or
+/// closes a client that was dropped for not reading (1008).
 async fn forward<T: crate::connection::Transport>(
-    message: Option<Bytes>,
+    message: Option<Delivery>,
+    seen: &mut resume::Seen,
     conn: &mut crate::connection::Conn<'_, T>,
 ) -> crate::connection::Flow {
     use crate::connection::{Close, Flow};
     match message {
-        Some(payload) => conn.send_shared(payload).await.into(),
+        Some(delivery) if seen.take_live(delivery.offset) => {
+            conn.send_shared(delivery.payload).await.into()
+        }
+        Some(_) => Flow::Continue,
         None => Flow::Close(Close::TooSlow {
             queued: CLIENT_QUEUE,
         }),
@@ -432,8 +486,10 @@ mod tests {
         let (_slow_member, mut slow) = hub.join("u1", "c1");
         let (_live_member, mut live) = hub.join("u2", "c2");
         let message = Bytes::from_static(b"{\"type\":\"x\"}");
+        let mut offset = 0;
         for _ in 0..=CLIENT_QUEUE {
-            hub.deliver(&message, "x", Target::All);
+            offset += 1;
+            hub.deliver(offset, &message, "x", Target::All);
             live.recv().await.unwrap();
         }
         // The slow client got its queue's worth, then its queue ended.
@@ -441,8 +497,10 @@ mod tests {
             slow.recv().await.unwrap();
         }
         assert!(slow.recv().await.is_none());
-        hub.deliver(&message, "x", Target::All);
-        assert!(live.recv().await.is_some());
+        hub.deliver(offset + 1, &message, "x", Target::All);
+        assert_eq!(live.recv().await.unwrap().offset, offset + 1);
+        hub.deliver(offset + 1, &message, "x", Target::All);
+        assert!(live.try_recv().is_err(), "an offset is handed out once");
     }
 
     #[tokio::test]
@@ -451,8 +509,8 @@ mod tests {
         let (_a, mut ada) = hub.join("ada", "c1");
         let (_b, mut bob) = hub.join("bob", "c2");
         let message = Bytes::from_static(b"{}");
-        hub.deliver(&message, "note", Target::User("ada"));
-        hub.deliver(&message, "note", Target::Connection("c2"));
+        hub.deliver(1, &message, "note", Target::User("ada"));
+        hub.deliver(2, &message, "note", Target::Connection("c2"));
         assert!(ada.try_recv().is_ok() && ada.try_recv().is_err());
         assert!(bob.try_recv().is_ok() && bob.try_recv().is_err());
     }

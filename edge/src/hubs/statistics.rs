@@ -7,6 +7,12 @@
 //!   whatever `BroadcastService.BroadcastStream` sends, filtered by the
 //!   client's `subscribe` / `unsubscribe` (everything by default); messages
 //!   sent to the user or to this connection always arrive.
+//! - **Positions and resume**: every broadcast and personal message
+//!   carries `offset` and `epoch`; a client that reconnects passes the last
+//!   one (`?epoch=E&offset=N`, or a `resume` message) and gets, from the
+//!   kept history, the broadcasts its filter admits and the messages sent to
+//!   its user or to any connection of its user's, never another user's
+//!   ([`super::resume`]).
 //! - **Limits**: at most 5 connections per user across the cluster (the
 //!   registry refuses the sixth: close 1008), the edge's message size
 //!   limit (1009), a per-connection message rate (1008).
@@ -14,17 +20,19 @@
 //!   carries; `GET /api/ws/statistics/connections` the connection counts.
 //! - **Targeted and broadcast sends** over REST (admin), as gRPC does.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_bus::Channel;
+use switchboard_bus::history::Kept;
 use switchboard_bus::hub::{StreamAudience, StreamMessage, stream_message_from_value};
 use switchboard_proto::v1::{
     GetStatisticsRequest, LimitPolicy, ListSessionsRequest, OpenSessionRequest,
@@ -32,7 +40,8 @@ use switchboard_proto::v1::{
 };
 use tokio::sync::mpsc;
 
-use super::{HubsState, Member, error_message};
+use super::resume::{Position, Seen, resume};
+use super::{Delivery, Filter, HubsState, Member, error_message};
 use crate::auth::Identity;
 use crate::caller::{Admin, Credentials, User};
 use crate::connection::websocket::accept;
@@ -50,9 +59,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 pub async fn upgrade(
     State(state): State<HubsState>,
     credentials: Credentials,
+    Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let driver = state.driver.clone();
+    let resume_from = Position::from_query(&query);
     accept(
         upgrade,
         &driver,
@@ -76,6 +87,8 @@ pub async fn upgrade(
                 identity,
                 connection_id: String::new(),
                 membership: None,
+                seen: Seen::default(),
+                resume_from,
             };
             (options, handler)
         },
@@ -86,8 +99,14 @@ pub async fn upgrade(
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
     Ping,
-    Subscribe { event_types: Vec<String> },
-    Unsubscribe { event_types: Vec<String> },
+    Subscribe {
+        event_types: Vec<String>,
+    },
+    Unsubscribe {
+        event_types: Vec<String>,
+    },
+    #[serde(skip)]
+    Resume(Position),
 }
 
 fn parse(text: &str) -> Result<ClientMessage, ClientError> {
@@ -96,14 +115,31 @@ fn parse(text: &str) -> Result<ClientMessage, ClientError> {
     match value.get("type").and_then(Value::as_str) {
         Some("ping" | "subscribe" | "unsubscribe") => serde_json::from_value(value)
             .map_err(|error| ClientError::InvalidMessage(error.to_string())),
+        Some("resume") => Ok(ClientMessage::Resume(Position::from_message(&value)?)),
         Some(other) => Err(ClientError::UnknownAction {
             field: "type",
             action: other.to_owned(),
-            expected: "ping, subscribe, unsubscribe",
+            expected: "ping, subscribe, unsubscribe, resume",
         }),
         None => Err(ClientError::InvalidMessage(
-            "expected {\"type\": \"ping\" | \"subscribe\" | \"unsubscribe\", ...}".into(),
+            "expected {\"type\": \"ping\" | \"subscribe\" | \"unsubscribe\" | \"resume\", ...}"
+                .into(),
         )),
+    }
+}
+
+/// Whether a kept message is one `user_id`'s connection, filtering
+/// broadcasts by `filter`, may be given on a resume: broadcasts it
+/// subscribes to, and what was sent to the user or to one of the user's
+/// connections; never another user's.
+fn replayable(kept: &Kept, user_id: &str, filter: &Filter) -> bool {
+    match StreamAudience::of_subject(&kept.subject) {
+        Some(StreamAudience::All) => {
+            let kind = switchboard_bus::hub::message_type(&kept.payload).unwrap_or_default();
+            filter.admits(&kind)
+        }
+        Some(audience) => audience.user_id() == Some(user_id),
+        None => false,
     }
 }
 
@@ -113,12 +149,29 @@ struct StatisticsConnection {
     identity: Identity,
     /// Its registry session's id.
     connection_id: String,
-    membership: Option<(Member, mpsc::Receiver<Bytes>)>,
+    membership: Option<(Member, mpsc::Receiver<Delivery>)>,
+    /// What it was handed.
+    seen: Seen,
+    /// Where its URL asked to resume from.
+    resume_from: Option<Result<Position, ClientError>>,
+}
+
+impl StatisticsConnection {
+    async fn resume<T: Transport>(&mut self, from: &Position, conn: &mut Conn<'_, T>) -> Flow {
+        let history = self.state.bus.history(Channel::Stream);
+        let filter = match &self.membership {
+            Some((member, _)) => member.filter(),
+            None => Filter::default(),
+        };
+        let user_id = self.identity.user_id.clone();
+        let admits = |kept: &Kept| replayable(kept, &user_id, &filter);
+        resume(&history, from, &mut self.seen, admits, conn).await
+    }
 }
 
 impl Handler for StatisticsConnection {
     /// A hub message; `None` once the client was dropped for being slow.
-    type Event = Option<Bytes>;
+    type Event = Option<Delivery>;
 
     fn error_message(&self, error: &ClientError) -> String {
         error_message(error).to_string()
@@ -135,6 +188,8 @@ impl Handler for StatisticsConnection {
                 .stream_hub
                 .join(&self.identity.user_id, &self.connection_id),
         );
+        // Every message after this offset reaches the client live.
+        self.seen.last = self.state.stream_hub.last_offset();
         let welcome = json!({
             "type": "connection_status",
             "status": "connected",
@@ -142,8 +197,21 @@ impl Handler for StatisticsConnection {
             "user": {"id": self.identity.subject, "username": self.identity.username},
             "message": "WebSocket connection established successfully",
             "timestamp": rfc3339_millis(),
+            "epoch": self.state.bus.history(Channel::Stream).epoch(),
+            "offset": self.seen.last,
         });
-        conn.send(&welcome).await.into()
+        if conn.send(&welcome).await.is_err() {
+            return Flow::Gone;
+        }
+        match self.resume_from.take() {
+            None => Flow::Continue,
+            Some(Ok(from)) => {
+                // A resume replays from the client's position, not ours.
+                self.seen.last = 0;
+                self.resume(&from, conn).await
+            }
+            Some(Err(error)) => conn.send(&error_message(&error)).await.into(),
+        }
     }
 
     async fn on_message<T: Transport>(
@@ -158,6 +226,7 @@ impl Handler for StatisticsConnection {
             return Ok(Flow::Continue);
         };
         let reply = match parse(text)? {
+            ClientMessage::Resume(from) => return Ok(self.resume(&from, conn).await),
             ClientMessage::Ping => json!({"type": "pong", "timestamp": rfc3339_millis()}),
             ClientMessage::Subscribe { event_types } => {
                 let now = member.update_filter(|filter| filter.subscribe(&event_types));
@@ -171,16 +240,16 @@ impl Handler for StatisticsConnection {
         Ok(conn.send(&reply).await.into())
     }
 
-    async fn next_event(&mut self) -> Option<Bytes> {
+    async fn next_event(&mut self) -> Option<Delivery> {
         super::next_message(&mut self.membership).await
     }
 
     async fn on_event<T: Transport>(
         &mut self,
-        message: Option<Bytes>,
+        message: Option<Delivery>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        super::forward(message, conn).await
+        super::forward(message, &mut self.seen, conn).await
     }
 
     async fn on_tick<T: Transport>(&mut self, _conn: &mut Conn<'_, T>) -> Flow {
@@ -300,6 +369,15 @@ pub async fn to_connection(
 ) -> Result<(StatusCode, Json<Value>), ClientError> {
     let audience = StreamAudience::connection(&connection_id)?;
     let message = message(body)?;
+    // Whose connection it is, so the message is kept for that user's
+    // resumes; one the registry does not know still gets it live.
+    let request = switchboard_proto::v1::GetSessionRequest {
+        session_id: connection_id.clone(),
+    };
+    let audience = match state.sessions.clone().get_session(request).await {
+        Ok(session) => audience.of_user(&session.into_inner().user_id),
+        Err(_) => audience,
+    };
     super::publish_stream(&state, &audience, message).await?;
     Ok(sent())
 }

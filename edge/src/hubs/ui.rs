@@ -4,23 +4,30 @@
 //! (`session_opened`, `step_detected`, `frame_processed`, `alert_raised`,
 //! …) as `event` messages, and a `connection` message when it connects.
 //!
+//! Every message carries its position (`offset`, `epoch`); a client that
+//! reconnects resumes with `?epoch=E&offset=N` or a `resume` message and
+//! gets what it missed ([`super::resume`]).
+//!
 //! `POST /api/events/broadcast[/action|/overlay|/telemetry]` take the
 //! seed's bodies; when a JWT key is configured they need an admin token
 //! (without one, as in the seed, they are open).
 
+use std::collections::HashMap;
+
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use switchboard_bus::Channel;
 use switchboard_bus::hub::{UiMessageKind, ui_message};
 use tokio::sync::mpsc;
 
-use super::{HubsState, Member, error_message};
+use super::resume::{Position, Seen, resume};
+use super::{Delivery, HubsState, Member, error_message};
 use crate::caller::AdminWhenConfigured;
 use crate::connection::websocket::accept;
 use crate::connection::{Conn, Flow, Handler, Inbound, Options, Transport};
@@ -28,12 +35,19 @@ use crate::error::ClientError;
 use crate::meter::Endpoint;
 use crate::times::rfc3339_millis;
 
-pub async fn upgrade(State(state): State<HubsState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<HubsState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let driver = state.driver.clone();
+    let resume_from = Position::from_query(&query);
     accept(upgrade, &driver, Endpoint::Ui, Ok(()), move |()| {
         let handler = UiConnection {
             state,
             membership: None,
+            seen: Seen::default(),
+            resume_from,
         };
         (Options::new(Endpoint::Ui), handler)
     })
@@ -43,12 +57,23 @@ pub async fn upgrade(State(state): State<HubsState>, upgrade: WebSocketUpgrade) 
 struct UiConnection {
     state: HubsState,
     /// Its place in the hub and its queue, once open.
-    membership: Option<(Member, mpsc::Receiver<Bytes>)>,
+    membership: Option<(Member, mpsc::Receiver<Delivery>)>,
+    /// What it was handed.
+    seen: Seen,
+    /// Where its URL asked to resume from.
+    resume_from: Option<Result<Position, ClientError>>,
+}
+
+impl UiConnection {
+    async fn resume<T: Transport>(&mut self, from: &Position, conn: &mut Conn<'_, T>) -> Flow {
+        let history = self.state.bus.history(Channel::Ui);
+        resume(&history, from, &mut self.seen, |_| true, conn).await
+    }
 }
 
 impl Handler for UiConnection {
     /// A hub message; `None` once the client was dropped for being slow.
-    type Event = Option<Bytes>;
+    type Event = Option<Delivery>;
 
     fn error_message(&self, error: &ClientError) -> String {
         error_message(error).to_string()
@@ -57,6 +82,8 @@ impl Handler for UiConnection {
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
         let connection_id = uuid::Uuid::new_v4().to_string();
         self.membership = Some(self.state.ui_hub.join("", &connection_id));
+        // Every message after this offset reaches the client live.
+        self.seen.last = self.state.ui_hub.last_offset();
         let welcome = json!({
             "type": "connection",
             "data": {
@@ -64,8 +91,21 @@ impl Handler for UiConnection {
                 "connection_id": connection_id,
                 "timestamp": rfc3339_millis(),
             },
+            "epoch": self.state.bus.history(Channel::Ui).epoch(),
+            "offset": self.seen.last,
         });
-        conn.send(&welcome).await.into()
+        if conn.send(&welcome).await.is_err() {
+            return Flow::Gone;
+        }
+        match self.resume_from.take() {
+            None => Flow::Continue,
+            Some(Ok(from)) => {
+                // A resume replays from the client's position, not ours.
+                self.seen.last = 0;
+                self.resume(&from, conn).await
+            }
+            Some(Err(error)) => conn.send(&error_message(&error)).await.into(),
+        }
     }
 
     async fn on_message<T: Transport>(
@@ -83,27 +123,33 @@ impl Handler for UiConnection {
                 let pong = json!({"type": "pong", "timestamp": rfc3339_millis()});
                 Ok(conn.send(&pong).await.into())
             }
+            Some("resume") => {
+                let from = Position::from_message(&message)?;
+                Ok(self.resume(&from, conn).await)
+            }
             Some(other) => Err(ClientError::UnknownAction {
                 field: "type",
                 action: other.to_owned(),
-                expected: "ping",
+                expected: "ping, resume",
             }),
             None => Err(ClientError::InvalidMessage(
-                "expected {\"type\": \"ping\"}; the UI hub broadcasts to you".into(),
+                "expected {\"type\": \"ping\"} or {\"type\": \"resume\", \"epoch\", \"offset\"}; \
+                 the UI hub broadcasts to you"
+                    .into(),
             )),
         }
     }
 
-    async fn next_event(&mut self) -> Option<Bytes> {
+    async fn next_event(&mut self) -> Option<Delivery> {
         super::next_message(&mut self.membership).await
     }
 
     async fn on_event<T: Transport>(
         &mut self,
-        message: Option<Bytes>,
+        message: Option<Delivery>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        super::forward(message, conn).await
+        super::forward(message, &mut self.seen, conn).await
     }
 }
 

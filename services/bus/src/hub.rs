@@ -25,7 +25,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use switchboard_proto::error::{ErrorCode, ServiceError};
 
-use crate::{Bus, BusError, key_untoken, subjects};
+use crate::{Bus, BusError, Channel, key_untoken, subjects};
 
 /// Largest `data` of a UI message, and largest statistics-stream message,
 /// as JSON: it must fit a client's 64 KiB frame limit with room to spare.
@@ -190,8 +190,12 @@ pub enum StreamAudience {
     All,
     /// Every connection of one user, on any edge.
     User(String),
-    /// One connection, on whichever edge holds it.
-    Connection(String),
+    /// One connection, on whichever edge holds it; with its user when the
+    /// publisher knew it, so a resume of that user's can be given it.
+    Connection {
+        connection_id: String,
+        user_id: Option<String>,
+    },
 }
 
 impl StreamAudience {
@@ -205,7 +209,31 @@ impl StreamAudience {
     /// One connection; the id is 1 to [`MAX_TYPE_NAME_BYTES`] bytes.
     pub fn connection(connection_id: &str) -> Result<Self, HubMessageError> {
         name("target", connection_id)?;
-        Ok(StreamAudience::Connection(connection_id.to_owned()))
+        Ok(StreamAudience::Connection {
+            connection_id: connection_id.to_owned(),
+            user_id: None,
+        })
+    }
+
+    /// The same audience, known to be `user_id`'s (for a connection).
+    pub fn of_user(self, user_id: &str) -> Self {
+        match self {
+            StreamAudience::Connection { connection_id, .. } => StreamAudience::Connection {
+                connection_id,
+                user_id: Some(user_id.to_owned()),
+            },
+            other => other,
+        }
+    }
+
+    /// Whose message it is: the user a resume may give it to (none for a
+    /// broadcast, or a connection whose user was not known).
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            StreamAudience::All => None,
+            StreamAudience::User(user_id) => Some(user_id),
+            StreamAudience::Connection { user_id, .. } => user_id.as_deref(),
+        }
     }
 
     /// The subject messages for this audience travel on.
@@ -213,7 +241,14 @@ impl StreamAudience {
         match self {
             StreamAudience::All => subjects::STREAM_ALL.to_owned(),
             StreamAudience::User(user_id) => subjects::stream_user(user_id),
-            StreamAudience::Connection(connection_id) => subjects::stream_connection(connection_id),
+            StreamAudience::Connection {
+                connection_id,
+                user_id: Some(user_id),
+            } => subjects::stream_user_connection(user_id, connection_id),
+            StreamAudience::Connection {
+                connection_id,
+                user_id: None,
+            } => subjects::stream_connection(connection_id),
         }
     }
 
@@ -227,13 +262,21 @@ impl StreamAudience {
             subject
                 .strip_prefix(prefix)
                 .and_then(|rest| rest.strip_prefix('.'))
-                .and_then(key_untoken)
         };
-        if let Some(user_id) = targeted(subjects::STREAM_USER_PREFIX) {
-            Some(StreamAudience::User(user_id))
-        } else {
-            targeted(subjects::STREAM_CONNECTION_PREFIX).map(StreamAudience::Connection)
+        if let Some(rest) = targeted(subjects::STREAM_USER_PREFIX) {
+            return match rest.split_once('.') {
+                None => key_untoken(rest).map(StreamAudience::User),
+                Some((user, connection)) => Some(StreamAudience::Connection {
+                    connection_id: key_untoken(connection)?,
+                    user_id: Some(key_untoken(user)?),
+                }),
+            };
         }
+        let connection_id = key_untoken(targeted(subjects::STREAM_CONNECTION_PREFIX)?)?;
+        Some(StreamAudience::Connection {
+            connection_id,
+            user_id: None,
+        })
     }
 }
 
@@ -264,21 +307,29 @@ pub fn event_type(payload: &[u8]) -> Option<String> {
 }
 
 impl Bus {
-    /// Publishes `message` to every `/ws/ui` client, on every edge (core
-    /// NATS: an edge that is not there misses it).
+    /// Publishes `message` to every `/ws/ui` client, on every edge: it is
+    /// kept in the hub's history (which edges follow) when this returns.
     pub async fn publish_ui(&self, message: UiMessage) -> Result<(), BusError> {
-        self.publish(subjects::UI_MESSAGES.to_owned(), message.0)
-            .await
+        self.publish_kept(
+            Channel::Ui,
+            subjects::UI_MESSAGES.to_owned(),
+            message.0,
+            true,
+        )
+        .await
+        .map(drop)
     }
 
     /// Publishes `message` to `audience`'s statistics-stream connections,
-    /// on every edge.
+    /// on every edge: it is kept in the stream's history when this returns.
     pub async fn publish_stream(
         &self,
         audience: &StreamAudience,
         message: StreamMessage,
     ) -> Result<(), BusError> {
-        self.publish(audience.subject(), message.0).await
+        self.publish_kept(Channel::Stream, audience.subject(), message.0, true)
+            .await
+            .map(drop)
     }
 
     /// Announces a system event to every `/ws/ui` client (seed 003's
@@ -308,7 +359,17 @@ impl Bus {
         if !system_events::shown(self, event_type) {
             return;
         }
-        if let Err(error) = self.publish_ui(message).await {
+        // Not waited for: an event is best effort, and its publisher (a
+        // session opening) should not wait for JetStream.
+        let shown = self
+            .publish_kept(
+                Channel::Ui,
+                subjects::UI_MESSAGES.to_owned(),
+                message.0,
+                false,
+            )
+            .await;
+        if let Err(error) = shown {
             tracing::debug!(%error, event_type, "event not announced");
         }
     }
@@ -503,6 +564,9 @@ mod tests {
             StreamAudience::All,
             StreamAudience::user("ada.lovelace@example.com").unwrap(),
             StreamAudience::connection("c-1 *>").unwrap(),
+            StreamAudience::connection("c-2")
+                .unwrap()
+                .of_user("ada.lovelace@example.com"),
         ] {
             assert_eq!(
                 StreamAudience::of_subject(&audience.subject()),

@@ -24,6 +24,7 @@
 //!   says what kind of failure it is ([`ServiceError`]), and each service
 //!   maps that to a gRPC status at its server.
 
+pub mod history;
 pub mod hub;
 mod key_value;
 mod local;
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_proto::error::{ErrorCode, ServiceError};
 
+pub use history::{Channel, History, HistorySettings};
 pub use key_value::{Change, Contended, Entry, KeyValue};
 pub use local::LocalBus;
 pub use log::Log;
@@ -77,6 +79,10 @@ pub struct BusSettings {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5),
     )]
     pub jetstream_replicas: usize,
+
+    /// How much of each hub's traffic is kept for clients that resume.
+    #[command(flatten)]
+    pub history: HistorySettings,
 }
 
 /// One NATS server's URL (`nats://host:port`, `tls://…`, or `host:port`).
@@ -97,6 +103,7 @@ impl Default for BusSettings {
         Self {
             nats_servers: Vec::new(),
             jetstream_replicas: DEFAULT_JETSTREAM_REPLICAS,
+            history: HistorySettings::default(),
         }
     }
 }
@@ -209,6 +216,10 @@ pub struct NatsBus {
     jetstream: jetstream::Context,
     /// Copies JetStream keeps of each stream and bucket this bus creates.
     replicas: usize,
+    /// The `/ws/ui` hub's kept messages.
+    ui_history: History,
+    /// The statistics stream's kept messages.
+    stream_history: History,
 }
 
 impl Bus {
@@ -217,7 +228,7 @@ impl Bus {
     pub async fn connect(settings: &BusSettings) -> Result<Self, BusError> {
         if settings.nats_servers.is_empty() {
             tracing::warn!("no NATS_URL: single-instance mode, in-process bus and in-memory state");
-            return Ok(Bus::Local(LocalBus::default()));
+            return Ok(Bus::Local(LocalBus::with_history(settings.history)));
         }
         // Host and port only: a URL may carry a password.
         let servers = settings
@@ -242,10 +253,17 @@ impl Bus {
             .map_err(nats_error)?;
         tracing::info!(%servers, replicas = settings.jetstream_replicas, "connected to nats");
         let jetstream = jetstream::new(client.clone());
+        let replicas = settings.jetstream_replicas;
+        let ui_history =
+            history::open(&jetstream, Channel::Ui, &settings.history, replicas).await?;
+        let stream_history =
+            history::open(&jetstream, Channel::Stream, &settings.history, replicas).await?;
         Ok(Bus::Nats(Box::new(NatsBus {
             client,
             jetstream,
-            replicas: settings.jetstream_replicas,
+            replicas,
+            ui_history,
+            stream_history,
         })))
     }
 
@@ -347,6 +365,56 @@ impl Bus {
         }
     }
 
+    /// The kept messages of a hub.
+    pub fn history(&self, channel: Channel) -> History {
+        match self {
+            Bus::Nats(nats) => match channel {
+                Channel::Ui => nats.ui_history.clone(),
+                Channel::Stream => nats.stream_history.clone(),
+            },
+            Bus::Local(local) => History::Local(local.history(channel)),
+        }
+    }
+
+    /// Publishes a hub's message on `subject` into its history, which every
+    /// edge follows. With `stored` the call returns once JetStream has kept
+    /// it (an error means it was not sent); without, it returns once it
+    /// left, as a core publish does. Returns the offset when known.
+    pub(crate) async fn publish_kept(
+        &self,
+        channel: Channel,
+        subject: String,
+        payload: Bytes,
+        stored: bool,
+    ) -> Result<Option<u64>, BusError> {
+        let failed = |error| {
+            switchboard_proto::metrics::metrics()
+                .nats_publish_failures
+                .inc();
+            nats_error(error)
+        };
+        match self {
+            Bus::Nats(nats) if stored => {
+                let published = match trace_headers() {
+                    None => nats.jetstream.publish(subject, payload).await,
+                    Some(headers) => {
+                        nats.jetstream
+                            .publish_with_headers(subject, headers, payload)
+                            .await
+                    }
+                };
+                let ack = published.map_err(failed)?.await.map_err(failed)?;
+                Ok(Some(ack.sequence))
+            }
+            Bus::Nats(_) => self.publish(subject, payload).await.map(|()| None),
+            Bus::Local(local) => {
+                let offset = local.history(channel).append(&subject, payload.clone());
+                local.publish(&subject, payload, None);
+                Ok(Some(offset))
+            }
+        }
+    }
+
     /// Opens (creating when needed) the key-value bucket `bucket`.
     pub async fn key_value(&self, bucket: &str) -> Result<KeyValue, BusError> {
         match self {
@@ -432,19 +500,25 @@ pub(crate) async fn open_stream(
 }
 
 /// What an existing stream laid out as `current` must be updated to so it
-/// has the subjects and replicas `wanted` asks for (a stream an older
+/// has the subjects, replicas and bounds `wanted` asks for (a stream an older
 /// version laid out, or settings that changed), keeping everything else it
 /// has and what it holds; `None` when it already has them.
 fn reconciled(
     current: &jetstream::stream::Config,
     wanted: &jetstream::stream::Config,
 ) -> Option<jetstream::stream::Config> {
-    if current.subjects == wanted.subjects && current.num_replicas == wanted.num_replicas {
+    if current.subjects == wanted.subjects
+        && current.num_replicas == wanted.num_replicas
+        && current.max_messages == wanted.max_messages
+        && current.max_age == wanted.max_age
+    {
         return None;
     }
     Some(jetstream::stream::Config {
         subjects: wanted.subjects.clone(),
         num_replicas: wanted.num_replicas,
+        max_messages: wanted.max_messages,
+        max_age: wanted.max_age,
         ..current.clone()
     })
 }
@@ -635,7 +709,17 @@ pub mod subjects {
         format!("{STREAM_USER_PREFIX}.{}", super::key_token(user_id))
     }
 
-    /// Messages for one statistics-stream connection.
+    /// Messages for one statistics-stream connection of `user_id`'s.
+    pub fn stream_user_connection(user_id: &str, connection_id: &str) -> String {
+        format!(
+            "{}.{}",
+            stream_user(user_id),
+            super::key_token(connection_id)
+        )
+    }
+
+    /// Messages for one statistics-stream connection whose user is not
+    /// known.
     pub fn stream_connection(connection_id: &str) -> String {
         format!(
             "{STREAM_CONNECTION_PREFIX}.{}",

@@ -21,6 +21,8 @@ pub struct LocalBus {
 
 #[derive(Debug, Default)]
 struct LocalInner {
+    history_settings: crate::HistorySettings,
+    histories: Mutex<HashMap<crate::Channel, Arc<crate::history::LocalHistory>>>,
     subscribers: Mutex<Vec<LocalSubscriber>>,
     buckets: Mutex<HashMap<String, LocalKeyValue>>,
     mailboxes: Mutex<HashMap<String, crate::mailbox::LocalMailbox>>,
@@ -56,6 +58,26 @@ pub(crate) fn subject_matches(pattern: &str, subject: &str) -> bool {
 }
 
 impl LocalBus {
+    /// An in-process bus whose hubs keep what `settings` say.
+    pub fn with_history(settings: crate::HistorySettings) -> Self {
+        Self {
+            inner: Arc::new(LocalInner {
+                history_settings: settings,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A hub's kept messages, made on first use.
+    pub(crate) fn history(&self, channel: crate::Channel) -> Arc<crate::history::LocalHistory> {
+        let settings = self.inner.history_settings;
+        Arc::clone(
+            lock(&self.inner.histories)
+                .entry(channel)
+                .or_insert_with(|| Arc::new(crate::history::LocalHistory::new(settings))),
+        )
+    }
+
     pub(crate) fn publish(&self, subject: &str, payload: Bytes, origin: Option<&str>) {
         let mut subscribers = lock(&self.inner.subscribers);
         subscribers.retain(|subscriber| !subscriber.sender.is_closed());

@@ -11,18 +11,49 @@ use switchboard_bus::Bus;
 use switchboard_bus::hub::{self, StreamAudience, UiMessageKind};
 use switchboard_proto::error::status;
 use switchboard_proto::v1::broadcast_service_server::BroadcastService;
-use switchboard_proto::v1::{BroadcastAck, StreamMessage, TargetedMessage, UiMessage};
+use switchboard_proto::v1::session_service_client::SessionServiceClient;
+use switchboard_proto::v1::{
+    BroadcastAck, GetSessionRequest, StreamMessage, TargetedMessage, UiMessage,
+};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// The broadcast service: publishes what other backends send.
 #[derive(Clone, Debug)]
 pub struct Broadcasts {
     bus: Bus,
+    /// The registry, which says whose a statistics connection is: a message
+    /// to a connection is then kept for that user's resumes.
+    sessions: Option<SessionServiceClient<Channel>>,
 }
 
 impl Broadcasts {
-    pub fn new(bus: Bus) -> Self {
-        Self { bus }
+    pub fn new(bus: Bus, sessions: Option<SessionServiceClient<Channel>>) -> Self {
+        Self { bus, sessions }
+    }
+
+    /// `audience` with its user, when it is a connection the registry
+    /// knows (a registry that cannot say leaves it as it is: the message
+    /// still reaches the connection, it is just not resumable).
+    async fn with_user(&self, audience: StreamAudience) -> StreamAudience {
+        let (StreamAudience::Connection { connection_id, .. }, Some(sessions)) =
+            (&audience, &self.sessions)
+        else {
+            return audience;
+        };
+        let request = GetSessionRequest {
+            session_id: connection_id.clone(),
+        };
+        match sessions.clone().get_session(request).await {
+            Ok(session) => {
+                let user_id = session.into_inner().user_id;
+                audience.of_user(&user_id)
+            }
+            Err(error) => {
+                tracing::debug!(code = ?error.code(), "connection's user not known");
+                audience
+            }
+        }
     }
 
     async fn to_stream(
@@ -85,6 +116,7 @@ impl BroadcastService for Broadcasts {
     ) -> Result<Response<BroadcastAck>, Status> {
         let request = request.into_inner();
         let audience = StreamAudience::connection(&request.target).map_err(status)?;
+        let audience = self.with_user(audience).await;
         self.to_stream(&audience, &request.message_json).await
     }
 }
@@ -100,7 +132,7 @@ mod tests {
 
     async fn broadcasts() -> (Broadcasts, Bus) {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        (Broadcasts::new(bus.clone()), bus)
+        (Broadcasts::new(bus.clone(), None), bus)
     }
 
     async fn next_json(subscription: &mut switchboard_bus::Subscription) -> Value {

@@ -170,8 +170,9 @@ pub async fn serve(
         tokio::spawn(counters.clone().publish_forever(interval)),
         tokio::spawn(counters.clone().count_events_forever(events)),
     ];
+    let broadcasts = broadcast::Broadcasts::new(bus, Some(counters.sessions.clone()));
     let routes = tonic::service::Routes::new(StatisticsServiceServer::new(counters))
-        .add_service(BroadcastServiceServer::new(broadcast::Broadcasts::new(bus)));
+        .add_service(BroadcastServiceServer::new(broadcasts));
     let served = server::serve(
         &[
             <StatisticsServiceServer<Counters> as tonic::server::NamedService>::NAME,
