@@ -452,6 +452,27 @@ impl Client {
         }
     }
 
+    /// The next JSON message, or `None` once the socket closed or failed
+    /// (its server was killed, say); panics on timeout or non-JSON.
+    #[allow(dead_code)]
+    pub async fn next_json(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timed out waiting for a message");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(
+                        serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|error| panic!("not JSON ({error}): {text}")),
+                    );
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// The next message, which must be of `kind` (`type` field).
     pub async fn expect(&mut self, kind: &str) -> Value {
         let message = self.recv_json().await;
