@@ -52,11 +52,32 @@ async fn post(url: String, token: Option<String>, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// Skips messages until one of `kind` arrives.
+/// Skips messages until one of `kind` arrives; a broadcast or personal
+/// message is returned without its position (`offset`, `epoch`), which it
+/// must carry.
 async fn next_of(client: &mut Client, kind: &str) -> Value {
     loop {
-        let message = client.recv_json().await;
+        let mut message = client.recv_json().await;
         if message["type"] == kind {
+            let welcome = [
+                "connection",
+                "connection_status",
+                "pong",
+                "subscription_updated",
+                "error",
+            ];
+            if !welcome.contains(&kind) {
+                let object = message.as_object_mut().unwrap();
+                assert!(
+                    object
+                        .remove("offset")
+                        .is_some_and(|offset| offset.is_u64())
+                        && object
+                            .remove("epoch")
+                            .is_some_and(|epoch| epoch.is_string()),
+                    "a {kind} message carries its position"
+                );
+            }
             return message;
         }
     }

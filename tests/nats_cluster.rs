@@ -225,6 +225,12 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         a_session_works(&node).await.then_some(())
     })
     .await;
+    // Every service up (the statistics service opens its state last).
+    eventually("every service serving", || async {
+        let (_, health) = get_json(&format!("{}/health", node.http())).await;
+        (health["status"] == "healthy").then_some(())
+    })
+    .await;
     let mut alerts =
         Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false)))).await;
     alerts.expect("connected").await;

@@ -784,20 +784,32 @@ mod tests {
     #[test]
     fn an_existing_stream_takes_new_subjects_and_replicas_and_keeps_the_rest() {
         let current = jetstream::stream::Config {
-            max_age: Duration::from_secs(60),
+            max_bytes: 1 << 20,
             ..kv_stream_config("sessions", 1)
         };
         assert!(reconciled(&current, &kv_stream_config("sessions", 1)).is_none());
         let updated = reconciled(&current, &kv_stream_config("sessions", 3)).unwrap();
         assert_eq!(updated.num_replicas, 3);
-        assert_eq!(updated.max_age, Duration::from_secs(60));
+        assert_eq!(updated.max_bytes, 1 << 20);
         let moved = jetstream::stream::Config {
             subjects: vec!["$KV.other.>".into()],
             ..kv_stream_config("sessions", 1)
         };
         let updated = reconciled(&current, &moved).unwrap();
         assert_eq!(updated.subjects, ["$KV.other.>"]);
-        assert_eq!(updated.max_age, Duration::from_secs(60));
+        assert_eq!(updated.max_bytes, 1 << 20);
+        // A history's bounds follow the settings.
+        let bounded = jetstream::stream::Config {
+            max_messages: 5,
+            max_age: Duration::from_secs(60),
+            ..current.clone()
+        };
+        let updated = reconciled(&current, &bounded).unwrap();
+        assert_eq!(
+            (updated.max_messages, updated.max_age),
+            (5, Duration::from_secs(60))
+        );
+        assert!(reconciled(&bounded, &bounded).is_none());
     }
 
     #[test]

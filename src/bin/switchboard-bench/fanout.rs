@@ -15,6 +15,11 @@
 //! schedule among K publishers (broadcast `i` goes to publisher `i mod K`),
 //! and messages may then arrive out of order (counted, not lost).
 //!
+//! `--before-edge URL` (with `--before-pid`, `--before-http`) names a second
+//! deployment, e.g. an earlier build, that gets the same load in the same
+//! run: its figures are reported beside the deployment's ("… before"), so a
+//! change's cost is measured, not remembered.
+//!
 //! `--slow-percent P` makes P % of the clients stop reading once connected:
 //! they stand for slow consumers. They are left out of latency and loss;
 //! what is measured is whether they were cut off (close 1008) and how much
@@ -78,6 +83,18 @@ pub struct FanoutArgs {
     /// Handshakes in flight while the clients connect.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// A deployment to compare with under the same load in the same run
+    /// (e.g. the build before a change): its WebSocket base URL; repeat for
+    /// several edges.
+    #[arg(long = "before-edge", value_name = "URL")]
+    pub before_edges: Vec<String>,
+    /// That deployment's HTTP base URLs (default: its `--before-edge` URLs
+    /// over http).
+    #[arg(long = "before-http", value_name = "URL")]
+    pub before_http: Vec<String>,
+    /// Pids of that deployment's processes (memory and CPU).
+    #[arg(long = "before-pid", value_name = "PID")]
+    pub before_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +175,17 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     };
     let deployment = Target::deployment(&args.common)?;
     let measured = measure(&deployment, load).await?;
+    let before = if args.before_edges.is_empty() {
+        None
+    } else {
+        let common = super::Common {
+            edges: args.before_edges.clone(),
+            http: args.before_http.clone(),
+            edge_pids: args.before_pids.clone(),
+            ..args.common.clone()
+        };
+        Some(measure(&Target::deployment(&common)?, load).await?)
+    };
     let baseline = if args.common.no_baseline {
         None
     } else {
@@ -190,8 +218,44 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
         })
         .goal(Goal::AtMost(0.0)),
         figure("CPU of the target", "cores", |m| m.cpu.target_cores),
+        figure("CPU per delivery", "µs", cpu_per_delivery_us),
         figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
+    if let Some(before) = &before {
+        let compared: [(&str, &'static str, fn(&Measured) -> Option<f64>); 7] = [
+            ("deliveries/s", "msg/s", |m| m.deliveries_per_second),
+            ("publish call p50", "ms", |m| m.publish_call.p50_ms),
+            ("publish→delivery p50", "ms", |m| m.latency.p50_ms),
+            ("publish→delivery p99", "ms", |m| m.latency.p99_ms),
+            ("full delivery p99", "ms", |m| m.full_delivery.p99_ms),
+            ("CPU of the target", "cores", |m| m.cpu.target_cores),
+            ("CPU per delivery", "µs", cpu_per_delivery_us),
+        ];
+        for (name, unit, value) in compared {
+            figures.push(Figure::new(
+                format!("{name} before"),
+                unit,
+                value(before),
+                baseline.as_ref().and_then(value),
+            ));
+            let change = match (value(&measured), value(before)) {
+                (Some(now), Some(then)) if then > 0.0 => Some(now / then),
+                _ => None,
+            };
+            figures.push(Figure::new(
+                format!("{name}: now / before"),
+                "×",
+                change,
+                None,
+            ));
+        }
+        figures.push(Figure::new(
+            "lost by clients keeping up before",
+            "messages",
+            Some(before.lost as f64),
+            None,
+        ));
+    }
     if load.slow > 0 {
         figures.push(
             figure("memory growth with slow clients", "%", |m| {
@@ -223,6 +287,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
         }),
         deployment: serde_json::to_value(&measured)?,
         baseline: baseline.map(|b| serde_json::to_value(&b)).transpose()?,
+        before: before.map(|b| serde_json::to_value(&b)).transpose()?,
         figures,
     })
 }
@@ -411,6 +476,12 @@ async fn publish(
     }
     publisher.finish().await;
     (calls, errors)
+}
+
+/// The target's CPU time per message delivered, in microseconds.
+fn cpu_per_delivery_us(measured: &Measured) -> Option<f64> {
+    let deliveries = measured.deliveries_per_second?;
+    (deliveries > 0.0).then(|| measured.cpu.target_cores? * 1e6 / deliveries)
 }
 
 /// Whether client `index` is one of the slow ones (spread evenly).

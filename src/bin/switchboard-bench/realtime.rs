@@ -186,6 +186,7 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         }),
         deployment: serde_json::to_value(&measured)?,
         baseline: baseline.map(|b| serde_json::to_value(&b)).transpose()?,
+        before: None,
         figures,
     })
 }

@@ -84,6 +84,9 @@ pub struct Report {
     pub deployment: Value,
     /// Raw measurements against the baseline (`None` with `--no-baseline`).
     pub baseline: Option<Value>,
+    /// Raw measurements against a deployment compared with (`fanout
+    /// --before-edge`).
+    pub before: Option<Value>,
     pub figures: Vec<Figure>,
 }
 
@@ -110,6 +113,7 @@ impl Report {
             "figures": figures,
             "switchboard": self.deployment,
             "baseline": self.baseline,
+            "before": self.before,
         })
     }
 
