@@ -419,3 +419,48 @@ async fn bad_ids_are_refused_with_an_error_and_the_connection_goes_on() {
     );
     assert_eq!(reply["seq"], 0);
 }
+
+#[tokio::test]
+async fn the_dedup_window_is_a_setting_and_an_existing_stream_takes_it() {
+    let nats = Nats::start();
+    // The first process lays the frames stream out with the default window
+    // (600 s); the second, restarted with a three-second window, updates it.
+    let first = Switchboard::all(Some(&nats), &[]);
+    let (status, stored) = post_frame(
+        &first,
+        "window",
+        json!({"matrix": [[1]], "message_id": "w-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{stored}");
+    drop(first);
+    let node =
+        Switchboard::all_with_env(Some(&nats), &[], &[("SWITCHBOARD_DEDUP_WINDOW_SECS", "3")]);
+    let (status, again) = post_frame(
+        &node,
+        "window",
+        json!({"matrix": [[2]], "message_id": "w-2"}),
+    )
+    .await;
+    assert_eq!((status, again["sequence"].as_u64()), (201, Some(2)));
+    // Within the window a resend is the original; once it has passed, the
+    // same id is a new frame.
+    let (status, repeated) = post_frame(
+        &node,
+        "window",
+        json!({"matrix": [[2]], "message_id": "w-2"}),
+    )
+    .await;
+    assert_eq!((status, &repeated), (200, &again));
+    let renewed = support::eventually("the three-second window to pass", || async {
+        let (status, body) = post_frame(
+            &node,
+            "window",
+            json!({"matrix": [[2]], "message_id": "w-1"}),
+        )
+        .await;
+        (status == 201).then_some(body)
+    })
+    .await;
+    assert_eq!(renewed["sequence"], 3, "{renewed}");
+}
