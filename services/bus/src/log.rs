@@ -120,11 +120,18 @@ impl Log {
                 if !published.duplicate {
                     return Ok(Appended::Stored);
                 }
-                let original = nats
-                    .stream
-                    .direct_get(published.sequence)
-                    .await
-                    .map_err(nats_error)?;
+                // A direct get may be answered by a replica that has not
+                // applied the original yet (it was stored a moment ago):
+                // then the leader answers.
+                let original = match nats.stream.direct_get(published.sequence).await {
+                    Ok(original) => original,
+                    Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => nats
+                        .stream
+                        .get_raw_message(published.sequence)
+                        .await
+                        .map_err(nats_error)?,
+                    Err(error) => return Err(nats_error(error)),
+                };
                 let number = entry_number(&original.subject).ok_or_else(|| {
                     nats_error(std::io::Error::other(format!(
                         "stored entry on {} has no number",
