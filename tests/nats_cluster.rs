@@ -193,6 +193,23 @@ async fn a_frame_is_stored(node: &Switchboard) -> Option<u64> {
     body["sequence"].as_u64()
 }
 
+/// A pressure frame with a `message_id` is answered: its status (201
+/// stored, 200 stored before) and body.
+async fn a_frame_with_an_id_is_answered(node: &Switchboard, id: &str) -> Option<(u16, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/workouts/w1/frames", node.http()))
+        .json(&json!({"matrix": [[5, 6], [7, 8]], "message_id": id}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    if status != 201 && status != 200 {
+        return None;
+    }
+    Some((status, response.json().await.ok()?))
+}
+
 /// An alert is raised (the mailbox takes a write): its id.
 async fn an_alert_is_raised(node: &Switchboard) -> Option<String> {
     let response = reqwest::Client::new()
@@ -280,4 +297,23 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         raised.as_str(),
         "delivered after the loss"
     );
+
+    // On three replicas too, a frame sent again with its id (as a client
+    // whose try timed out would) is stored once and answered as before.
+    let (_, first) = eventually("a frame with an id stored", || {
+        a_frame_with_an_id_is_answered(&node, "cluster-1")
+    })
+    .await;
+    let (status, again) = a_frame_with_an_id_is_answered(&node, "cluster-1")
+        .await
+        .expect("the resend is answered");
+    assert_eq!((status, &again), (200, &first), "the original result again");
+    let (_, page) = get_json(&format!("{}/api/workouts/w1/frames?limit=500", node.http())).await;
+    let with_id = page["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|frame| frame["message_id"] == "cluster-1")
+        .count();
+    assert_eq!(with_id, 1, "stored once");
 }

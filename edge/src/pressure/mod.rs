@@ -8,6 +8,12 @@
 //! acknowledged frame is never lost, and counts are per workout across the
 //! cluster.
 //!
+//! A frame may carry the client's `message_id`: sent again (after a
+//! reconnect, to any edge) within the session service's de-duplication
+//! window, it is stored and counted once, the room is not told again, and
+//! the sender's `frame_processed` repeats the original's `sequence`, stats
+//! and timestamp.
+//!
 //! - [`PressureConnection`]: what one client connection does, whatever its
 //!   transport.
 //! - [`websocket`]: `/ws/pressure`, JSON with an `action` field.
@@ -88,6 +94,8 @@ pub const MAX_WORKOUT_ID_BYTES: usize = 128;
 pub const MAX_NODES_BYTES: usize = 16 * 1024;
 /// Most rows and columns of a matrix (the detection service checks it too).
 pub const MAX_MATRIX_SIDE: usize = 64;
+/// Longest frame `message_id` (the session service checks it too).
+pub const MAX_MESSAGE_ID_BYTES: usize = 128;
 
 /// A number of a pressure message as every transport writes it: a whole
 /// number without a fraction (`10`, not `10.0`), any other with one. So
@@ -173,6 +181,9 @@ pub enum Outbound {
         timestamp: Number,
         /// The frame's number in its workout: 1, 2, 3, …
         sequence: u64,
+        /// The client's id for the frame, when it sent one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
     },
     SessionEnded {
         workout_id: String,
@@ -225,6 +236,20 @@ fn workout_id(data: &Value) -> Result<String, ClientError> {
     }
 }
 
+/// The optional `message_id` of a frame: a string of 1 to
+/// [`MAX_MESSAGE_ID_BYTES`] bytes.
+fn message_id(data: &Value) -> Result<Option<String>, ClientError> {
+    match data.get("message_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES => {
+            Ok(Some(id.clone()))
+        }
+        Some(_) => Err(invalid(format!(
+            "message_id must be a string of 1 to {MAX_MESSAGE_ID_BYTES} bytes"
+        ))),
+    }
+}
+
 /// A matrix as JSON (rows of numbers) to rows for the detection service.
 /// Shape and value rules beyond types are the detection service's.
 fn matrix(data: &Value) -> Result<Vec<MatrixRow>, ClientError> {
@@ -274,10 +299,13 @@ pub struct FrameInput {
     /// The client's timestamp as it sent it (the edge's clock in Unix
     /// milliseconds, as `Date.now()`, when absent).
     pub timestamp: f64,
+    /// The client's id for this frame, to send it again safely.
+    pub message_id: Option<String>,
 }
 
 impl FrameInput {
     pub fn parse(data: &Value) -> Result<Self, ClientError> {
+        let message_id = message_id(data)?;
         let nodes_json = match data.get("nodes") {
             None | Some(Value::Null) => String::new(),
             Some(nodes) => {
@@ -303,12 +331,13 @@ impl FrameInput {
             matrix: matrix(data)?,
             nodes_json,
             timestamp,
+            message_id,
         })
     }
 
     /// The frame to store, once analysed.
-    pub fn into_frame(self, stats: FrameStats, user_id: String) -> (PressureFrame, f64) {
-        let frame = PressureFrame {
+    pub fn into_frame(self, stats: FrameStats, user_id: String) -> PressureFrame {
+        PressureFrame {
             workout_id: self.workout_id,
             timestamp: self.timestamp,
             matrix: self.matrix,
@@ -317,8 +346,8 @@ impl FrameInput {
             received_at: unix_now(),
             user_id,
             sequence: 0,
-        };
-        (frame, self.timestamp)
+            message_id: self.message_id.unwrap_or_default(),
+        }
     }
 }
 
@@ -543,7 +572,7 @@ impl PressureConnection {
         if !reply.error.is_empty() {
             return Err(invalid(reply.error));
         }
-        let (frame, timestamp) = input.into_frame(
+        let frame = input.into_frame(
             reply.stats.unwrap_or_default(),
             self.caller.user_id().to_owned(),
         );
@@ -552,7 +581,7 @@ impl PressureConnection {
             .get(&workout_id)
             .map(|joined| joined.membership.origin().to_owned());
         let recorded = record(&self.state, frame).await?;
-        Ok(publish(&self.state, recorded, timestamp, origin.as_deref()).await)
+        Ok(publish(&self.state, recorded, origin.as_deref()).await)
     }
 
     /// Sends a frame on the workout's detection stream (opening it when
@@ -578,18 +607,28 @@ impl PressureConnection {
     }
 }
 
-/// A frame once stored.
+/// A frame once stored (or found stored before, for a duplicate).
 #[derive(Debug)]
 pub struct Recorded {
     pub workout_id: String,
+    /// The stored frame's stats: the original's for a duplicate.
     pub stats: FrameStats,
     pub frame_count: u64,
     pub sequence: u64,
+    /// The stored frame's own timestamp, as its client sent it.
+    pub timestamp: f64,
+    /// The client's id for the frame, when it sent one.
+    pub message_id: Option<String>,
+    /// The frame was stored before under its `message_id`: nothing new was
+    /// stored or counted, and its room was told then.
+    pub duplicate: bool,
 }
 
 pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recorded, ClientError> {
     let workout_id = frame.workout_id.clone();
-    let stats = frame.stats.unwrap_or_default();
+    let sent_stats = frame.stats.unwrap_or_default();
+    let sent_timestamp = frame.timestamp;
+    let message_id = (!frame.message_id.is_empty()).then(|| frame.message_id.clone());
     let recorded = state
         .sessions
         .clone()
@@ -599,37 +638,48 @@ pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recor
         .into_inner();
     Ok(Recorded {
         workout_id,
-        stats,
+        stats: recorded.stats.unwrap_or(sent_stats),
         frame_count: recorded.frame_count,
         sequence: recorded.sequence,
+        timestamp: if recorded.stats.is_some() {
+            recorded.timestamp
+        } else {
+            sent_timestamp
+        },
+        message_id,
+        duplicate: recorded.duplicate,
     })
+}
+
+/// The `frame_processed` of a stored frame.
+pub fn frame_processed(recorded: &Recorded) -> Outbound {
+    Outbound::FrameProcessed {
+        workout_id: recorded.workout_id.clone(),
+        stats: StatsView::from(&recorded.stats),
+        frame_count: recorded.frame_count,
+        timestamp: Number(recorded.timestamp),
+        sequence: recorded.sequence,
+        message_id: recorded.message_id.clone(),
+    }
 }
 
 /// Tells a stored frame's room, every edge of it, but `origin` (its
 /// sender, who gets the returned `frame_processed` as a reply): the one
 /// path every frame takes, from any transport. The frame is stored and
 /// counted whatever happens here: a room that cannot be told is logged,
-/// not the sender's error.
-pub async fn publish(
-    state: &PressureState,
-    recorded: Recorded,
-    timestamp: f64,
-    origin: Option<&str>,
-) -> String {
+/// not the sender's error. A duplicate was told when it was first stored:
+/// only its sender is answered, again.
+pub async fn publish(state: &PressureState, recorded: Recorded, origin: Option<&str>) -> String {
+    let event = frame_processed(&recorded).to_json();
+    if recorded.duplicate {
+        return event;
+    }
     let announced = serde_json::json!({
         "workout_id": recorded.workout_id,
         "frame_count": recorded.frame_count,
         "sequence": recorded.sequence,
     });
     state.bus.announce("frame_processed", announced).await;
-    let event = Outbound::FrameProcessed {
-        workout_id: recorded.workout_id.clone(),
-        stats: StatsView::from(&recorded.stats),
-        frame_count: recorded.frame_count,
-        timestamp: Number(timestamp),
-        sequence: recorded.sequence,
-    };
-    let event = event.to_json();
     if let Err(error) = state
         .rooms
         .publish(&recorded.workout_id, event.clone(), origin)
@@ -679,6 +729,21 @@ mod tests {
             matrix(&json!({"matrix": [1, 2]})).unwrap_err().to_string(),
             "matrix[0] must be an array of numbers"
         );
+        assert_eq!(message_id(&json!({})).unwrap(), None);
+        assert_eq!(
+            message_id(&json!({"message_id": "f-1"}))
+                .unwrap()
+                .as_deref(),
+            Some("f-1")
+        );
+        for bad in [json!(""), json!(7), json!(["f"]), json!("m".repeat(129))] {
+            assert_eq!(
+                message_id(&json!({"message_id": bad}))
+                    .unwrap_err()
+                    .to_string(),
+                "message_id must be a string of 1 to 128 bytes"
+            );
+        }
         assert_eq!(
             matrix(&json!({})).unwrap_err().to_string(),
             "missing matrix"

@@ -82,6 +82,9 @@ pub struct FrameView {
     matrix: Vec<Vec<Number>>,
     nodes: Value,
     stats: Option<StatsView>,
+    /// The client's id for the frame, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +126,7 @@ pub async fn frames(
                 .collect(),
             nodes: serde_json::from_str(&frame.nodes_json).unwrap_or(Value::Null),
             stats: frame.stats.as_ref().map(StatsView::from),
+            message_id: (!frame.message_id.is_empty()).then_some(frame.message_id),
         })
         .collect();
     Ok(Json(FramePage {
@@ -138,6 +142,9 @@ pub struct Accepted {
     stats: StatsView,
     frame_count: u64,
     sequence: u64,
+    /// The client's id for the frame, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
 }
 
 pub async fn post_frame(
@@ -165,15 +172,21 @@ pub async fn post_frame(
         .await
         .map_err(|status| ClientError::from_status("detection", status))?
         .into_inner();
-    let (frame, timestamp) =
-        input.into_frame(reply.stats.unwrap_or_default(), "anonymous".to_owned());
+    let frame = input.into_frame(reply.stats.unwrap_or_default(), "anonymous".to_owned());
     let recorded = super::record(&state, frame).await?;
     let accepted = Accepted {
         workout_id,
         stats: StatsView::from(&recorded.stats),
         frame_count: recorded.frame_count,
         sequence: recorded.sequence,
+        message_id: recorded.message_id.clone(),
     };
-    super::publish(&state, recorded, timestamp, None).await;
-    Ok((StatusCode::CREATED, Json(accepted)))
+    // A frame sent again is not created again: 200 with the original.
+    let status = if recorded.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    super::publish(&state, recorded, None).await;
+    Ok((status, Json(accepted)))
 }

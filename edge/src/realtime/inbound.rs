@@ -16,6 +16,11 @@
 //!
 //! Every number must be a finite JSON number; an axis beyond
 //! ±[`MAX_ACCELERATION`] or a batch beyond [`MAX_BATCH_SAMPLES`] is refused.
+//!
+//! A sensor object (one sample or `{"samples": [...]}`) may carry the
+//! client's id for the message, to send it again safely: `"seq"` (a
+//! non-negative integer) or `"message_id"` (1 to [`MAX_MESSAGE_ID_BYTES`]
+//! bytes), per connection ([`ResendId`]).
 
 use serde_json::{Map, Value};
 use switchboard_proto::v1::AccelSample;
@@ -29,6 +34,9 @@ pub const MAX_ACCELERATION: f64 = 1000.0;
 /// Most samples in one batch (20 s at 50 Hz).
 pub const MAX_BATCH_SAMPLES: usize = 1000;
 
+/// Longest `message_id`.
+pub const MAX_MESSAGE_ID_BYTES: usize = 128;
+
 /// Timestamps above this are milliseconds.
 const MILLISECONDS_ABOVE: f64 = 1e11;
 
@@ -40,11 +48,21 @@ pub enum Action {
     Stats,
 }
 
+/// The client's id for a sensor message, unique on its connection: a
+/// message sent again with the same id is answered with the first reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ResendId {
+    Seq(u64),
+    MessageId(String),
+}
+
 /// One parsed client message.
 #[derive(Debug, PartialEq)]
 pub enum Inbound {
     Action(Action),
-    Samples(Vec<AccelSample>),
+    /// Sensor samples, with the client's id for the message when it sent
+    /// one.
+    Samples(Vec<AccelSample>, Option<ResendId>),
 }
 
 fn invalid(message: impl Into<String>) -> ClientError {
@@ -56,7 +74,9 @@ pub fn parse(text: &str, now: f64) -> Result<Inbound, ClientError> {
     let value: Value =
         serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
     match value {
-        Value::Array(items) => parse_batch(&items, now).map(Inbound::Samples),
+        Value::Array(items) => {
+            parse_batch(&items, now).map(|samples| Inbound::Samples(samples, None))
+        }
         Value::Object(object) => parse_object(&object, now),
         other => Err(invalid(format!(
             "expected a JSON object or array, got {}",
@@ -91,14 +111,60 @@ fn parse_object(object: &Map<String, Value>, now: f64) -> Result<Inbound, Client
                 kind_of(samples)
             ))
         })?;
-        return parse_batch(items, now).map(Inbound::Samples);
+        let id = resend_id(object)?;
+        return parse_batch(items, now).map(|samples| Inbound::Samples(samples, id));
     }
     if has_axes(object) {
-        return parse_sample_object(object, now).map(|sample| Inbound::Samples(vec![sample]));
+        let id = resend_id(object)?;
+        return parse_sample_object(object, now).map(|sample| Inbound::Samples(vec![sample], id));
     }
     Err(invalid(
         "expected {\"action\": ...}, an accelerometer sample {\"x\",\"y\",\"z\"} or {\"samples\": [...]}",
     ))
+}
+
+/// The sensor message's `seq` or `message_id`, if it has one.
+fn resend_id(object: &Map<String, Value>) -> Result<Option<ResendId>, ClientError> {
+    let seq = match object.get("seq") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().ok_or_else(|| {
+            invalid(format!(
+                "\"seq\" must be a non-negative integer, got {}",
+                describe(value)
+            ))
+        })?),
+    };
+    let message_id = match object.get("message_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES => {
+            Some(id.clone())
+        }
+        Some(value) => {
+            return Err(invalid(format!(
+                "\"message_id\" must be a string of 1 to {MAX_MESSAGE_ID_BYTES} bytes, got {}",
+                describe(value)
+            )));
+        }
+    };
+    match (seq, message_id) {
+        (Some(_), Some(_)) => Err(invalid("send \"seq\" or \"message_id\", not both")),
+        (Some(seq), None) => Ok(Some(ResendId::Seq(seq))),
+        (None, Some(id)) => Ok(Some(ResendId::MessageId(id))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A value as an error message names it: numbers as written, otherwise
+/// its kind.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Number(number) => number.to_string(),
+        Value::String(text) if text.is_empty() => "an empty string".to_owned(),
+        Value::String(text) if text.len() > MAX_MESSAGE_ID_BYTES => {
+            format!("a string of {} bytes", text.len())
+        }
+        other => kind_of(other).to_owned(),
+    }
 }
 
 const NESTED_AXES: [&str; 4] = ["accelerometer", "acceleration", "accel", "acc"];
@@ -235,7 +301,7 @@ mod tests {
     const NOW: f64 = 1_700_000_000.0;
 
     fn one(t: f64, x: f64, y: f64, z: f64) -> Inbound {
-        Inbound::Samples(vec![AccelSample { t, x, y, z }])
+        Inbound::Samples(vec![AccelSample { t, x, y, z }], None)
     }
 
     fn error_of(text: &str) -> String {
@@ -290,20 +356,23 @@ mod tests {
 
     #[test]
     fn batches() {
-        let expected = Inbound::Samples(vec![
-            AccelSample {
-                t: 1.0,
-                x: 1.0,
-                y: 2.0,
-                z: 3.0,
-            },
-            AccelSample {
-                t: 1.02,
-                x: 4.0,
-                y: 5.0,
-                z: 6.0,
-            },
-        ]);
+        let expected = Inbound::Samples(
+            vec![
+                AccelSample {
+                    t: 1.0,
+                    x: 1.0,
+                    y: 2.0,
+                    z: 3.0,
+                },
+                AccelSample {
+                    t: 1.02,
+                    x: 4.0,
+                    y: 5.0,
+                    z: 6.0,
+                },
+            ],
+            None,
+        );
         for text in [
             r#"{"samples":[{"t":1,"x":1,"y":2,"z":3},{"t":1.02,"x":4,"y":5,"z":6}]}"#,
             r#"[{"t":1,"x":1,"y":2,"z":3},[1.02,4,5,6]]"#,
@@ -353,5 +422,58 @@ mod tests {
             "expected a JSON object or array, got a string"
         );
         assert!(error_of(r#"{"hello":1}"#).starts_with("expected {\"action\": ...}"));
+    }
+
+    #[test]
+    fn sensor_messages_may_carry_a_seq_or_a_message_id() {
+        let id_of = |text: &str| match parse(text, NOW).unwrap() {
+            Inbound::Samples(_, id) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            id_of(r#"{"x":1,"y":2,"z":3,"seq":0}"#),
+            Some(ResendId::Seq(0))
+        );
+        assert_eq!(
+            id_of(r#"{"samples":[[1,1,2,3]],"seq":41}"#),
+            Some(ResendId::Seq(41))
+        );
+        assert_eq!(
+            id_of(r#"{"samples":[[1,1,2,3]],"message_id":"b-7"}"#),
+            Some(ResendId::MessageId("b-7".into()))
+        );
+        assert_eq!(id_of(r#"{"x":1,"y":2,"z":3,"seq":null}"#), None);
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"seq":-1}"#),
+            "\"seq\" must be a non-negative integer, got -1"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"seq":1.5}"#),
+            "\"seq\" must be a non-negative integer, got 1.5"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"seq":"1"}"#),
+            "\"seq\" must be a non-negative integer, got a string"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"message_id":""}"#),
+            "\"message_id\" must be a string of 1 to 128 bytes, got an empty string"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"message_id":5}"#),
+            "\"message_id\" must be a string of 1 to 128 bytes, got 5"
+        );
+        let long = format!(
+            r#"{{"x":1,"y":2,"z":3,"message_id":"{}"}}"#,
+            "m".repeat(129)
+        );
+        assert_eq!(
+            error_of(&long),
+            "\"message_id\" must be a string of 1 to 128 bytes, got a string of 129 bytes"
+        );
+        assert_eq!(
+            error_of(r#"{"x":1,"y":2,"z":3,"seq":1,"message_id":"a"}"#),
+            "send \"seq\" or \"message_id\", not both"
+        );
     }
 }

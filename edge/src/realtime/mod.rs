@@ -16,9 +16,15 @@
 //! report runs as a task of its own, at most one at a time, so a slow write
 //! never holds up the client's messages. Those few unreported counts are
 //! all a socket holds besides its detection stream.
+//!
+//! A sensor message may carry an id (`seq` or `message_id`): the socket
+//! keeps its last 256 such replies ([`replies`]), and a message sent again
+//! with an id still kept is answered with the same reply, without reaching
+//! the detector or the counts again.
 
 mod inbound;
 mod outbound;
+mod replies;
 
 use std::time::Duration;
 
@@ -52,7 +58,7 @@ use crate::meter::Endpoint;
 use crate::settings::TimedChannel;
 use crate::stream_call::StreamCall;
 use crate::times::unix_seconds_text as timestamp;
-use inbound::{Action, Inbound};
+use inbound::{Action, Inbound, ResendId};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
 use outbound::{Outbound, Prediction};
 
@@ -171,6 +177,8 @@ struct Realtime {
     detection: Option<StreamCall<StepRequest, StepReply>>,
     /// The report task in flight, if any.
     reporting: Option<JoinHandle<Reported>>,
+    /// Replies to recent identified sensor messages, for resends.
+    replies: replies::RecentReplies,
 }
 
 impl Handler for Realtime {
@@ -224,7 +232,12 @@ impl Handler for Realtime {
             return Ok(Flow::Continue);
         };
         match inbound::parse(text, unix_now())? {
-            Inbound::Samples(samples) => {
+            Inbound::Samples(_, Some(id)) if self.replies.get(&id).is_some() => {
+                let reply = self.replies.get(&id).cloned().unwrap_or_default();
+                tracing::debug!(?id, "sensor message sent again: answered from the cache");
+                Ok(conn.send_json(reply).await.into())
+            }
+            Inbound::Samples(samples, id) => {
                 // A sensor message is a trace of its own (when traces are
                 // exported): this span, the detection service's, and any
                 // alert it raises, to the edge that delivers it.
@@ -235,7 +248,7 @@ impl Handler for Realtime {
                         trace_id = tracing::field::Empty
                     )
                 });
-                self.on_samples(samples, conn).instrument(span).await
+                self.on_samples(samples, id, conn).instrument(span).await
             }
             // Rare actions are boxed: their futures would otherwise sit in
             // every connection's task, a few kilobytes each.
@@ -338,6 +351,7 @@ impl Realtime {
             for_statistics: Unreported::default(),
             detection: None,
             reporting: None,
+            replies: replies::RecentReplies::default(),
         }
     }
 
@@ -358,6 +372,7 @@ impl Realtime {
     async fn on_samples<T: Transport>(
         &mut self,
         samples: Vec<switchboard_proto::v1::AccelSample>,
+        id: Option<ResendId>,
         conn: &mut Conn<'_, T>,
     ) -> Result<Flow, ClientError> {
         let sample_count = samples.len();
@@ -406,8 +421,20 @@ impl Realtime {
             total_predictions: self.total_predictions,
             buffer_size: reply.buffer_size,
             timestamp: timestamp(),
+            seq: match &id {
+                Some(ResendId::Seq(seq)) => Some(*seq),
+                _ => None,
+            },
+            message_id: match &id {
+                Some(ResendId::MessageId(message_id)) => Some(message_id),
+                _ => None,
+            },
         };
-        Ok(conn.send(&message).await.into())
+        let message = serde_json::to_string(&message).expect("outbound messages always serialize");
+        if let Some(id) = id {
+            self.replies.insert(id, message.clone());
+        }
+        Ok(conn.send_json(message).await.into())
     }
 
     /// Confirms a step still pending in the detector, so `stop` counts the

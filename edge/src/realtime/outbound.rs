@@ -20,6 +20,12 @@ pub enum Outbound<'a> {
         total_predictions: u64,
         buffer_size: u32,
         timestamp: String,
+        /// The sensor message's `seq`, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// The sensor message's `message_id`, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<&'a str>,
     },
     StopResponse {
         status: &'static str,

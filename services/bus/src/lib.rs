@@ -43,7 +43,7 @@ use switchboard_proto::error::{ErrorCode, ServiceError};
 pub use history::{Channel, History, HistorySettings};
 pub use key_value::{Change, Contended, Entry, KeyValue};
 pub use local::LocalBus;
-pub use log::Log;
+pub use log::{Appended, Log};
 pub use mailbox::{Letter, Mailbox, MailboxReader};
 
 /// How long a call to NATS may take before the bus reports it failed, so a
@@ -436,13 +436,15 @@ impl Bus {
         }
     }
 
-    /// Opens (creating when needed) the log `name`.
-    pub async fn log(&self, name: &str) -> Result<Log, BusError> {
+    /// Opens (creating when needed) the log `name`, which remembers the
+    /// ids of appends for `dedup_window` (see [`Log::append_at`]); an
+    /// existing stream gets this window.
+    pub async fn log(&self, name: &str, dedup_window: Duration) -> Result<Log, BusError> {
         match self {
             Bus::Nats(nats) => Ok(Log::Nats(Box::new(
-                log::open(&nats.jetstream, name, nats.replicas).await?,
+                log::open(&nats.jetstream, name, nats.replicas, dedup_window).await?,
             ))),
-            Bus::Local(local) => Ok(Log::Local(local.log(name))),
+            Bus::Local(local) => Ok(Log::Local(local.log(name, dedup_window))),
         }
     }
 
@@ -483,8 +485,10 @@ pub(crate) async fn open_stream(
             stream = %name,
             subjects = ?updated.subjects,
             replicas = updated.num_replicas,
+            duplicate_window = ?updated.duplicate_window,
             was_subjects = ?current.subjects,
             was_replicas = current.num_replicas,
+            was_duplicate_window = ?current.duplicate_window,
             "stream updated"
         );
         jetstream.update_stream(updated).await.map_err(nats_error)?;
@@ -500,17 +504,26 @@ pub(crate) async fn open_stream(
 }
 
 /// What an existing stream laid out as `current` must be updated to so it
-/// has the subjects, replicas and bounds `wanted` asks for (a stream an older
-/// version laid out, or settings that changed), keeping everything else it
-/// has and what it holds; `None` when it already has them.
+/// has the subjects, replicas, bounds (count, age) and de-duplication
+/// window `wanted` asks for (a stream an older version laid out, or
+/// settings that changed), keeping everything else it has and what it
+/// holds; `None` when it already has them. A `wanted` window of zero asks
+/// for none in particular (the server's default), so it never changes a
+/// stream's.
 fn reconciled(
     current: &jetstream::stream::Config,
     wanted: &jetstream::stream::Config,
 ) -> Option<jetstream::stream::Config> {
+    let duplicate_window = if wanted.duplicate_window.is_zero() {
+        current.duplicate_window
+    } else {
+        wanted.duplicate_window
+    };
     if current.subjects == wanted.subjects
         && current.num_replicas == wanted.num_replicas
         && current.max_messages == wanted.max_messages
         && current.max_age == wanted.max_age
+        && current.duplicate_window == duplicate_window
     {
         return None;
     }
@@ -519,6 +532,7 @@ fn reconciled(
         num_replicas: wanted.num_replicas,
         max_messages: wanted.max_messages,
         max_age: wanted.max_age,
+        duplicate_window,
         ..current.clone()
     })
 }
@@ -558,14 +572,21 @@ impl PrefixedStream {
 
     /// Publishes to a subject that must have no message yet, and waits for
     /// JetStream's acknowledgement; [`BusError::Conflict`] when it has one.
+    /// With `message_id` (`Nats-Msg-Id`), JetStream stores nothing when a
+    /// message with that id was stored within the stream's duplicate window,
+    /// and its acknowledgement says so, with the stored message's sequence.
     pub(crate) async fn publish_durably_once(
         &self,
         subject: String,
         payload: Bytes,
-    ) -> Result<(), BusError> {
+        message_id: Option<String>,
+    ) -> Result<jetstream::publish::PublishAck, BusError> {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = trace_headers().unwrap_or_default();
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        if let Some(message_id) = message_id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+        }
         let message = jetstream::message::PublishMessage::build()
             .payload(payload)
             .headers(headers);
@@ -576,7 +597,7 @@ impl PrefixedStream {
                 .await
         };
         match acked.await {
-            Ok(_) => Ok(()),
+            Ok(ack) => Ok(ack),
             Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
                 Err(BusError::Conflict(format!("{subject} is taken")))
             }
@@ -810,6 +831,25 @@ mod tests {
             (5, Duration::from_secs(60))
         );
         assert!(reconciled(&bounded, &bounded).is_none());
+    }
+
+    #[test]
+    fn an_existing_stream_takes_a_new_dedup_window_and_keeps_its_own_when_none_is_asked() {
+        let current = jetstream::stream::Config {
+            duplicate_window: Duration::from_secs(120),
+            ..kv_stream_config("frames", 1)
+        };
+        let wanted = jetstream::stream::Config {
+            duplicate_window: Duration::from_secs(600),
+            ..kv_stream_config("frames", 1)
+        };
+        let updated = reconciled(&current, &wanted).unwrap();
+        assert_eq!(updated.duplicate_window, Duration::from_secs(600));
+        assert!(reconciled(&updated, &wanted).is_none());
+        assert!(
+            reconciled(&current, &kv_stream_config("frames", 1)).is_none(),
+            "no window asked: the stream keeps its own"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -108,10 +109,11 @@ impl LocalBus {
         receiver
     }
 
-    pub(crate) fn log(&self, name: &str) -> crate::log::LocalLog {
+    /// The log `name`; the first opening sets its de-duplication window.
+    pub(crate) fn log(&self, name: &str, dedup_window: Duration) -> crate::log::LocalLog {
         lock(&self.inner.logs)
             .entry(name.to_owned())
-            .or_default()
+            .or_insert_with(|| crate::log::LocalLog::new(dedup_window))
             .clone()
     }
 

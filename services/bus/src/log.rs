@@ -12,9 +12,17 @@
 //! starts anywhere. In process it is a map in memory, bounded by
 //! [`LOCAL_LOG_MAX_BYTES`]: past that, appends are refused rather than
 //! anything dropped.
+//!
+//! An append may carry the writer's id for it: a second append with the
+//! same id within the log's de-duplication window stores nothing and
+//! returns the entry the first one stored ([`Appended::Duplicate`]). With
+//! NATS that is JetStream's own de-duplication (`Nats-Msg-Id`, the stream's
+//! `duplicate_window`), so it holds across writers and processes; in
+//! process a bounded map of recent ids does the same.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
@@ -23,6 +31,20 @@ use crate::{BusError, PrefixedStream, nats_error};
 
 /// Most bytes an in-process log holds in all.
 pub const LOCAL_LOG_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+/// Most append ids an in-process log remembers for de-duplication; past
+/// that the oldest are forgotten before their window ends.
+pub const LOCAL_DEDUP_MAX_IDS: usize = 100_000;
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// The entry is stored under the number asked for.
+    Stored,
+    /// An append with the same id was stored within the window: nothing
+    /// new is stored, and this is the entry it stored.
+    Duplicate(Entry),
+}
 
 /// One entry of a log.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,11 +62,12 @@ pub enum Log {
 }
 
 /// Opens (creating when needed) the JetStream stream behind log `name`,
-/// kept in `replicas` copies.
+/// kept in `replicas` copies, remembering append ids for `dedup_window`.
 pub(crate) async fn open(
     jetstream: &jetstream::Context,
     name: &str,
     replicas: usize,
+    dedup_window: Duration,
 ) -> Result<PrefixedStream, BusError> {
     let prefix = format!("switchboard.log.{name}");
     let config = stream::Config {
@@ -53,6 +76,7 @@ pub(crate) async fn open(
         storage: stream::StorageType::File,
         allow_direct: true,
         num_replicas: replicas,
+        duplicate_window: dedup_window,
         ..Default::default()
     };
     PrefixedStream::open(jetstream, prefix, config).await
@@ -62,17 +86,64 @@ fn entry_subject(nats: &PrefixedStream, key: &str, number: u64) -> String {
     format!("{}.{number}", nats.subject(&[key]))
 }
 
+/// The JetStream message id of an append: the key and the writer's id,
+/// each as a [`crate::key_token`], so no two pairs share one and any text
+/// fits in a header.
+fn message_id(key: &str, id: &str) -> String {
+    format!("{}.{}", crate::key_token(key), crate::key_token(id))
+}
+
+/// The entry number at the end of an entry's subject.
+fn entry_number(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
 impl Log {
     /// Appends `payload` as entry `number` of `key`'s log; when this
     /// returns the entry is durable. [`BusError::Conflict`] when `key`
-    /// already has an entry with that number.
-    pub async fn append_at(&self, key: &str, number: u64, payload: Bytes) -> Result<(), BusError> {
+    /// already has an entry with that number. With `id`, an append of the
+    /// same `key` and `id` within the log's de-duplication window stores
+    /// nothing and returns the entry stored first, whatever its number.
+    pub async fn append_at(
+        &self,
+        key: &str,
+        number: u64,
+        payload: Bytes,
+        id: Option<&str>,
+    ) -> Result<Appended, BusError> {
         match self {
             Log::Nats(nats) => {
-                nats.publish_durably_once(entry_subject(nats, key, number), payload)
-                    .await
+                let message_id = id.map(|id| message_id(key, id));
+                let published = nats
+                    .publish_durably_once(entry_subject(nats, key, number), payload, message_id)
+                    .await?;
+                if !published.duplicate {
+                    return Ok(Appended::Stored);
+                }
+                // A direct get may be answered by a replica that has not
+                // applied the original yet (it was stored a moment ago):
+                // then the leader answers.
+                let original = match nats.stream.direct_get(published.sequence).await {
+                    Ok(original) => original,
+                    Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => nats
+                        .stream
+                        .get_raw_message(published.sequence)
+                        .await
+                        .map_err(nats_error)?,
+                    Err(error) => return Err(nats_error(error)),
+                };
+                let number = entry_number(&original.subject).ok_or_else(|| {
+                    nats_error(std::io::Error::other(format!(
+                        "stored entry on {} has no number",
+                        original.subject
+                    )))
+                })?;
+                Ok(Appended::Duplicate(Entry {
+                    number,
+                    payload: original.payload,
+                }))
             }
-            Log::Local(local) => local.append_at(key, number, payload),
+            Log::Local(local) => local.append_at(key, number, payload, id),
         }
     }
 
@@ -111,17 +182,67 @@ pub struct LocalLog {
 struct LocalEntries {
     bytes: usize,
     by_key: HashMap<String, BTreeMap<u64, Bytes>>,
+    /// How long an append id is remembered.
+    dedup_window: Duration,
+    /// Recent append ids (key, id) and the entry number each stored.
+    recent: HashMap<(String, String), u64>,
+    /// The same ids oldest first, with when each was stored, to forget
+    /// them when their window ends or the map is full.
+    recent_order: VecDeque<(Instant, (String, String))>,
+}
+
+impl LocalEntries {
+    /// Forgets ids older than the window, and the oldest beyond the bound.
+    fn forget_old_ids(&mut self, now: Instant) {
+        while let Some((stored_at, _)) = self.recent_order.front() {
+            let expired = now.duration_since(*stored_at) >= self.dedup_window;
+            if !expired && self.recent_order.len() < LOCAL_DEDUP_MAX_IDS {
+                break;
+            }
+            if let Some((_, id)) = self.recent_order.pop_front() {
+                self.recent.remove(&id);
+            }
+        }
+    }
 }
 
 impl LocalLog {
+    /// An empty log remembering append ids for `dedup_window`.
+    pub(crate) fn new(dedup_window: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LocalEntries {
+                dedup_window,
+                ..Default::default()
+            })),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LocalEntries> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn append_at(&self, key: &str, number: u64, payload: Bytes) -> Result<(), BusError> {
+    fn append_at(
+        &self,
+        key: &str,
+        number: u64,
+        payload: Bytes,
+        id: Option<&str>,
+    ) -> Result<Appended, BusError> {
         let mut entries = self.lock();
+        let now = Instant::now();
+        entries.forget_old_ids(now);
+        let id = id.map(|id| (key.to_owned(), id.to_owned()));
+        if let Some(id) = &id
+            && let Some(&stored) = entries.recent.get(id)
+            && let Some(payload) = entries.by_key.get(key).and_then(|log| log.get(&stored))
+        {
+            return Ok(Appended::Duplicate(Entry {
+                number: stored,
+                payload: payload.clone(),
+            }));
+        }
         if entries.bytes + payload.len() > LOCAL_LOG_MAX_BYTES {
             return Err(BusError::Full(format!(
                 "the in-memory log holds at most {LOCAL_LOG_MAX_BYTES} bytes; run with NATS for more"
@@ -136,7 +257,11 @@ impl LocalLog {
         }
         log.insert(number, payload);
         entries.bytes += size;
-        Ok(())
+        if let Some(id) = id {
+            entries.recent.insert(id.clone(), number);
+            entries.recent_order.push_back((now, id));
+        }
+        Ok(Appended::Stored)
     }
 
     fn read(&self, key: &str, after: u64, limit: usize) -> Vec<Entry> {
@@ -164,14 +289,16 @@ mod tests {
     async fn entries_are_numbered_per_key_and_come_back_a_page_at_a_time() {
         let log = Log::Local(LocalLog::default());
         for number in 1..=5u64 {
-            log.append_at("w1", number, Bytes::from(vec![number as u8]))
+            log.append_at("w1", number, Bytes::from(vec![number as u8]), None)
                 .await
                 .unwrap();
-            log.append_at("w2", number, Bytes::from_static(b"other"))
+            log.append_at("w2", number, Bytes::from_static(b"other"), None)
                 .await
                 .unwrap();
         }
-        let taken = log.append_at("w1", 3, Bytes::from_static(b"late")).await;
+        let taken = log
+            .append_at("w1", 3, Bytes::from_static(b"late"), None)
+            .await;
         assert!(matches!(taken, Err(BusError::Conflict(_))), "{taken:?}");
         let first = log.read("w1", 0, 2).await.unwrap();
         assert_eq!(
@@ -187,5 +314,52 @@ mod tests {
             [3, 4, 5]
         );
         assert!(log.read("nothing", 0, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_id_appended_again_within_the_window_returns_the_first_entry() {
+        let log = Log::Local(LocalLog::new(Duration::from_secs(600)));
+        let first = log
+            .append_at("w1", 1, Bytes::from_static(b"one"), Some("m1"))
+            .await
+            .unwrap();
+        assert_eq!(first, Appended::Stored);
+        let again = log
+            .append_at("w1", 2, Bytes::from_static(b"one again"), Some("m1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Appended::Duplicate(Entry {
+                number: 1,
+                payload: Bytes::from_static(b"one"),
+            })
+        );
+        assert_eq!(log.read("w1", 0, 10).await.unwrap().len(), 1, "stored once");
+        let other_key = log
+            .append_at("w2", 1, Bytes::from_static(b"w2"), Some("m1"))
+            .await
+            .unwrap();
+        assert_eq!(other_key, Appended::Stored, "ids are per key");
+    }
+
+    #[tokio::test]
+    async fn ids_are_forgotten_when_their_window_ends() {
+        let log = Log::Local(LocalLog::new(Duration::ZERO));
+        for number in 1..=2 {
+            let appended = log
+                .append_at("w1", number, Bytes::from_static(b"x"), Some("m1"))
+                .await
+                .unwrap();
+            assert_eq!(appended, Appended::Stored);
+        }
+    }
+
+    #[test]
+    fn message_ids_keep_key_and_id_apart_and_entry_numbers_come_from_subjects() {
+        assert_ne!(message_id("a.b", "c"), message_id("a", "b.c"));
+        assert_eq!(message_id("w", "1"), "77.31");
+        assert_eq!(entry_number("switchboard.log.frames.7731.42"), Some(42));
+        assert_eq!(entry_number("switchboard.log.frames.7731.x"), None);
     }
 }

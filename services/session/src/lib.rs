@@ -77,7 +77,22 @@ pub struct SessionSettings {
     /// milliseconds; by default a tenth of the timeout, between 50 ms and 5 s.
     #[arg(long = "sweep-interval-ms", env = "SWITCHBOARD_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+
+    /// Seconds a pressure frame's `message_id` is remembered: a frame sent
+    /// again with the same id within it is stored and counted once, and
+    /// answered with the original's result.
+    #[arg(
+        long = "dedup-window-secs",
+        env = "SWITCHBOARD_DEDUP_WINDOW_SECS",
+        default_value_t = DEFAULT_DEDUP_WINDOW_SECS,
+        value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..),
+    )]
+    pub dedup_window_secs: u64,
 }
+
+/// Seconds a frame's `message_id` is remembered, unless configured
+/// otherwise.
+pub const DEFAULT_DEDUP_WINDOW_SECS: u64 = 600;
 
 impl Default for SessionSettings {
     /// What an empty command line gives.
@@ -85,11 +100,16 @@ impl Default for SessionSettings {
         Self {
             inactivity_timeout_secs: DEFAULT_INACTIVITY_TIMEOUT_SECS,
             sweep_interval_ms: None,
+            dedup_window_secs: DEFAULT_DEDUP_WINDOW_SECS,
         }
     }
 }
 
 impl SessionSettings {
+    fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_window_secs.max(1))
+    }
+
     fn sweep_interval(&self) -> Duration {
         match self.sweep_interval_ms {
             Some(ms) => Duration::from_millis(ms.max(1)),
@@ -228,7 +248,7 @@ impl Registry {
             return Err(SessionError::InvalidTimeout(timeout));
         }
         Ok(Self {
-            workouts: workouts::Workouts::open(&bus).await?,
+            workouts: workouts::Workouts::open(&bus, settings.dedup_window()).await?,
             sessions: bus.key_value(BUCKET).await?,
             user_index: bus.key_value(USER_INDEX_BUCKET).await?,
             bus,
@@ -875,6 +895,7 @@ mod tests {
         let environment = [
             "SWITCHBOARD_INACTIVITY_TIMEOUT_SECS",
             "SWITCHBOARD_SWEEP_INTERVAL_MS",
+            "SWITCHBOARD_DEDUP_WINDOW_SECS",
         ];
         if environment
             .iter()
@@ -885,9 +906,18 @@ mod tests {
         let parsed = <Command as clap::Parser>::parse_from(["switchboard"]).session;
         let default = SessionSettings::default();
         assert_eq!(
-            (parsed.inactivity_timeout_secs, parsed.sweep_interval_ms),
-            (default.inactivity_timeout_secs, default.sweep_interval_ms)
+            (
+                parsed.inactivity_timeout_secs,
+                parsed.sweep_interval_ms,
+                parsed.dedup_window_secs
+            ),
+            (
+                default.inactivity_timeout_secs,
+                default.sweep_interval_ms,
+                default.dedup_window_secs
+            )
         );
+        assert_eq!(default.dedup_window_secs, 600);
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //! frame the client was told about is always stored, frames are numbered
 //! 1, 2, 3, … per workout, and the count is cluster-wide whichever edge
 //! took it. Operations fail with a [`WorkoutError`].
+//!
+//! A frame may carry its client's `message_id`: the log then remembers it
+//! for the de-duplication window (JetStream's `Nats-Msg-Id` with NATS), and
+//! the same frame sent again, through any edge, is neither stored nor
+//! counted again; it is answered with the original frame's number, stats
+//! and timestamp, marked `duplicate`.
 
 use bytes::Bytes;
 use prost::Message as _;
-use switchboard_bus::{Bus, BusError, Change, Contended, KeyValue, Log};
+use std::time::Duration;
+
+use switchboard_bus::{Appended, Bus, BusError, Change, Contended, KeyValue, Log};
 use switchboard_proto::error::{ErrorCode, ServiceError};
 use switchboard_proto::v1::{ListFramesResponse, PressureFrame, RecordFrameResponse, Workout};
 
@@ -25,6 +33,16 @@ pub const MAX_PAGE: u32 = 500;
 pub const DEFAULT_PAGE: u32 = 100;
 /// Longest workout id.
 const MAX_WORKOUT_ID_BYTES: usize = 128;
+/// Longest frame `message_id`.
+pub const MAX_MESSAGE_ID_BYTES: usize = 128;
+
+/// Where a frame went.
+enum Stored {
+    /// Under this new number.
+    New(u64),
+    /// Nowhere: its `message_id` was stored before, as this frame.
+    Duplicate(Box<PressureFrame>),
+}
 
 /// The workouts' records and their frames.
 #[derive(Clone, Debug)]
@@ -41,6 +59,8 @@ pub enum WorkoutError {
     MissingWorkoutId,
     #[error("workout_id is longer than {MAX_WORKOUT_ID_BYTES} bytes")]
     WorkoutIdTooLong,
+    #[error("message_id is longer than {MAX_MESSAGE_ID_BYTES} bytes")]
+    MessageIdTooLong,
     #[error("frame is required")]
     MissingFrame,
     #[error("a frame is recorded with its stats")]
@@ -64,6 +84,7 @@ impl ServiceError for WorkoutError {
         match self {
             WorkoutError::MissingWorkoutId
             | WorkoutError::WorkoutIdTooLong
+            | WorkoutError::MessageIdTooLong
             | WorkoutError::MissingFrame
             | WorkoutError::MissingStats => ErrorCode::InvalidArgument,
             WorkoutError::NotFound { .. } => ErrorCode::NotFound,
@@ -95,10 +116,12 @@ fn decode_workout(value: &Bytes) -> Result<Workout, WorkoutError> {
 }
 
 impl Workouts {
-    pub async fn open(bus: &Bus) -> Result<Self, BusError> {
+    /// Opens the workouts on `bus`; a frame's `message_id` is remembered
+    /// for `dedup_window`.
+    pub async fn open(bus: &Bus, dedup_window: Duration) -> Result<Self, BusError> {
         Ok(Self {
             records: bus.key_value(RECORDS_BUCKET).await?,
-            frames: bus.log(FRAMES_LOG).await?,
+            frames: bus.log(FRAMES_LOG, dedup_window).await?,
         })
     }
 
@@ -111,11 +134,18 @@ impl Workouts {
     /// store frames of one workout at once, or a writer died between
     /// storing a frame and counting it. The count is the highest number
     /// stored.
+    ///
+    /// A frame whose `message_id` was stored within the window is not
+    /// stored or counted again: the answer is the original's, with
+    /// `duplicate` set and the workout's current count.
     pub async fn record_frame(
         &self,
         mut frame: PressureFrame,
     ) -> Result<RecordFrameResponse, WorkoutError> {
         check_workout_id(&frame.workout_id)?;
+        if frame.message_id.len() > MAX_MESSAGE_ID_BYTES {
+            return Err(WorkoutError::MessageIdTooLong);
+        }
         let stats = frame.stats.ok_or(WorkoutError::MissingStats)?;
         let key = record_key(&frame.workout_id);
         let entry = self.records.get(&key).await?;
@@ -123,7 +153,23 @@ impl Workouts {
             Some(entry) => decode_workout(&entry.value)?.frame_count,
             None => 0,
         };
-        let number = self.store(&mut frame, counted + 1).await?;
+        let number = match self.store(&mut frame, counted + 1).await? {
+            Stored::New(number) => number,
+            Stored::Duplicate(original) => {
+                tracing::debug!(
+                    workout_id = ?original.workout_id,
+                    sequence = original.sequence,
+                    "frame sent again: answered with the stored one"
+                );
+                return Ok(RecordFrameResponse {
+                    frame_count: counted.max(original.sequence),
+                    sequence: original.sequence,
+                    duplicate: true,
+                    stats: original.stats,
+                    timestamp: original.timestamp,
+                });
+            }
+        };
         let (frame, stats) = (&frame, &stats);
         let frame_count = self
             .records
@@ -154,21 +200,32 @@ impl Workouts {
         Ok(RecordFrameResponse {
             frame_count,
             sequence: number,
+            duplicate: false,
+            stats: Some(*stats),
+            timestamp: frame.timestamp,
         })
     }
 
     /// Appends `frame` to its workout's log under the first free number
-    /// from `first` on; returns the number it took (also set in `frame`).
-    async fn store(&self, frame: &mut PressureFrame, first: u64) -> Result<u64, WorkoutError> {
+    /// from `first` on; returns the number it took (also set in `frame`),
+    /// or the frame stored before with the same `message_id`.
+    async fn store(&self, frame: &mut PressureFrame, first: u64) -> Result<Stored, WorkoutError> {
+        let message_id = (!frame.message_id.is_empty()).then(|| frame.message_id.clone());
         for number in (first..).take(CAS_ATTEMPTS) {
             frame.sequence = number;
             let payload = Bytes::from(frame.encode_to_vec());
             match self
                 .frames
-                .append_at(&frame.workout_id, number, payload)
+                .append_at(&frame.workout_id, number, payload, message_id.as_deref())
                 .await
             {
-                Ok(()) => return Ok(number),
+                Ok(Appended::Stored) => return Ok(Stored::New(number)),
+                Ok(Appended::Duplicate(entry)) => {
+                    let mut original = PressureFrame::decode(entry.payload.as_ref())
+                        .map_err(WorkoutError::Corrupt)?;
+                    original.sequence = entry.number;
+                    return Ok(Stored::Duplicate(Box::new(original)));
+                }
                 Err(BusError::Conflict(_)) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -250,7 +307,9 @@ mod tests {
     #[tokio::test]
     async fn frames_are_stored_counted_and_paged_in_order() {
         let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let workouts = Workouts::open(&bus).await.unwrap();
+        let workouts = Workouts::open(&bus, Duration::from_secs(600))
+            .await
+            .unwrap();
         for i in 1..=5u32 {
             let recorded = workouts
                 .record_frame(frame("w1", f64::from(i), 10.0 * f64::from(i), f64::from(i)))
@@ -292,5 +351,53 @@ mod tests {
         let missing = switchboard_proto::error::status(workouts.workout("nope").await.unwrap_err());
         assert_eq!(missing.code(), tonic::Code::NotFound);
         assert_eq!(missing.message(), "workout nope not found");
+    }
+
+    #[tokio::test]
+    async fn a_frame_sent_again_with_its_message_id_is_stored_and_counted_once() {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let workouts = Workouts::open(&bus, Duration::from_secs(600))
+            .await
+            .unwrap();
+        let with_id = |timestamp: f64, total: f64, id: &str| PressureFrame {
+            message_id: id.into(),
+            ..frame("w1", timestamp, total, 1.0)
+        };
+        let first = workouts
+            .record_frame(with_id(1.0, 10.0, "a"))
+            .await
+            .unwrap();
+        workouts
+            .record_frame(with_id(2.0, 20.0, "b"))
+            .await
+            .unwrap();
+        assert!(!first.duplicate);
+        // The resend differs (a client may restamp it): the stored one wins.
+        let again = workouts
+            .record_frame(with_id(9.0, 99.0, "a"))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.sequence, 1);
+        assert_eq!(again.frame_count, 2);
+        assert_eq!(again.timestamp, 1.0);
+        assert_eq!(again.stats, first.stats);
+        let workout = workouts.workout("w1").await.unwrap();
+        assert_eq!(workout.frame_count, 2);
+        assert_eq!(workout.total_pressure_sum, 30.0, "not counted again");
+        assert_eq!(workouts.frames("w1", 0, 10).await.unwrap().frames.len(), 2);
+        let other = workouts
+            .record_frame(PressureFrame {
+                message_id: "a".into(),
+                ..frame("w2", 1.0, 1.0, 1.0)
+            })
+            .await
+            .unwrap();
+        assert!(!other.duplicate, "ids are per workout");
+        let too_long = workouts
+            .record_frame(with_id(3.0, 1.0, &"m".repeat(129)))
+            .await
+            .unwrap_err();
+        assert_eq!(too_long.to_string(), "message_id is longer than 128 bytes");
     }
 }
