@@ -481,7 +481,8 @@ async fn publish(
 /// The target's CPU time per message delivered, in microseconds.
 fn cpu_per_delivery_us(measured: &Measured) -> Option<f64> {
     let deliveries = measured.deliveries_per_second?;
-    (deliveries > 0.0).then(|| measured.cpu.target_cores? * 1e6 / deliveries)
+    let cores = measured.cpu.target_cores?;
+    (deliveries > 0.0).then(|| cores * 1e6 / deliveries)
 }
 
 /// Whether client `index` is one of the slow ones (spread evenly).
