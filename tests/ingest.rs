@@ -29,6 +29,18 @@ async fn joined(node: &Switchboard, workout_id: &str) -> Client {
     client
 }
 
+/// Reads the room's `frame_processed` on `client` up to frame `last`, in
+/// order: so a connection that joined while another sent frames has none
+/// of their fan-out left to read.
+async fn heard_through(client: &mut Client, last: u64) {
+    let mut expected = 1;
+    while expected <= last {
+        let heard = client.expect("frame_processed").await;
+        assert_eq!(heard["sequence"], expected, "{heard}");
+        expected += 1;
+    }
+}
+
 /// Frame `i` of a workout, with message id `f-<i>`: one pressed cell of
 /// value `i`, so each frame has stats of its own.
 fn frame(workout_id: &str, i: u64) -> Value {
@@ -103,6 +115,11 @@ async fn a_pressure_client_resending_its_last_frames_through_another_edge_stores
     // Another member of the room, to see what the room is told.
     let mut watcher = joined(&a, workout).await;
 
+    // The connection the client resends on, through the other edge (its
+    // own session service, the same NATS); it joins first, and reads the
+    // room's fan-out of the originals, so every frame_processed it gets
+    // after them is a reply to its resends.
+    let mut resender = joined(&b, workout).await;
     let mut sender = joined(&a, workout).await;
     let mut originals = HashMap::new();
     for i in 1..=FRAMES {
@@ -113,12 +130,11 @@ async fn a_pressure_client_resending_its_last_frames_through_another_edge_stores
         originals.insert(i, reply);
     }
     drop(sender);
+    heard_through(&mut resender, FRAMES).await;
 
-    // Reconnect through the other edge (its own session service, the same
-    // NATS) and send the last frames again, unchanged.
-    let mut sender = joined(&b, workout).await;
+    // The last frames again, unchanged, on the other edge.
     for i in FRAMES - RESENT + 1..=FRAMES {
-        let reply = sender.call(frame(workout, i), "frame_processed").await;
+        let reply = resender.call(frame(workout, i), "frame_processed").await;
         assert_eq!(
             original_result(&reply),
             original_result(&originals[&i]),
@@ -135,7 +151,7 @@ async fn a_pressure_client_resending_its_last_frames_through_another_edge_stores
         let heard = watcher.expect("frame_processed").await;
         assert_eq!(heard["sequence"], i, "{heard}");
     }
-    let new = sender
+    let new = resender
         .call(frame(workout, FRAMES + 1), "frame_processed")
         .await;
     assert_eq!(new["sequence"], FRAMES + 1);
@@ -247,6 +263,7 @@ async fn a_rest_resend_answers_200_with_the_original_sequence() {
 async fn without_nats_a_resend_is_stored_and_counted_once_too() {
     let node = Switchboard::all(None, &[]);
     let workout = "resend-embedded";
+    let mut resender = joined(&node, workout).await;
     let mut sender = joined(&node, workout).await;
     let mut originals = HashMap::new();
     for i in 1..=5 {
@@ -254,7 +271,8 @@ async fn without_nats_a_resend_is_stored_and_counted_once_too() {
         originals.insert(i, reply);
     }
     drop(sender);
-    let mut sender = joined(&node, workout).await;
+    heard_through(&mut resender, 5).await;
+    let mut sender = resender;
     for i in 3..=5 {
         let reply = sender.call(frame(workout, i), "frame_processed").await;
         assert_eq!(original_result(&reply), original_result(&originals[&i]));
