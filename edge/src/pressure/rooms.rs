@@ -44,9 +44,10 @@ pub type RoomEvent = Bytes;
 /// Who joins a room.
 #[derive(Debug)]
 pub enum Member {
-    /// A plain WebSocket: events arrive on its queue; when the queue is
-    /// full the member is dropped from every room it is in and
-    /// [`MemberQueue::dropped`] tells its connection.
+    /// A plain WebSocket (or a Socket.IO socket that resumed): events
+    /// arrive on its queue; when the queue is full the member is dropped
+    /// from every room it is in and [`MemberQueue::dropped`] tells its
+    /// connection.
     WebSocket(MemberQueue),
     /// A Socket.IO socket (its id): it already joined the socketioxide
     /// room, and its own [`socketio_private_room`].
@@ -59,6 +60,18 @@ pub enum Member {
 pub struct MemberQueue {
     pub events: mpsc::Sender<RoomEvent>,
     pub dropped: Arc<tokio::sync::Notify>,
+}
+
+impl MemberQueue {
+    /// A queue of [`MEMBER_QUEUE`] events, and its receiving end.
+    pub fn new() -> (Self, mpsc::Receiver<RoomEvent>) {
+        let (events, receiver) = mpsc::channel(MEMBER_QUEUE);
+        let queue = Self {
+            events,
+            dropped: Arc::default(),
+        };
+        (queue, receiver)
+    }
 }
 
 /// The Socket.IO room only `socket_id` is in: a room event can leave out

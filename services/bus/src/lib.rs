@@ -371,9 +371,9 @@ impl Bus {
     /// Opens (creating when needed) the log `name`.
     pub async fn log(&self, name: &str) -> Result<Log, BusError> {
         match self {
-            Bus::Nats(nats) => Ok(Log::Nats(Box::new(
+            Bus::Nats(nats) => Ok(Log::Nats(Box::new(log::NatsLog::new(
                 log::open(&nats.jetstream, name, nats.replicas).await?,
-            ))),
+            )))),
             Bus::Local(local) => Ok(Log::Local(local.log(name))),
         }
     }
