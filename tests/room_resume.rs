@@ -388,3 +388,60 @@ async fn positions_the_log_cannot_continue_are_not_recovered_and_bad_ones_are_er
     let joined = queried.call(join, "session_joined").await;
     assert_eq!(joined["offset"], FRAMES + 1);
 }
+
+#[tokio::test]
+async fn a_recreated_stream_is_a_new_epoch_and_old_positions_are_stale() {
+    let nats = Nats::start();
+    let node = Switchboard::all(Some(&nats), &[]);
+    let join = json!({"action": "join_session", "workout_id": "reset"});
+    let mut sender = Client::connect(&node.ws("/ws/pressure")).await;
+    sender.call(join.clone(), "session_joined").await;
+    let mut old = None;
+    for n in 1..=3 {
+        let reply = sender.call(frame("reset", n), "frame_processed").await;
+        old = Some(reply["epoch"].as_str().unwrap().to_owned());
+    }
+    let old = old.unwrap();
+
+    // The frames' stream is lost and made again, empty (as after an
+    // operator deleted it, or a store lost).
+    let client = tokio::time::timeout(WAIT, async_nats::connect(&nats.url))
+        .await
+        .unwrap()
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream.get_stream("LOG_FRAMES").await.unwrap();
+    let config = stream.cached_info().config.clone();
+    assert!(jetstream.delete_stream("LOG_FRAMES").await.unwrap().success);
+    jetstream.create_stream(config).await.unwrap();
+
+    let mut member = Client::connect(&node.ws("/ws/pressure")).await;
+    let joined = member
+        .call(
+            json!({"action": "resume", "workout_id": "reset", "epoch": old, "offset": 3}),
+            "session_joined",
+        )
+        .await;
+    let new = joined["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new, old, "a new stream, a new epoch");
+    assert!(new.parse::<u128>().unwrap() > old.parse::<u128>().unwrap());
+    let resumed = member.expect("resumed").await;
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    assert_eq!(resumed["epoch"], new.as_str());
+    assert!(
+        resumed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("stale epoch"),
+        "{resumed}"
+    );
+
+    // Frames go on, in the new epoch.
+    let reply = sender.call(frame("reset", 4), "frame_processed").await;
+    assert_eq!(reply["epoch"], new.as_str());
+    let heard = member.expect("frame_processed").await;
+    assert_eq!(
+        (heard["epoch"].as_str(), heard["offset"].as_u64()),
+        (Some(new.as_str()), Some(4))
+    );
+}
