@@ -167,10 +167,14 @@ pub enum Outbound {
     SessionJoined {
         workout_id: String,
         status: &'static str,
-        /// The workout's log's epoch: see [`resume`].
-        epoch: String,
+        /// The workout's log's epoch: see [`resume`]. Absent (as
+        /// `offset`) when the session service could not tell: the join
+        /// still stands.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// The workout's latest frame number (0: none yet).
-        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     FrameProcessed {
         workout_id: String,

@@ -192,10 +192,11 @@ impl PressureConnection {
         }
         self.enter(&workout_id, false).await?;
         let (epoch, offset) = match self.latest(&workout_id).await {
-            Ok(latest) => latest,
+            Ok((epoch, offset)) => (Some(epoch), Some(offset)),
+            // Live frames need no position: the join stands without one.
             Err(error) => {
-                self.exit(&workout_id);
-                return Err(error);
+                tracing::warn!(%error, workout_id = ?workout_id, "workout position unknown");
+                (None, None)
             }
         };
         let joined = Outbound::SessionJoined {
@@ -248,8 +249,8 @@ impl PressureConnection {
         let joined = Outbound::SessionJoined {
             workout_id: workout_id.to_owned(),
             status: "joined",
-            epoch: epoch.clone(),
-            offset: latest,
+            epoch: Some(epoch.clone()),
+            offset: Some(latest),
         };
         if conn.send_json(joined.to_json()).await.is_err() {
             return Ok(Flow::Gone);

@@ -25,6 +25,9 @@ use tracing::Instrument;
 /// Events queued for one WebSocket member before it starts losing them.
 pub const MEMBER_QUEUE: usize = 64;
 
+/// Longest wait for NATS to confirm a room's new subscription.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn subject(workout_id: &str) -> String {
     format!(
         "switchboard.workout.{}.events",
@@ -186,7 +189,16 @@ impl Rooms {
         // Subscribe outside the lock; if another join got there first, its
         // relay serves both and this subscription is dropped.
         let subscription = if needs_relay {
-            Some(self.bus.subscribe(subject(workout_id)).await?)
+            let subscription = self.bus.subscribe(subject(workout_id)).await?;
+            // Events published from now on reach this edge: a resume reads
+            // the log after this, so it misses none in between. Bounded:
+            // while NATS is away, the room is joined all the same.
+            match tokio::time::timeout(SETTLE_WAIT, self.bus.settle()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "room subscription not confirmed"),
+                Err(_) => tracing::warn!("room subscription not confirmed in time"),
+            }
+            Some(subscription)
         } else {
             None
         };
