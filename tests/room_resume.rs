@@ -445,3 +445,63 @@ async fn a_recreated_stream_is_a_new_epoch_and_old_positions_are_stale() {
         (Some(new.as_str()), Some(4))
     );
 }
+
+#[tokio::test]
+async fn without_the_session_service_a_join_stands_and_a_resume_is_an_error() {
+    let nats = Nats::start();
+    let mut session = Switchboard::start(&[
+        "session",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+    ]);
+    let edge = Switchboard::start(&[
+        "edge",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &session.grpc("session"),
+        "--detection-url",
+        "http://127.0.0.1:1",
+        "--statistics-url",
+        "http://127.0.0.1:1",
+    ]);
+    let mut client = Client::connect(&edge.ws("/ws/pressure")).await;
+    let joined = client
+        .call(
+            json!({"action": "join_session", "workout_id": "w1"}),
+            "session_joined",
+        )
+        .await;
+    let epoch = joined["epoch"].as_str().unwrap().to_owned();
+    session.kill();
+
+    // Live frames need no position: the join stands without one.
+    let joined = client
+        .call(
+            json!({"action": "join_session", "workout_id": "w2"}),
+            "session_joined",
+        )
+        .await;
+    assert_eq!(
+        joined,
+        json!({"type": "session_joined", "workout_id": "w2", "status": "joined"})
+    );
+    // A resume cannot replay: an error, and the connection goes on.
+    let error = client
+        .call(
+            json!({"action": "resume", "workout_id": "w3", "epoch": epoch, "offset": 0}),
+            "error",
+        )
+        .await;
+    assert_eq!(error["code"], "service_unavailable", "{error}");
+    client
+        .call(
+            json!({"action": "leave_session", "workout_id": "w2"}),
+            "session_ended",
+        )
+        .await;
+}
