@@ -1,7 +1,8 @@
 //! Socket.IO v4 on `/socket.io/` (websocket and polling transports), so the
 //! seed's own front end and its `socket.io-client` work unchanged: events
-//! `join_session`, `pressure_frame`, `leave_session` in;
-//! `session_joined`, `frame_processed`, `session_ended`, `error` out.
+//! `join_session`, `pressure_frame`, `leave_session` (and `resume`) in;
+//! `session_joined`, `frame_processed`, `session_ended`, `error` (and
+//! `resumed`) out.
 //!
 //! A Socket.IO socket is one more [`Transport`] of the connection driver:
 //! the same [`PressureConnection`] handler runs it as it runs a
