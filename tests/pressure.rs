@@ -16,9 +16,15 @@ async fn joined(node: &Switchboard, workout_id: &str) -> Client {
             "session_joined",
         )
         .await;
+    // The seed's fields, and the workout's position (tests/room_resume.rs).
+    let position = json!({"epoch": reply["epoch"], "offset": reply["offset"]});
     assert_eq!(
         reply,
-        json!({"type": "session_joined", "workout_id": workout_id, "status": "joined"})
+        json!({"type": "session_joined", "workout_id": workout_id, "status": "joined", "epoch": position["epoch"], "offset": position["offset"]})
+    );
+    assert!(
+        reply["epoch"].is_string() && reply["offset"].is_u64(),
+        "{reply}"
     );
     client
 }

@@ -20,8 +20,11 @@
 //! - [`socketio`]: Socket.IO v4 on `/socket.io/`, the seed's own events.
 //! - [`rooms`]: rooms across instances, over NATS.
 //! - [`rest`]: `/api/workouts/{id}`, its frames, and `POST` for HTTP clients.
+//! - [`resume`]: positions in a workout's log, and catching up from one
+//!   after a reconnect.
 
 pub mod rest;
+pub mod resume;
 pub mod rooms;
 pub mod socketio;
 pub mod websocket;
@@ -172,6 +175,14 @@ pub enum Outbound {
     SessionJoined {
         workout_id: String,
         status: &'static str,
+        /// The workout's log's epoch: see [`resume`]. Absent (as
+        /// `offset`) when the session service could not tell: the join
+        /// still stands.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        /// The workout's latest frame number (0: none yet).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     FrameProcessed {
         workout_id: String,
@@ -184,9 +195,22 @@ pub enum Outbound {
         /// The client's id for the frame, when it sent one.
         #[serde(skip_serializing_if = "Option::is_none")]
         message_id: Option<String>,
+        /// Its position for [`resume`]: `sequence` in the log of `epoch`.
+        offset: u64,
+        epoch: String,
     },
     SessionEnded {
         workout_id: String,
+    },
+    /// After a resume's replayed frames: see [`resume`].
+    Resumed {
+        workout_id: String,
+        recovered: bool,
+        missed: u64,
+        epoch: String,
+        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Error {
         message: String,
@@ -200,6 +224,7 @@ impl Outbound {
             Outbound::SessionJoined { .. } => "session_joined",
             Outbound::FrameProcessed { .. } => "frame_processed",
             Outbound::SessionEnded { .. } => "session_ended",
+            Outbound::Resumed { .. } => "resumed",
             Outbound::Error { .. } => "error",
         }
     }
@@ -356,6 +381,9 @@ impl FrameInput {
 struct Joined {
     membership: Membership,
     detection: Option<crate::stream_call::StreamCall<FrameRequest, FrameReply>>,
+    /// After a resume, the last frame replayed: room events up to it are
+    /// dropped (0: none are).
+    replayed_to: u64,
 }
 
 /// How room events reach a connection.
@@ -373,9 +401,15 @@ pub struct PressureConnection {
     state: PressureState,
     caller: Caller,
     delivery: Delivery,
-    /// The plain WebSocket's queue of room events.
-    events: Option<mpsc::Receiver<RoomEvent>>,
+    /// This connection's own queue of room events: every room's for a
+    /// plain WebSocket, resumed rooms' for a Socket.IO socket (their
+    /// events must wait behind the replayed ones).
+    queue: rooms::MemberQueue,
+    events: mpsc::Receiver<RoomEvent>,
     joined: HashMap<String, Joined>,
+    /// The position the connection was opened with (handshake `auth`,
+    /// URL query), for its first `join_session`.
+    first_position: resume::PendingPosition,
 }
 
 impl Handler for PressureConnection {
@@ -412,7 +446,8 @@ impl Handler for PressureConnection {
             }
         };
         let reply = match action.as_str() {
-            "join_session" => self.join(&data).await?,
+            "join_session" => return self.join_session(&data, conn).await,
+            "resume" => return self.resume(&data, conn).await,
             "pressure_frame" => {
                 // The sender's `frame_processed` is a reply, sent here; the
                 // room's other members get the same as a broadcast.
@@ -424,7 +459,7 @@ impl Handler for PressureConnection {
                 return Err(ClientError::UnknownAction {
                     field: "action",
                     action: other.to_owned(),
-                    expected: "join_session, pressure_frame, leave_session",
+                    expected: "join_session, pressure_frame, leave_session, resume",
                 });
             }
         };
@@ -432,13 +467,10 @@ impl Handler for PressureConnection {
     }
 
     async fn next_event(&mut self) -> Option<RoomEvent> {
-        let (Some(events), Delivery::Queue(queue)) = (&mut self.events, &self.delivery) else {
-            return std::future::pending().await;
-        };
         tokio::select! {
             biased;
-            event = events.recv() => event,
-            () = queue.dropped.notified() => None,
+            event = self.events.recv() => event,
+            () = self.queue.dropped.notified() => None,
         }
     }
 
@@ -448,6 +480,7 @@ impl Handler for PressureConnection {
         conn: &mut Conn<'_, T>,
     ) -> Flow {
         match event {
+            Some(event) if self.replayed(&event) => Flow::Continue,
             Some(event) => conn.send_shared(event).await.into(),
             // Dropped from its rooms for not reading.
             None => Flow::Close(Close::TooSlow {
@@ -458,35 +491,51 @@ impl Handler for PressureConnection {
 }
 
 impl PressureConnection {
-    pub fn new(state: PressureState, caller: Caller, delivery: Delivery) -> Self {
-        if let Delivery::SocketIo(socket) = &delivery {
-            socket.join(rooms::socketio_private_room(&socket.id.to_string()));
-        }
+    /// A Socket.IO socket's connection, opened at `position` when its
+    /// handshake gave one.
+    pub fn socketio(
+        state: PressureState,
+        caller: Caller,
+        socket: SocketRef,
+        position: resume::PendingPosition,
+    ) -> Self {
+        socket.join(rooms::socketio_private_room(&socket.id.to_string()));
+        let (queue, events) = rooms::MemberQueue::new();
         Self {
             state,
             caller,
-            delivery,
-            events: None,
+            delivery: Delivery::SocketIo(socket),
+            queue,
+            events,
             joined: HashMap::new(),
+            first_position: position,
         }
     }
 
-    /// A connection whose room events arrive on its own bounded queue.
-    pub fn with_queue(state: PressureState, caller: Caller) -> Self {
-        let (sender, events) = mpsc::channel(rooms::MEMBER_QUEUE);
-        let queue = rooms::MemberQueue {
-            events: sender,
-            dropped: Arc::default(),
-        };
+    /// A connection whose room events arrive on its own bounded queue,
+    /// opened at `position` when its URL gave one.
+    pub fn with_queue(
+        state: PressureState,
+        caller: Caller,
+        position: resume::PendingPosition,
+    ) -> Self {
+        let (queue, events) = rooms::MemberQueue::new();
         Self {
-            events: Some(events),
-            ..Self::new(state, caller, Delivery::Queue(queue))
+            state,
+            caller,
+            delivery: Delivery::Queue(queue.clone()),
+            queue,
+            events,
+            joined: HashMap::new(),
+            first_position: position,
         }
     }
 
-    /// `join_session`: enter the workout's room.
-    pub async fn join(&mut self, data: &Value) -> Result<Outbound, ClientError> {
-        let workout_id = workout_id(data)?;
+    /// Enters the workout's room (nothing when already in it). A member
+    /// `queued` takes the room's events through the connection's queue
+    /// whatever its transport.
+    async fn enter(&mut self, workout_id: &str, queued: bool) -> Result<(), ClientError> {
+        let workout_id = workout_id.to_owned();
         if !self.joined.contains_key(&workout_id) {
             if self.joined.len() >= MAX_JOINED_WORKOUTS {
                 return Err(invalid(format!(
@@ -494,11 +543,11 @@ impl PressureConnection {
                 )));
             }
             let member = match &self.delivery {
-                Delivery::Queue(queue) => Member::WebSocket(queue.clone()),
-                Delivery::SocketIo(socket) => {
+                Delivery::SocketIo(socket) if !queued => {
                     socket.join(socketio_room(&workout_id));
                     Member::SocketIo(socket.id.to_string())
                 }
+                _ => Member::WebSocket(self.queue.clone()),
             };
             let membership = self
                 .state
@@ -514,26 +563,30 @@ impl PressureConnection {
                 Joined {
                     membership,
                     detection: None,
+                    replayed_to: 0,
                 },
             );
             tracing::info!(workout_id = ?workout_id, "joined workout");
         }
-        Ok(Outbound::SessionJoined {
-            workout_id,
-            status: "joined",
-        })
+        Ok(())
     }
 
     /// `leave_session`: leave the room (no error when not in it).
     pub fn leave(&mut self, data: &Value) -> Result<Outbound, ClientError> {
         let workout_id = workout_id(data)?;
-        if self.joined.remove(&workout_id).is_some() {
-            if let Delivery::SocketIo(socket) = &self.delivery {
-                socket.leave(socketio_room(&workout_id));
-            }
+        if self.exit(&workout_id) {
             tracing::info!(workout_id = ?workout_id, "left workout");
         }
         Ok(Outbound::SessionEnded { workout_id })
+    }
+
+    /// Leaves the workout's room; whether it was in it.
+    fn exit(&mut self, workout_id: &str) -> bool {
+        let left = self.joined.remove(workout_id).is_some();
+        if left && let Delivery::SocketIo(socket) = &self.delivery {
+            socket.leave(socketio_room(workout_id));
+        }
+        left
     }
 
     /// `pressure_frame`: analyse, store, count, then tell the room; one
@@ -622,6 +675,8 @@ pub struct Recorded {
     /// The frame was stored before under its `message_id`: nothing new was
     /// stored or counted, and its room was told then.
     pub duplicate: bool,
+    /// The epoch of the log it is stored in.
+    pub epoch: String,
 }
 
 pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recorded, ClientError> {
@@ -648,6 +703,7 @@ pub async fn record(state: &PressureState, frame: PressureFrame) -> Result<Recor
         },
         message_id,
         duplicate: recorded.duplicate,
+        epoch: recorded.epoch,
     })
 }
 
@@ -660,6 +716,8 @@ pub fn frame_processed(recorded: &Recorded) -> Outbound {
         timestamp: Number(recorded.timestamp),
         sequence: recorded.sequence,
         message_id: recorded.message_id.clone(),
+        offset: recorded.sequence,
+        epoch: recorded.epoch.clone(),
     }
 }
 

@@ -25,6 +25,9 @@ use tracing::Instrument;
 /// Events queued for one WebSocket member before it starts losing them.
 pub const MEMBER_QUEUE: usize = 64;
 
+/// Longest wait for NATS to confirm a room's new subscription.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn subject(workout_id: &str) -> String {
     format!(
         "switchboard.workout.{}.events",
@@ -44,9 +47,10 @@ pub type RoomEvent = Bytes;
 /// Who joins a room.
 #[derive(Debug)]
 pub enum Member {
-    /// A plain WebSocket: events arrive on its queue; when the queue is
-    /// full the member is dropped from every room it is in and
-    /// [`MemberQueue::dropped`] tells its connection.
+    /// A plain WebSocket (or a Socket.IO socket that resumed): events
+    /// arrive on its queue; when the queue is full the member is dropped
+    /// from every room it is in and [`MemberQueue::dropped`] tells its
+    /// connection.
     WebSocket(MemberQueue),
     /// A Socket.IO socket (its id): it already joined the socketioxide
     /// room, and its own [`socketio_private_room`].
@@ -59,6 +63,18 @@ pub enum Member {
 pub struct MemberQueue {
     pub events: mpsc::Sender<RoomEvent>,
     pub dropped: Arc<tokio::sync::Notify>,
+}
+
+impl MemberQueue {
+    /// A queue of [`MEMBER_QUEUE`] events, and its receiving end.
+    pub fn new() -> (Self, mpsc::Receiver<RoomEvent>) {
+        let (events, receiver) = mpsc::channel(MEMBER_QUEUE);
+        let queue = Self {
+            events,
+            dropped: Arc::default(),
+        };
+        (queue, receiver)
+    }
 }
 
 /// The Socket.IO room only `socket_id` is in: a room event can leave out
@@ -173,7 +189,16 @@ impl Rooms {
         // Subscribe outside the lock; if another join got there first, its
         // relay serves both and this subscription is dropped.
         let subscription = if needs_relay {
-            Some(self.bus.subscribe(subject(workout_id)).await?)
+            let subscription = self.bus.subscribe(subject(workout_id)).await?;
+            // Events published from now on reach this edge: a resume reads
+            // the log after this, so it misses none in between. Bounded:
+            // while NATS is away, the room is joined all the same.
+            match tokio::time::timeout(SETTLE_WAIT, self.bus.settle()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "room subscription not confirmed"),
+                Err(_) => tracing::warn!("room subscription not confirmed in time"),
+            }
+            Some(subscription)
         } else {
             None
         };

@@ -1,7 +1,8 @@
 //! Socket.IO v4 on `/socket.io/` (websocket and polling transports), so the
 //! seed's own front end and its `socket.io-client` work unchanged: events
-//! `join_session`, `pressure_frame`, `leave_session` in;
-//! `session_joined`, `frame_processed`, `session_ended`, `error` out.
+//! `join_session`, `pressure_frame`, `leave_session` (and `resume`) in;
+//! `session_joined`, `frame_processed`, `session_ended`, `error` (and
+//! `resumed`) out.
 //!
 //! A Socket.IO socket is one more [`Transport`] of the connection driver:
 //! the same [`PressureConnection`] handler runs it as it runs a
@@ -14,6 +15,10 @@
 //!
 //! Socket.IO has no close codes: where a WebSocket would close with one,
 //! the socket is disconnected (the client sees `io server disconnect`).
+//!
+//! The handshake's `auth` may carry a position, `{"epoch", "offset"}`,
+//! from which the socket's first `join_session` resumes (see
+//! [`super::resume`]).
 
 use std::sync::Arc;
 
@@ -25,7 +30,8 @@ use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Delivery, PressureConnection, PressureState};
+use super::resume::PendingPosition;
+use super::{PressureConnection, PressureState};
 use crate::caller::Credentials;
 use crate::connection::{Close, Gone, Options, Received, Transport, drive};
 use crate::meter::Endpoint;
@@ -33,7 +39,12 @@ use crate::meter::Endpoint;
 /// Events queued per socket before new ones are refused.
 pub const INBOX: usize = 32;
 
-const EVENTS: [&str; 3] = ["join_session", "pressure_frame", "leave_session"];
+/// Longest a message waits for room in the socket's buffer (socketioxide's
+/// emit does not wait: a replay of many frames fills it faster than a
+/// polling client takes them) before the socket counts as gone.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+const EVENTS: [&str; 4] = ["join_session", "pressure_frame", "leave_session", "resume"];
 
 /// One event from a socket, for its connection task.
 struct Command {
@@ -108,8 +119,9 @@ fn on_connect(
         commands,
         disconnected,
     };
+    let position = PendingPosition::from_auth(auth.as_ref());
     let driver = state.driver.clone();
-    let handler = PressureConnection::new(state, caller, Delivery::SocketIo(socket));
+    let handler = PressureConnection::socketio(state, caller, socket, position);
     tokio::spawn(async move {
         drive(
             &driver,
@@ -155,12 +167,26 @@ impl Transport for SocketIoTransport {
     }
 
     async fn send(&mut self, json: String) -> Result<(), Gone> {
+        use socketioxide::{SendError, SocketError};
         let name = event_name(&json);
         let raw = RawValue::from_string(json).map_err(|_| Gone)?;
-        self.socket.emit(name, &raw).map_err(|error| {
-            tracing::debug!(%error, "socket.io emit failed");
-            Gone
-        })
+        let deadline = tokio::time::Instant::now() + SEND_WAIT;
+        loop {
+            match self.socket.emit(name.as_str(), &raw) {
+                Ok(()) => return Ok(()),
+                // The client has not taken what is buffered yet: wait a
+                // little for it, bounded.
+                Err(SendError::Socket(SocketError::InternalChannelFull))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "socket.io emit failed");
+                    return Err(Gone);
+                }
+            }
+        }
     }
 
     async fn send_shared(&mut self, payload: Bytes) -> Result<(), Gone> {

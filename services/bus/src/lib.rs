@@ -415,6 +415,26 @@ impl Bus {
         }
     }
 
+    /// Returns once the server has every subscription this process made
+    /// before the call: then a message published from anywhere reaches
+    /// them (what happened before can be read from storage). NATS handles
+    /// a connection's operations in order, so one round trip does it: a
+    /// request nobody answers, to this connection's own inbox.
+    pub async fn settle(&self) -> Result<(), BusError> {
+        use async_nats::RequestErrorKind;
+        match self {
+            Bus::Nats(nats) => {
+                let inbox = nats.client.new_inbox();
+                match nats.client.request(inbox, Bytes::new()).await {
+                    Ok(_) => Ok(()),
+                    Err(error) if error.kind() == RequestErrorKind::NoResponders => Ok(()),
+                    Err(error) => Err(nats_error(error)),
+                }
+            }
+            Bus::Local(_) => Ok(()),
+        }
+    }
+
     /// Opens (creating when needed) the key-value bucket `bucket`.
     pub async fn key_value(&self, bucket: &str) -> Result<KeyValue, BusError> {
         match self {
@@ -441,9 +461,9 @@ impl Bus {
     /// existing stream gets this window.
     pub async fn log(&self, name: &str, dedup_window: Duration) -> Result<Log, BusError> {
         match self {
-            Bus::Nats(nats) => Ok(Log::Nats(Box::new(
+            Bus::Nats(nats) => Ok(Log::Nats(Box::new(log::NatsLog::new(
                 log::open(&nats.jetstream, name, nats.replicas, dedup_window).await?,
-            ))),
+            )))),
             Bus::Local(local) => Ok(Log::Local(local.log(name, dedup_window))),
         }
     }

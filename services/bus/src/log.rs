@@ -19,6 +19,12 @@
 //! NATS that is JetStream's own de-duplication (`Nats-Msg-Id`, the stream's
 //! `duplicate_window`), so it holds across writers and processes; in
 //! process a bounded map of recent ids does the same.
+//!
+//! A log's [`epoch`](Log::epoch) names its history: entry numbers mean
+//! something only within one epoch. It is the JetStream stream's creation
+//! time (nanoseconds, in decimal), so it changes when the stream is deleted
+//! and made again (its entries gone); in process, a random id made with the
+//! log.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,8 +63,30 @@ pub struct Entry {
 /// A named log.
 #[derive(Clone, Debug)]
 pub enum Log {
-    Nats(Box<PrefixedStream>),
+    Nats(Box<NatsLog>),
     Local(LocalLog),
+}
+
+/// A log in a JetStream stream.
+#[derive(Clone, Debug)]
+pub struct NatsLog {
+    stream: PrefixedStream,
+    /// The epoch last read from the stream, for [`Log::known_epoch`].
+    epoch: Arc<Mutex<String>>,
+}
+
+impl NatsLog {
+    pub(crate) fn new(stream: PrefixedStream) -> Self {
+        let epoch = epoch_of(stream.stream.cached_info());
+        Self {
+            stream,
+            epoch: Arc::new(Mutex::new(epoch)),
+        }
+    }
+}
+
+fn epoch_of(info: &stream::Info) -> String {
+    info.created.unix_timestamp_nanos().to_string()
 }
 
 /// Opens (creating when needed) the JetStream stream behind log `name`,
@@ -113,6 +141,7 @@ impl Log {
     ) -> Result<Appended, BusError> {
         match self {
             Log::Nats(nats) => {
+                let nats = &nats.stream;
                 let message_id = id.map(|id| message_id(key, id));
                 let published = nats
                     .publish_durably_once(entry_subject(nats, key, number), payload, message_id)
@@ -153,6 +182,7 @@ impl Log {
         match self {
             Log::Nats(nats) => {
                 use stream::DirectGetErrorKind;
+                let nats = &nats.stream;
                 let mut entries = Vec::new();
                 for number in (after + 1..).take(limit) {
                     let subject = entry_subject(nats, key, number);
@@ -170,12 +200,44 @@ impl Log {
             Log::Local(local) => Ok(local.read(key, after, limit)),
         }
     }
+
+    /// The log's epoch, as it is now (with NATS, asked of the stream).
+    pub async fn epoch(&self) -> Result<String, BusError> {
+        match self {
+            Log::Nats(nats) => {
+                let info = nats.stream.stream.get_info().await.map_err(nats_error)?;
+                let epoch = epoch_of(&info);
+                *lock(&nats.epoch) = epoch.clone();
+                Ok(epoch)
+            }
+            Log::Local(local) => Ok(local.epoch.to_string()),
+        }
+    }
+
+    /// The epoch as this process last read it, without asking the stream:
+    /// for every appended entry. It can only lag behind [`Log::epoch`]
+    /// (after the stream was recreated), which makes a position look
+    /// stale, never a lost history look whole.
+    pub fn known_epoch(&self) -> String {
+        match self {
+            Log::Nats(nats) => lock(&nats.epoch).clone(),
+            Log::Local(local) => local.epoch.to_string(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The in-process log.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LocalLog {
     inner: Arc<Mutex<LocalEntries>>,
+    /// A random id made with the log: see [`Log::epoch`].
+    epoch: Arc<str>,
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +276,7 @@ impl LocalLog {
                 dedup_window,
                 ..Default::default()
             })),
+            epoch: uuid::Uuid::new_v4().simple().to_string().into(),
         }
     }
 
@@ -287,7 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_are_numbered_per_key_and_come_back_a_page_at_a_time() {
-        let log = Log::Local(LocalLog::default());
+        let log = Log::Local(LocalLog::new(Duration::from_secs(600)));
         for number in 1..=5u64 {
             log.append_at("w1", number, Bytes::from(vec![number as u8]), None)
                 .await
@@ -361,5 +424,16 @@ mod tests {
         assert_eq!(message_id("w", "1"), "77.31");
         assert_eq!(entry_number("switchboard.log.frames.7731.42"), Some(42));
         assert_eq!(entry_number("switchboard.log.frames.7731.x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_local_log_has_a_new_epoch() {
+        let log = Log::Local(LocalLog::new(Duration::from_secs(600)));
+        let epoch = log.epoch().await.unwrap();
+        assert!(!epoch.is_empty());
+        assert_eq!(log.epoch().await.unwrap(), epoch, "stable while it lives");
+        assert_eq!(log.known_epoch(), epoch);
+        let other = Log::Local(LocalLog::new(Duration::from_secs(600)));
+        assert_ne!(other.epoch().await.unwrap(), epoch);
     }
 }

@@ -167,6 +167,7 @@ impl Workouts {
                     duplicate: true,
                     stats: original.stats,
                     timestamp: original.timestamp,
+                    epoch: self.frames.known_epoch(),
                 });
             }
         };
@@ -203,6 +204,7 @@ impl Workouts {
             duplicate: false,
             stats: Some(*stats),
             timestamp: frame.timestamp,
+            epoch: self.frames.known_epoch(),
         })
     }
 
@@ -235,10 +237,14 @@ impl Workouts {
         })
     }
 
+    /// The workout's record, with the frames log's current epoch.
     pub async fn workout(&self, workout_id: &str) -> Result<Workout, WorkoutError> {
         check_workout_id(workout_id)?;
         match self.records.get(&record_key(workout_id)).await? {
-            Some(entry) => decode_workout(&entry.value),
+            Some(entry) => Ok(Workout {
+                epoch: self.frames.epoch().await?,
+                ..decode_workout(&entry.value)?
+            }),
             None => Err(WorkoutError::NotFound {
                 workout_id: workout_id.to_owned(),
             }),
@@ -279,6 +285,7 @@ impl Workouts {
         Ok(ListFramesResponse {
             frames,
             next_after_sequence,
+            epoch: self.frames.epoch().await?,
         })
     }
 }
@@ -348,6 +355,19 @@ mod tests {
             [3.0, 4.0, 5.0]
         );
         assert_eq!(rest.next_after_sequence, 0, "no page after the last");
+        let epoch = workouts.frames.epoch().await.unwrap();
+        assert_eq!(
+            (rest.epoch.as_str(), workout.epoch.as_str()),
+            (epoch.as_str(), epoch.as_str()),
+            "the log's epoch comes with its frames and the workout"
+        );
+        let recorded = workouts
+            .record_frame(frame("w1", 6.0, 1.0, 1.0))
+            .await
+            .unwrap();
+        assert_eq!(recorded.epoch, epoch);
+        let empty = workouts.frames("never-sent", 0, 10).await.unwrap();
+        assert_eq!(empty.epoch, epoch, "even of a workout with no frames");
         let missing = switchboard_proto::error::status(workouts.workout("nope").await.unwrap_err());
         assert_eq!(missing.code(), tonic::Code::NotFound);
         assert_eq!(missing.message(), "workout nope not found");
