@@ -140,6 +140,31 @@ impl Seen {
     }
 }
 
+/// Sends a hub connection's `welcome`, then, when its URL asked to resume
+/// (`requested`), replays from there ([`resume`]), or says why the position
+/// is refused.
+pub async fn welcome<T: Transport>(
+    welcome: &Value,
+    requested: Option<Result<Position, ClientError>>,
+    history: &History,
+    seen: &mut Seen,
+    admits: impl Fn(&Kept) -> bool,
+    conn: &mut Conn<'_, T>,
+) -> Flow {
+    if conn.send(welcome).await.is_err() {
+        return Flow::Gone;
+    }
+    match requested {
+        None => Flow::Continue,
+        Some(Ok(from)) => {
+            // A resume replays from the client's position, not the hub's.
+            seen.last = 0;
+            resume(history, &from, seen, admits, conn).await
+        }
+        Some(Err(error)) => conn.send(&super::error_message(&error)).await.into(),
+    }
+}
+
 /// Replays to the client what `history` kept after `from` that `admits`
 /// lets it read, then says `resumed`. `recovered: false`, with the reason,
 /// when the epoch changed or the messages after `from` are no longer all

@@ -40,7 +40,7 @@ use switchboard_proto::v1::{
 };
 use tokio::sync::mpsc;
 
-use super::resume::{Position, Seen, resume};
+use super::resume::{Position, Seen, resume, welcome};
 use super::{Delivery, Filter, HubsState, Member, error_message};
 use crate::auth::Identity;
 use crate::caller::{Admin, Credentials, User};
@@ -190,7 +190,7 @@ impl Handler for StatisticsConnection {
         );
         // Every message after this offset reaches the client live.
         self.seen.last = self.state.stream_hub.last_offset();
-        let welcome = json!({
+        let hello = json!({
             "type": "connection_status",
             "status": "connected",
             "connection_id": self.connection_id,
@@ -200,18 +200,12 @@ impl Handler for StatisticsConnection {
             "epoch": self.state.bus.history(Channel::Stream).epoch(),
             "offset": self.seen.last,
         });
-        if conn.send(&welcome).await.is_err() {
-            return Flow::Gone;
-        }
-        match self.resume_from.take() {
-            None => Flow::Continue,
-            Some(Ok(from)) => {
-                // A resume replays from the client's position, not ours.
-                self.seen.last = 0;
-                self.resume(&from, conn).await
-            }
-            Some(Err(error)) => conn.send(&error_message(&error)).await.into(),
-        }
+        let history = self.state.bus.history(Channel::Stream);
+        let requested = self.resume_from.take();
+        let user_id = self.identity.user_id.clone();
+        // A new connection's filter admits every type.
+        let admits = |kept: &Kept| replayable(kept, &user_id, &Filter::default());
+        welcome(&hello, requested, &history, &mut self.seen, admits, conn).await
     }
 
     async fn on_message<T: Transport>(

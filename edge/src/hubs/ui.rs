@@ -26,7 +26,7 @@ use switchboard_bus::Channel;
 use switchboard_bus::hub::{UiMessageKind, ui_message};
 use tokio::sync::mpsc;
 
-use super::resume::{Position, Seen, resume};
+use super::resume::{Position, Seen, resume, welcome};
 use super::{Delivery, HubsState, Member, error_message};
 use crate::caller::AdminWhenConfigured;
 use crate::connection::websocket::accept;
@@ -84,7 +84,7 @@ impl Handler for UiConnection {
         self.membership = Some(self.state.ui_hub.join("", &connection_id));
         // Every message after this offset reaches the client live.
         self.seen.last = self.state.ui_hub.last_offset();
-        let welcome = json!({
+        let hello = json!({
             "type": "connection",
             "data": {
                 "status": "connected",
@@ -94,18 +94,9 @@ impl Handler for UiConnection {
             "epoch": self.state.bus.history(Channel::Ui).epoch(),
             "offset": self.seen.last,
         });
-        if conn.send(&welcome).await.is_err() {
-            return Flow::Gone;
-        }
-        match self.resume_from.take() {
-            None => Flow::Continue,
-            Some(Ok(from)) => {
-                // A resume replays from the client's position, not ours.
-                self.seen.last = 0;
-                self.resume(&from, conn).await
-            }
-            Some(Err(error)) => conn.send(&error_message(&error)).await.into(),
-        }
+        let history = self.state.bus.history(Channel::Ui);
+        let requested = self.resume_from.take();
+        welcome(&hello, requested, &history, &mut self.seen, |_| true, conn).await
     }
 
     async fn on_message<T: Transport>(

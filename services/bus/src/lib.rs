@@ -444,12 +444,14 @@ impl Bus {
                 // (Debian's); opening the bucket's stream directly, as the
                 // KV layout prescribes, works on every 2.9+ server, and
                 // brings an existing bucket's replicas to the settings'.
-                open_stream(&nats.jetstream, kv_stream_config(bucket, nats.replicas)).await?;
-                let store = nats
-                    .jetstream
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(nats_error)?;
+                let store = patiently(bucket, || async {
+                    open_stream(&nats.jetstream, kv_stream_config(bucket, nats.replicas)).await?;
+                    nats.jetstream
+                        .get_key_value(bucket)
+                        .await
+                        .map_err(nats_error)
+                })
+                .await?;
                 Ok(KeyValue::Nats(Box::new(store)))
             }
             Bus::Local(local) => Ok(KeyValue::Local(local.key_value(bucket))),
@@ -462,7 +464,10 @@ impl Bus {
     pub async fn log(&self, name: &str, dedup_window: Duration) -> Result<Log, BusError> {
         match self {
             Bus::Nats(nats) => Ok(Log::Nats(Box::new(log::NatsLog::new(
-                log::open(&nats.jetstream, name, nats.replicas, dedup_window).await?,
+                patiently(name, || {
+                    log::open(&nats.jetstream, name, nats.replicas, dedup_window)
+                })
+                .await?,
             )))),
             Bus::Local(local) => Ok(Log::Local(local.log(name, dedup_window))),
         }
@@ -472,7 +477,7 @@ impl Bus {
     pub async fn mailbox(&self, name: &str) -> Result<Mailbox, BusError> {
         match self {
             Bus::Nats(nats) => Ok(Mailbox::Nats(Box::new(
-                mailbox::open(&nats.jetstream, name, nats.replicas).await?,
+                patiently(name, || mailbox::open(&nats.jetstream, name, nats.replicas)).await?,
             ))),
             Bus::Local(local) => Ok(Mailbox::Local(local.mailbox(name))),
         }
@@ -484,6 +489,33 @@ impl Bus {
         match self {
             Bus::Nats(nats) => nats.client.flush().await.map_err(nats_error),
             Bus::Local(_) => Ok(()),
+        }
+    }
+}
+
+/// How long opening a stream or bucket keeps trying while JetStream does
+/// not answer (a cluster still electing its leaders, a busy server): a
+/// process starting with its NATS waits for it, rather than exiting.
+const OPEN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `open` (opening `what`) until it succeeds, retrying failures with
+/// a growing pause for up to [`OPEN_PATIENCE`]; then its last error.
+async fn patiently<T, F, Fut>(what: &str, mut open: F) -> Result<T, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let deadline = tokio::time::Instant::now() + OPEN_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%error, what, "jetstream state not opened yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
         }
     }
 }
