@@ -966,7 +966,7 @@ async fn seed_004_page_subscribes_and_falls_back_to_polling_when_refused() {
         .iter()
         .map(without_position)
         .collect();
-    assert_eq!(camera_events, [camera.clone()]);
+    assert_eq!(camera_events, std::slice::from_ref(&camera));
     assert!(
         seen.received("alert").is_empty(),
         "unsubscribed alert delivered\n{seen}"

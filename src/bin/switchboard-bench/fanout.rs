@@ -222,7 +222,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
         figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
     if let Some(before) = &before {
-        let compared: [(&str, &'static str, fn(&Measured) -> Option<f64>); 7] = [
+        let compared: [(&str, &'static str, Value); 7] = [
             ("deliveries/s", "msg/s", |m| m.deliveries_per_second),
             ("publish call p50", "ms", |m| m.publish_call.p50_ms),
             ("publish→delivery p50", "ms", |m| m.latency.p50_ms),
@@ -477,6 +477,9 @@ async fn publish(
     publisher.finish().await;
     (calls, errors)
 }
+
+/// How a figure is read from a measurement.
+type Value = fn(&Measured) -> Option<f64>;
 
 /// The target's CPU time per message delivered, in microseconds.
 fn cpu_per_delivery_us(measured: &Measured) -> Option<f64> {
