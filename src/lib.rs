@@ -30,7 +30,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard_bus::{Bus, BusSettings};
-use switchboard_edge::{EdgeSettings, ServiceUrls};
+use switchboard_edge::{Backends, EdgeSettings, ServiceUrls};
+use switchboard_proto::in_process::{Directory, Listeners};
 use switchboard_session::SessionSettings;
 use switchboard_statistics::{StatisticsSettings, UpdateSettings};
 use tokio::net::TcpListener;
@@ -147,6 +148,16 @@ pub struct AllArgs {
         default_value = "127.0.0.1:0"
     )]
     pub statistics_grpc_addr: SocketAddr,
+    /// The edge calls the services of this process in memory, without a
+    /// socket (`false`: over their gRPC ports, as separate roles do; for
+    /// comparing the two). The gRPC ports serve other clients either way.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_IN_PROCESS_CALLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub in_process_calls: bool,
     #[command(flatten)]
     pub bus: BusSettings,
     #[command(flatten)]
@@ -424,6 +435,23 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         statistics_listener.local_addr()?,
     );
     let edge_listener = bind("edge", args.edge_addr.http_addr).await?;
+    // The services join this directory, where the edge finds them to call
+    // them in memory.
+    let directory = Directory::default();
+    let in_process = [
+        session_listener.local_addr()?,
+        detection_listener.local_addr()?,
+        statistics_listener.local_addr()?,
+    ];
+    let listeners = |listener| match args.in_process_calls {
+        true => Listeners::with_directory(listener, &directory),
+        false => Listeners::from(listener),
+    };
+    let (session_listener, detection_listener, statistics_listener) = (
+        listeners(session_listener),
+        listeners(detection_listener),
+        listeners(statistics_listener),
+    );
     let statistics = StatisticsSettings {
         session_url: urls.session_url.clone(),
         updates: args.statistics,
@@ -461,13 +489,20 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .context("statistics service")
         },
         async {
-            let served = switchboard_edge::serve(
-                args.edge,
-                urls.clone(),
-                bus.clone(),
-                edge_listener,
-                shutdown.signal(),
-            )
+            let served = async {
+                let backends = match args.in_process_calls {
+                    true => Backends::in_process(&urls, &args.edge, &directory, in_process).await,
+                    false => Backends::connect_lazy(&urls, &args.edge),
+                }?;
+                switchboard_edge::serve_with(
+                    args.edge,
+                    backends,
+                    bus.clone(),
+                    edge_listener,
+                    shutdown.signal(),
+                )
+                .await
+            }
             .await
             .context("edge");
             let _ = edge_done.send(true);

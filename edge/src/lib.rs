@@ -197,6 +197,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EdgeError> {
     let backends = Backends::connect_lazy(&urls, &settings)?;
+    serve_with(settings, backends, bus, listener, shutdown).await
+}
+
+/// Serves the edge as [`serve`] does, calling the services through
+/// `backends` (e.g. [`Backends::in_process`]).
+pub async fn serve_with(
+    settings: EdgeSettings,
+    backends: Backends,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
     let edge_id = uuid::Uuid::new_v4().simple().to_string();
     let meter = Arc::new(meter::Meter::default());
     let sockets = Arc::new(control::Sockets::default());

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use switchboard_proto::in_process::{self, Directory, Link};
 use switchboard_proto::metrics::{Side, Timed, TimedLayer};
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
@@ -10,8 +11,10 @@ use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer;
 
-/// A channel whose calls are timed into the gRPC client histograms.
-pub type TimedChannel = Timed<Channel>;
+/// How the edge calls a service — a TCP channel, or the service itself
+/// when it runs in this process ([`in_process`]) — with every call timed
+/// into the gRPC client histograms.
+pub type TimedChannel = Timed<Link>;
 
 /// Default and documented limit on one inbound WebSocket message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -217,7 +220,9 @@ impl Backends {
         // deadline on that channel, the edge bounds each reply instead.
         let detection = channel(&urls.detection_url, None)?;
         let statistics = channel(&urls.statistics_url, Some(timeout))?;
-        let timed = |channel: &Channel| TimedLayer(Side::Client).layer(channel.clone());
+        let timed = |channel: &Channel| {
+            TimedLayer(Side::Client).layer(in_process::over_network(channel.clone()))
+        };
         Ok(Self {
             session: SessionServiceClient::new(timed(&session)),
             detection: DetectionServiceClient::new(timed(&detection)),
@@ -227,6 +232,37 @@ impl Backends {
                 ("detection", detection),
                 ("statistics", statistics),
             ],
+        })
+    }
+
+    /// Clients of services that run in this process: each call goes into
+    /// the service found in `directory` at its address (`addrs`: session,
+    /// detection, statistics), without a socket. Health checks still go
+    /// over TCP to `urls`, as they would from outside. Waits until the
+    /// three servers are up.
+    pub async fn in_process(
+        urls: &ServiceUrls,
+        settings: &EdgeSettings,
+        directory: &Directory,
+        addrs: [SocketAddr; 3],
+    ) -> Result<Self, InvalidUrl> {
+        let over_network = Self::connect_lazy(urls, settings)?;
+        let timeout = settings.grpc_timeout();
+        let [session, detection, statistics] = addrs;
+        let link = |routes, timeout| {
+            TimedLayer(Side::Client).layer(in_process::in_process(routes, timeout))
+        };
+        Ok(Self {
+            session: SessionServiceClient::new(link(
+                directory.routes(session).await,
+                Some(timeout),
+            )),
+            detection: DetectionServiceClient::new(link(directory.routes(detection).await, None)),
+            statistics: StatisticsServiceClient::new(link(
+                directory.routes(statistics).await,
+                Some(timeout),
+            )),
+            channels: over_network.channels,
         })
     }
 }

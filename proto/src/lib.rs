@@ -10,8 +10,11 @@
 //! - [`trace`]: trace context across gRPC and NATS.
 //! - [`server`]: the one way a Switchboard service is put on the network, with
 //!   health, reflection and graceful shutdown, so every role behaves alike.
+//! - [`in_process`]: the same services called by clients of the same process
+//!   (`switchboard all`) without a socket.
 
 pub mod error;
+pub mod in_process;
 pub mod metrics;
 pub mod server;
 pub mod trace;

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -26,7 +25,8 @@ pub enum ServeError {
 }
 
 /// Serves `routes` (the role's own services) plus health and reflection on
-/// `listener` until `shutdown` completes.
+/// `listeners` until `shutdown` completes: on TCP, and to clients of this
+/// process in memory when `listeners` has the process's directory.
 ///
 /// `service_names` are the fully qualified names of the services in
 /// `routes`, e.g. `switchboard.v1.SessionService`: health reports each, and
@@ -35,9 +35,13 @@ pub enum ServeError {
 pub async fn serve(
     service_names: &[&'static str],
     routes: Routes,
-    listener: TcpListener,
+    listeners: impl Into<crate::in_process::Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let crate::in_process::Listeners {
+        tcp: listener,
+        in_process,
+    } = listeners.into();
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_names: Vec<&'static str> = service_names.iter().copied().chain([""]).collect();
     for name in &health_names {
@@ -84,6 +88,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
+    if let (Some(directory), Some(addr)) = (in_process, addr) {
+        directory.add(addr, routes.clone());
+    }
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .tcp_nodelay(true)

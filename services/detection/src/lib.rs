@@ -29,6 +29,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use switchboard_bus::{Bus, BusError};
 use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
+use switchboard_proto::in_process::Listeners;
 use switchboard_proto::server;
 use switchboard_proto::trace::continued;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
@@ -37,7 +38,6 @@ use switchboard_proto::v1::{
     FrameReply, FrameRequest, FrameStats, ListAlertsRequest, ListAlertsResponse, Observation,
     RaiseAlertRequest, StepReply, StepRequest,
 };
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -55,10 +55,10 @@ pub enum DetectionError {
     Serve(#[from] server::ServeError),
 }
 
-/// Serves detection on `listener` until `shutdown` completes.
+/// Serves detection on `listeners` until `shutdown` completes.
 pub async fn serve(
     bus: Bus,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DetectionError> {
     let detection = Detection {
@@ -68,7 +68,7 @@ pub async fn serve(
     server::serve(
         &[<DetectionServiceServer<Detection> as tonic::server::NamedService>::NAME],
         routes,
-        listener,
+        listeners,
         shutdown,
     )
     .await?;

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use switchboard_bus::{Bus, BusError, Change, Contended, KeyValue, subjects};
 use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
+use switchboard_proto::in_process::Listeners;
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use switchboard_proto::v1::{
@@ -38,7 +39,6 @@ use switchboard_proto::v1::{
     SessionControl, TerminateSessionRequest, UserSessions, Workout,
 };
 use switchboard_proto::{server, unix_now};
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 /// The bucket holding one record per live session.
@@ -178,11 +178,11 @@ impl ServiceError for RegistryError {
     }
 }
 
-/// Serves the session registry on `listener` until `shutdown` completes.
+/// Serves the session registry on `listeners` until `shutdown` completes.
 pub async fn serve(
     settings: SessionSettings,
     bus: Bus,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SessionError> {
     let registry = Registry::open(&settings, bus).await?;
@@ -191,7 +191,7 @@ pub async fn serve(
     let served = server::serve(
         &[<SessionServiceServer<Registry> as tonic::server::NamedService>::NAME],
         routes,
-        listener,
+        listeners,
         shutdown,
     )
     .await;

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use switchboard_bus::{Bus, BusError, Change, Contended, Entry, KeyValue, hub, subjects};
 use switchboard_proto::error::{ErrorCode, ServiceError, reply};
+use switchboard_proto::in_process::Listeners;
 use switchboard_proto::server;
 use switchboard_proto::v1::broadcast_service_server::BroadcastServiceServer;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
@@ -47,7 +48,6 @@ use switchboard_proto::v1::{
     GetUserStatsRequest, RecordUsageRequest, RecordUsageResponse, ServerStats, StatisticsSnapshot,
     Usage, UserStats,
 };
-use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -151,11 +151,11 @@ impl ServiceError for CountersError {
     }
 }
 
-/// Serves the counters on `listener` until `shutdown` completes.
+/// Serves the counters on `listeners` until `shutdown` completes.
 pub async fn serve(
     settings: StatisticsSettings,
     bus: Bus,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StatisticsError> {
     let counters = Counters::open(&settings, &bus).await?;
@@ -179,7 +179,7 @@ pub async fn serve(
             <BroadcastServiceServer<broadcast::Broadcasts> as tonic::server::NamedService>::NAME,
         ],
         routes,
-        listener,
+        listeners,
         shutdown,
     )
     .await;
