@@ -494,13 +494,13 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                     true => Backends::in_process(&urls, &args.edge, &directory, in_process).await,
                     false => Backends::connect_lazy(&urls, &args.edge),
                 }?;
-                switchboard_edge::serve_with(
+                Box::pin(switchboard_edge::serve_with(
                     args.edge,
                     backends,
                     bus.clone(),
                     edge_listener,
                     shutdown.signal(),
-                )
+                ))
                 .await
             }
             .await

@@ -197,7 +197,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EdgeError> {
     let backends = Backends::connect_lazy(&urls, &settings)?;
-    serve_with(settings, backends, bus, listener, shutdown).await
+    // The edge's future is large (every route's state): on the heap.
+    Box::pin(serve_with(settings, backends, bus, listener, shutdown)).await
 }
 
 /// Serves the edge as [`serve`] does, calling the services through

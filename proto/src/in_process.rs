@@ -180,7 +180,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(answer.get_ref().status(), ServingStatus::Serving);
+        assert_eq!(
+            answer.get_ref().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
         let unknown = client
             .check(HealthCheckRequest {
                 service: "nothing".into(),

@@ -171,6 +171,7 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         figure("reply latency p99.9", "ms", |m| m.latency.p999_ms),
         figure("errors", "messages", |m| Some(m.error_count() as f64)).goal(Goal::AtMost(0.0)),
         figure("CPU of the target", "cores", |m| m.cpu.target_cores),
+        figure("server CPU per message", "µs", cpu_per_message_us),
         figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
     Ok(Report {
@@ -189,6 +190,15 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         before: None,
         figures,
     })
+}
+
+/// The target's CPU time (every `--edge-pid` process: give them all, e.g.
+/// the roles and `nats-server`) per message answered, in microseconds; its
+/// ratio to the bare server's is the cost of everything but the protocol.
+fn cpu_per_message_us(measured: &Measured) -> Option<f64> {
+    let messages = measured.messages_per_second?;
+    let cores = measured.cpu.target_cores?;
+    (messages > 0.0).then(|| cores * 1e6 / messages)
 }
 
 async fn measure(target: &Target, load: Load) -> anyhow::Result<Measured> {
