@@ -15,7 +15,8 @@
 //! - pressure frames streamed to a workout redraw the page's heatmap;
 //! - an alert raised from the page is listed as pending;
 //! - a user's token is refused (the feed closes 1008, the login box says
-//!   so), and the admin routes answer 401/403 over REST.
+//!   so), an admin's typed into the login box is taken, and the admin
+//!   routes answer 401/403 over REST (the feed closes 1008).
 //!
 //! Each page is photographed (Playwright's `page.screenshot`) into
 //! `target/tmp/console` or, with `CONSOLE_SCREENSHOTS=docs/console`, into
@@ -504,6 +505,16 @@ async fn the_console_shows_the_cluster_live_and_acts_on_it() {
         )
         .await;
     browser.screenshot(&refused, "login-refused").await;
+    // The login box: an admin's token opens the console.
+    browser.fill(&refused, "#token", &admin).await;
+    browser.click(&refused, "#login button[type=submit]").await;
+    browser
+        .wait(
+            &refused,
+            "document.body.dataset.feed === 'live' && document.querySelector('#login').hidden \
+             && document.querySelectorAll('#edges tbody tr').length === 2",
+        )
+        .await;
 }
 
 #[tokio::test]

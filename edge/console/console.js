@@ -404,8 +404,12 @@ function sparkline(points) {
   if (points.length > 1) {
     const first = points[0].steps, last = points.at(-1).steps;
     const range = Math.max(1, last - first);
+    // The last minute, right-aligned: a session a few seconds old draws
+    // a short line at the right.
+    const newest = points.at(-1).t;
+    const x = (t) => Math.max(0, width - ((newest - t) / SPARK_POINTS) * width);
     const path = points
-      .map((point, i) => `${i ? "L" : "M"}${((i / (SPARK_POINTS - 1)) * width).toFixed(1)},${(height - 2 - ((point.steps - first) / range) * (height - 4)).toFixed(1)}`)
+      .map((point, i) => `${i ? "L" : "M"}${x(point.t).toFixed(1)},${(height - 2 - ((point.steps - first) / range) * (height - 4)).toFixed(1)}`)
       .join(" ");
     const line = document.createElementNS("http://www.w3.org/2000/svg", "path");
     line.setAttribute("d", path);
