@@ -68,6 +68,24 @@ async fn service_health(channel: Channel) -> &'static str {
     }
 }
 
+/// Each service's gRPC health, checked at once, and the bus's state
+/// (`nats`), by name.
+pub async fn services(
+    channels: &[(&'static str, Channel); 3],
+    bus: &Bus,
+) -> BTreeMap<&'static str, &'static str> {
+    let checks = channels.iter().map(|(name, channel)| {
+        let channel = channel.clone();
+        async move { (*name, service_health(channel).await) }
+    });
+    let mut services: BTreeMap<_, _> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
+    services.insert("nats", bus_state(bus));
+    services
+}
+
 #[derive(Debug, Serialize)]
 pub struct Health {
     /// `healthy` when every service answers SERVING and NATS is connected,
@@ -88,15 +106,7 @@ pub struct Health {
 /// Liveness and a view of the services: always 200 while the edge runs,
 /// with each service's gRPC health.
 async fn health(State(state): State<HealthState>) -> Json<Health> {
-    let checks = state.channels.iter().map(|(name, channel)| {
-        let channel = channel.clone();
-        async move { (*name, service_health(channel).await) }
-    });
-    let mut services: BTreeMap<_, _> = futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .collect();
-    services.insert("nats", bus_state(&state.bus));
+    let services = services(&state.channels, &state.bus).await;
     let reasons: Vec<String> = services
         .iter()
         .filter(|(_, status)| !matches!(**status, "serving" | "connected" | "in-process"))

@@ -20,6 +20,7 @@
 //!   `/api/ws/statistics`, with their REST routes.
 //! - [`sessions`]: `/sessions`, `/sessions/{id}`.
 //! - [`health`]: `/health`, `/ready`, `/metrics`.
+//! - [`console`]: `/console`, the operator's page, and its admin feed.
 //!
 //! What they share:
 //!
@@ -42,6 +43,7 @@ pub mod alerts;
 pub mod auth;
 pub mod caller;
 pub mod connection;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod health;
@@ -147,6 +149,14 @@ async fn app(
         statistics: backends.statistics.clone(),
         bus: bus.clone(),
     };
+    let console = console::ConsoleState {
+        driver: driver.clone(),
+        identities: identities.clone(),
+        sessions: backends.session.clone(),
+        channels: backends.channels.clone(),
+        bus: bus.clone(),
+        edges: bus.key_value("edges").await?,
+    };
     let sessions = sessions::SessionsState {
         identities,
         sessions: backends.session.clone(),
@@ -157,6 +167,7 @@ async fn app(
         .merge(alerts::router(alerts))
         .merge(hubs::router(hubs))
         .merge(sessions::router(sessions))
+        .merge(console::router(console))
         .merge(health.clone())
         .layer(axum::middleware::from_fn(admission::admit_upgrades))
         .layer(socketio)
@@ -262,6 +273,14 @@ pub async fn serve_with(
     let ui_messages = ui_history.follow().await?;
     let stream_messages = stream_history.follow().await?;
     let edges = bus.key_value("edges").await?;
+    let presence = meter::Presence {
+        address: listener
+            .local_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default(),
+        started_at: switchboard_proto::unix_now(),
+        draining: drain.subscribe(),
+    };
     let tasks = [
         tokio::spawn(control::route(control, sockets)),
         tokio::spawn(hubs::relay(
@@ -276,7 +295,7 @@ pub async fn serve_with(
             switchboard_bus::Channel::Stream,
             stream_history.epoch().to_owned(),
         )),
-        tokio::spawn(Arc::clone(&meter).report_forever(edge_id.clone(), edges)),
+        tokio::spawn(Arc::clone(&meter).report_forever(edge_id.clone(), edges, presence)),
     ];
     tracing::info!(addr = ?listener.local_addr().ok(), edge_id = %edge_id, "edge listening");
 

@@ -1,7 +1,8 @@
 //! What this edge is doing, counted where it happens: open sockets by
 //! endpoint and messages in and out. Every second the edge writes its
 //! counts to the `edges` bucket, where the statistics service sums the
-//! live edges into `statistics_update`.
+//! live edges into `statistics_update` and the console shows each edge
+//! (with its address, uptime, drain state, drops and errors).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,15 +27,18 @@ pub enum Endpoint {
     Pressure,
     Ui,
     Statistics,
+    /// The console's admin feed, `/api/admin/ws`.
+    Console,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 5] = [
+    const ALL: [Endpoint; 6] = [
         Endpoint::Realtime,
         Endpoint::Alerts,
         Endpoint::Pressure,
         Endpoint::Ui,
         Endpoint::Statistics,
+        Endpoint::Console,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,13 +48,25 @@ impl Endpoint {
             Endpoint::Pressure => "pressure",
             Endpoint::Ui => "ui",
             Endpoint::Statistics => "statistics",
+            Endpoint::Console => "console",
         }
     }
 }
 
+/// What an edge says of itself besides its counts.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// Where it serves HTTP and WebSockets, so an operator can reach it.
+    pub address: String,
+    /// Unix seconds, for its uptime.
+    pub started_at: f64,
+    /// True once it drains.
+    pub draining: tokio::sync::watch::Receiver<bool>,
+}
+
 #[derive(Debug, Default)]
 pub struct Meter {
-    connections: [AtomicU64; 5],
+    connections: [AtomicU64; 6],
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     /// Woken whenever a socket closes, for [`Meter::idle`].
@@ -125,22 +141,32 @@ impl Meter {
             .collect()
     }
 
-    fn report(&self, edge_id: &str) -> EdgeReport {
+    fn report(&self, edge_id: &str, presence: &Presence) -> EdgeReport {
         EdgeReport {
             edge_id: edge_id.to_owned(),
             connections: self.connections(),
             messages_in: self.messages_in.load(Ordering::Relaxed),
             messages_out: self.messages_out.load(Ordering::Relaxed),
             reported_at: unix_now(),
+            address: presence.address.clone(),
+            started_at: presence.started_at,
+            draining: *presence.draining.borrow(),
+            drops: metrics().drops(),
+            errors: metrics().client_errors(),
         }
     }
 
     /// Writes this edge's report to the `edges` bucket every second.
-    pub async fn report_forever(self: Arc<Self>, edge_id: String, edges: KeyValue) {
+    pub async fn report_forever(
+        self: Arc<Self>,
+        edge_id: String,
+        edges: KeyValue,
+        presence: Presence,
+    ) {
         let mut ticks = tokio::time::interval(REPORT_INTERVAL);
         loop {
             ticks.tick().await;
-            let report = Bytes::from(self.report(&edge_id).encode_to_vec());
+            let report = Bytes::from(self.report(&edge_id, &presence).encode_to_vec());
             if let Err(error) = edges.put(&edge_id, report).await {
                 tracing::debug!(%error, "edge report not written");
             }

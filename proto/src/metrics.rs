@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -79,6 +80,11 @@ pub struct Metrics {
     pub nats_publish_failures: Counter,
     pub outbound_drops: Family<QueueLabel, Counter>,
     pub refused_connections: Family<ReasonLabel, Counter>,
+    /// Every outbound drop, whatever the queue: the edge's report (and the
+    /// console) shows one number.
+    drops_total: AtomicU64,
+    /// Every client error, whatever the kind, for the same report.
+    client_errors_total: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -90,6 +96,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     nats_publish_failures: Counter::default(),
     outbound_drops: Family::default(),
     refused_connections: Family::default(),
+    drops_total: AtomicU64::new(0),
+    client_errors_total: AtomicU64::new(0),
 });
 
 /// The process's metrics.
@@ -99,6 +107,7 @@ pub fn metrics() -> &'static Metrics {
 
 impl Metrics {
     pub fn client_error(&self, kind: &str) {
+        self.client_errors_total.fetch_add(1, Ordering::Relaxed);
         self.client_errors
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
@@ -107,11 +116,22 @@ impl Metrics {
     }
 
     pub fn outbound_drop(&self, queue: &str) {
+        self.drops_total.fetch_add(1, Ordering::Relaxed);
         self.outbound_drops
             .get_or_create(&QueueLabel {
                 queue: queue.to_owned(),
             })
             .inc();
+    }
+
+    /// Outbound drops of every queue since the process started.
+    pub fn drops(&self) -> u64 {
+        self.drops_total.load(Ordering::Relaxed)
+    }
+
+    /// Client errors of every kind since the process started.
+    pub fn client_errors(&self) -> u64 {
+        self.client_errors_total.load(Ordering::Relaxed)
     }
 
     /// A connection refused before it was read (`max_connections`,

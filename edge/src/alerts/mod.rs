@@ -84,6 +84,7 @@ pub fn router(state: AlertsState) -> Router {
         .route("/ws/connections", get(rest::list_connections))
         .route("/ws/connections/{user_id}", get(rest::user_connection))
         .route("/api/alerts", post(rest::raise_alert))
+        .route("/api/alerts/{user_id}", get(rest::pending_alerts))
         .with_state(state)
 }
 

@@ -1,7 +1,8 @@
 //! Seed 002's monitoring routes and the REST way to raise an alert, all for
 //! admins: `GET /ws/connections`, `GET /ws/connections/{user_id}` (from the
-//! session registry, so every edge answers for the whole cluster) and
-//! `POST /api/alerts`.
+//! session registry, so every edge answers for the whole cluster),
+//! `POST /api/alerts` and `GET /api/alerts/{user_id}` (the alerts a user
+//! has not acknowledged yet).
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -10,7 +11,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_proto::unix_now;
-use switchboard_proto::v1::{Alert, ListSessionsRequest, RaiseAlertRequest, Session};
+use switchboard_proto::v1::{
+    Alert, ListAlertsRequest, ListSessionsRequest, RaiseAlertRequest, Session,
+};
 
 use super::AlertsState;
 use crate::caller::Admin;
@@ -193,4 +196,39 @@ pub async fn raise_alert(
         .map_err(|status| ClientError::from_status("detection", status))?
         .into_inner();
     Ok((StatusCode::CREATED, Json(alert.into())))
+}
+
+/// `GET /api/alerts/{user_id}`: the user's pending alerts.
+#[derive(Debug, Serialize)]
+pub struct PendingAlerts {
+    user_id: String,
+    /// How many wait for the user's `ack`.
+    pending: usize,
+    /// Oldest first, as the user's socket receives them.
+    alerts: Vec<AlertView>,
+}
+
+/// The alerts waiting in `user_id`'s mailbox: raised and not yet
+/// acknowledged, whether delivered or not (the detection service's
+/// `ListAlerts`).
+pub async fn pending_alerts(
+    State(state): State<AlertsState>,
+    _admin: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<PendingAlerts>, ClientError> {
+    let alerts = state
+        .detection
+        .clone()
+        .list_alerts(ListAlertsRequest {
+            user_id: user_id.clone(),
+        })
+        .await
+        .map_err(|status| ClientError::from_status("detection", status))?
+        .into_inner()
+        .alerts;
+    Ok(Json(PendingAlerts {
+        user_id,
+        pending: alerts.len(),
+        alerts: alerts.into_iter().map(AlertView::from).collect(),
+    }))
 }

@@ -491,6 +491,79 @@ impl Bus {
             Bus::Local(_) => Ok(()),
         }
     }
+
+    /// The bus as an operator sees it: the NATS server this process is
+    /// connected to and every JetStream stream (buckets, logs, mailboxes
+    /// and histories are streams), with what each holds. A stream list
+    /// JetStream does not give is left empty, as the connection state says
+    /// more than it then.
+    pub async fn status(&self) -> BusStatus {
+        let Bus::Nats(nats) = self else {
+            return BusStatus {
+                mode: "in-process",
+                connected: true,
+                server: None,
+                streams: Vec::new(),
+            };
+        };
+        let info = nats.client.server_info();
+        let connected = self.is_connected();
+        let mut streams = Vec::new();
+        if connected {
+            let mut listed = nats.jetstream.streams();
+            while let Ok(Some(Ok(stream))) =
+                tokio::time::timeout(NATS_REQUEST_TIMEOUT, listed.next()).await
+            {
+                streams.push(StreamStatus {
+                    name: stream.config.name,
+                    messages: stream.state.messages,
+                    bytes: stream.state.bytes,
+                    consumers: stream.state.consumer_count,
+                    replicas: stream.config.num_replicas,
+                });
+            }
+            streams.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        BusStatus {
+            mode: "nats",
+            connected,
+            server: Some(ServerStatus {
+                name: info.server_name,
+                version: info.version,
+                address: format!("{}:{}", info.host, info.port),
+            }),
+            streams,
+        }
+    }
+}
+
+/// [`Bus::status`]: what the console shows of the bus.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BusStatus {
+    /// `nats` or `in-process`.
+    pub mode: &'static str,
+    pub connected: bool,
+    /// The NATS server this process talks to (none in process).
+    pub server: Option<ServerStatus>,
+    pub streams: Vec<StreamStatus>,
+}
+
+/// A NATS server, as it introduced itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub version: String,
+    pub address: String,
+}
+
+/// One JetStream stream and what it holds now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub consumers: usize,
+    pub replicas: usize,
 }
 
 /// How long opening a stream or bucket keeps trying while JetStream does
