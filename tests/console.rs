@@ -18,9 +18,13 @@
 //!   so), an admin's typed into the login box is taken, and the admin
 //!   routes answer 401/403 over REST (the feed closes 1008).
 //!
-//! Each page is photographed (Playwright's `page.screenshot`) into
-//! `target/tmp/console` or, with `CONSOLE_SCREENSHOTS=docs/console`, into
-//! the repository, where README.md shows them.
+//! The same scenario runs in Debian's headless Firefox (`firefox-esr`,
+//! driven over WebDriver BiDi by `tests/js/console/firefox.mjs`), so the
+//! console is shown to work in both browsers.
+//!
+//! Each page is photographed into `target/tmp/console` (Firefox's into
+//! `target/tmp/console-firefox`) or, with `CONSOLE_SCREENSHOTS=docs/console`,
+//! Chromium's into the repository, where README.md shows them.
 
 mod support;
 
@@ -71,18 +75,48 @@ async fn edge_id(edge: &Switchboard) -> String {
     health["edge_id"].as_str().unwrap().to_owned()
 }
 
-/// Where screenshots go.
-fn screenshots() -> PathBuf {
-    let dir = match std::env::var_os("CONSOLE_SCREENSHOTS") {
-        Some(dir) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
+/// The browsers the console is tested in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// Debian's `chromium`, through playwright-core.
+    Chromium,
+    /// Debian's `firefox-esr`, through WebDriver BiDi.
+    Firefox,
+}
+
+impl Engine {
+    /// The driver script (under `tests/js`) and the browser it needs.
+    fn driver(self) -> (&'static str, String, &'static str) {
+        match self {
+            Engine::Chromium => (
+                "console/driver.mjs",
+                std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "chromium",
+            ),
+            Engine::Firefox => (
+                "console/firefox.mjs",
+                std::env::var("FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".into()),
+                "firefox-esr",
+            ),
+        }
+    }
+}
+
+/// Where an engine's screenshots go.
+fn screenshots(engine: Engine) -> PathBuf {
+    let dir = match (engine, std::env::var_os("CONSOLE_SCREENSHOTS")) {
+        (Engine::Chromium, Some(dir)) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir),
+        (Engine::Chromium, None) => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
+        (Engine::Firefox, _) => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-firefox"),
     };
     std::fs::create_dir_all(&dir).expect("screenshot directory");
     dir
 }
 
-/// `tests/js/console/driver.mjs`: Chromium, one JSON command per line.
+/// A browser driver (`tests/js/console/driver.mjs` for Chromium,
+/// `firefox.mjs` for Firefox): one JSON command per line.
 struct Browser {
+    engine: Engine,
     _child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -91,15 +125,15 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Self {
-        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    async fn start(engine: Engine) -> Self {
+        let (script, browser, package) = engine.driver();
         assert!(
-            std::path::Path::new(&chromium).exists(),
-            "{chromium} is missing: install Debian's chromium (apt-get install chromium)"
+            std::path::Path::new(&browser).exists(),
+            "{browser} is missing: install Debian's {package} (apt-get install {package})"
         );
         let js = js_clients("playwright-core");
         let mut child = tokio::process::Command::new("node")
-            .arg(js.join("console/driver.mjs"))
+            .arg(js.join(script))
             .current_dir(&js)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -131,6 +165,7 @@ impl Browser {
             said.lock().unwrap().join("\n")
         );
         Self {
+            engine,
             _child: child,
             stdin,
             stdout,
@@ -202,7 +237,7 @@ impl Browser {
     }
 
     async fn screenshot(&mut self, page: &str, name: &str) {
-        let path = screenshots().join(format!("{name}.png"));
+        let path = screenshots(self.engine).join(format!("{name}.png"));
         self.call(json!({"cmd": "screenshot", "handle": page, "path": path}))
             .await;
         assert!(path.exists(), "no screenshot at {}", path.display());
@@ -270,11 +305,20 @@ async fn next_where(client: &mut Client, kind: &str, field: &str, value: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_cluster_live_and_acts_on_it() {
+    console_scenario(Engine::Chromium).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_the_same_in_firefox() {
+    console_scenario(Engine::Firefox).await;
+}
+
+async fn console_scenario(engine: Engine) {
     let nats = Nats::start();
     let (a, b) = cluster(&nats);
     let (id_a, id_b) = (edge_id(&a).await, edge_id(&b).await);
     let admin = token("ops", true);
-    let mut browser = Browser::start().await;
+    let mut browser = Browser::start(engine).await;
     let page = browser
         .open(&format!("{}/console?token={admin}", a.http()))
         .await;
