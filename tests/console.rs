@@ -9,7 +9,8 @@
 //! - a realtime session opened on the other edge appears, its step count
 //!   rising as it walks; terminating it from the page closes its socket;
 //! - alerts and statistics connections are listed per user, and one is
-//!   disconnected from the page;
+//!   disconnected from the page; a `/ws/ui` client on the other edge is
+//!   listed and disconnected too;
 //! - a broadcast composed on the page reaches a `/ws/ui` client on the
 //!   other edge;
 //! - pressure frames streamed to a workout redraw the page's heatmap;
@@ -34,7 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Client, Nats, Switchboard, WAIT, get_json, js_clients, realtime_session, sample};
+use support::{
+    Client, Nats, Switchboard, WAIT, delete_json, get_json, js_clients, realtime_session, sample,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -413,6 +416,35 @@ async fn console_scenario(engine: Engine) {
         )
         .await;
     drop(bob);
+    // A /ws/ui client on the other edge, no registry session: listed by its
+    // edge, and disconnected from the page through that edge.
+    let mut viewer = Client::connect(&b.ws("/ws/ui")).await;
+    let welcome = viewer.expect("connection").await;
+    let viewer_id = welcome["data"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = format!("#ui-clients tbody tr[data-connection-id='{viewer_id}']");
+    browser
+        .wait(
+            &page,
+            &format!("document.querySelector(\"{row}\") !== null"),
+        )
+        .await;
+    browser
+        .click(&page, &format!("{row} button.disconnect"))
+        .await;
+    let closed = viewer.expect_close().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (1000, "ended by the cluster: disconnected by an operator")
+    );
+    browser
+        .wait(
+            &page,
+            &format!("document.querySelector(\"{row}\") === null"),
+        )
+        .await;
 
     // Events: a broadcast composed on the page reaches a /ws/ui client on
     // the other edge, and the page's own feed shows it.
@@ -580,6 +612,22 @@ async fn the_admin_routes_refuse_anyone_but_an_admin() {
     }
     let (status, body) = get_json(&format!("{}/api/alerts/alice?token={user}", a.http())).await;
     assert_eq!(status, 403, "{body}");
+    // Disconnecting a hub client: an admin's only, ids checked.
+    let disconnect = |edge: &str, connection: &str, token: &str| {
+        format!(
+            "{}/api/admin/edges/{edge}/connections/{connection}?token={token}",
+            a.http()
+        )
+    };
+    for (url, expected) in [
+        (disconnect(&id_b, "c1", &foreign), 401),
+        (disconnect(&id_b, "c1", &user), 403),
+        (disconnect(&id_b, "c1.>", &token("ops", true)), 400),
+        (disconnect(&id_b, "c1", &token("ops", true)), 202),
+    ] {
+        let (status, body) = delete_json(&url).await;
+        assert_eq!(status, expected, "{url}: {body}");
+    }
 
     for query in ["", &format!("?token={foreign}"), &format!("?token={user}")] {
         let mut feed = Client::connect(&a.ws(&format!("/api/admin/ws{query}"))).await;

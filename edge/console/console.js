@@ -430,6 +430,14 @@ async function terminate(sessionId, button) {
   button.textContent = status === 200 ? "ended" : `failed (${status}${body?.detail ? `: ${body.detail}` : ""})`;
 }
 
+async function disconnectHubClient(edgeId, connectionId, button) {
+  button.disabled = true;
+  button.textContent = "disconnecting…";
+  const path = `/api/admin/edges/${encodeURIComponent(edgeId)}/connections/${encodeURIComponent(connectionId)}`;
+  const { status, body } = await api("DELETE", path);
+  button.textContent = status === 202 ? "disconnected" : `failed (${status}${body?.detail ? `: ${body.detail}` : ""})`;
+}
+
 function endButton(session, label) {
   return el("button", {
     class: "danger terminate",
@@ -510,6 +518,27 @@ function renderConnections(snapshot) {
         {},
         el("td", { class: "mono", title: edge.edge_id }, `${short(edge.edge_id)} ${edge.address}`),
         ["ui", "pressure", "statistics", "console"].map((name) => el("td", { class: "num" }, number(edge.connections[name] ?? 0))),
+      ),
+    ),
+  );
+  replaceRows(
+    $("#ui-clients tbody"),
+    snapshot.edges.flatMap((edge) =>
+      (edge.hub_clients ?? []).map((client) =>
+        el(
+          "tr",
+          { dataset: { connectionId: client.connection_id } },
+          el("td", { class: "mono", title: client.connection_id }, short(client.connection_id)),
+          el("td", {}, `/ws/${client.endpoint}`),
+          el("td", { class: "mono", title: edge.edge_id }, `${short(edge.edge_id)} ${edge.address}`),
+          el("td", {}, duration(client.connected_seconds)),
+          el("td", {}, el("button", {
+            class: "danger disconnect",
+            type: "button",
+            title: `DELETE /api/admin/edges/${edge.edge_id}/connections/${client.connection_id}`,
+            onclick: (event) => disconnectHubClient(edge.edge_id, client.connection_id, event.currentTarget),
+          }, "Disconnect")),
+        ),
       ),
     ),
   );

@@ -280,6 +280,7 @@ pub async fn serve_with(
             .unwrap_or_default(),
         started_at: switchboard_proto::unix_now(),
         draining: drain.subscribe(),
+        ui_hub: Arc::clone(&ui_hub),
     };
     let tasks = [
         tokio::spawn(control::route(control, sockets)),

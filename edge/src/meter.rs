@@ -14,7 +14,7 @@ use prost::Message as _;
 use switchboard_bus::KeyValue;
 use switchboard_proto::metrics::metrics;
 use switchboard_proto::unix_now;
-use switchboard_proto::v1::EdgeReport;
+use switchboard_proto::v1::{EdgeReport, HubClient};
 
 /// How often the edge reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,7 +62,12 @@ pub struct Presence {
     pub started_at: f64,
     /// True once it drains.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// Its `/ws/ui` clients, listed in its report.
+    pub ui_hub: Arc<crate::hubs::Hub>,
 }
+
+/// Hub clients listed in one report, at most.
+const LISTED_HUB_CLIENTS: usize = 200;
 
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -153,6 +158,16 @@ impl Meter {
             draining: *presence.draining.borrow(),
             drops: metrics().drops(),
             errors: metrics().client_errors(),
+            hub_clients: presence
+                .ui_hub
+                .clients(LISTED_HUB_CLIENTS)
+                .into_iter()
+                .map(|(connection_id, connected_at)| HubClient {
+                    connection_id,
+                    endpoint: "ui".to_owned(),
+                    connected_at,
+                })
+                .collect(),
         }
     }
 

@@ -206,6 +206,9 @@ pub struct Options {
     pub liveness: Option<Duration>,
     /// The registry session this connection is, when it is one.
     pub registration: Option<OpenSessionRequest>,
+    /// For a connection that is no registry session: the id control
+    /// messages for it (an operator's disconnect) are addressed to.
+    pub control_id: Option<String>,
 }
 
 impl Options {
@@ -215,6 +218,7 @@ impl Options {
             rate_limit: None,
             liveness: None,
             registration: None,
+            control_id: None,
         }
     }
 }
@@ -461,9 +465,14 @@ pub async fn drive<H: Handler, T: Transport>(
         },
         None => None,
     };
-    let (_held, mut controls) = match &registration {
-        Some(registration) => {
-            let (held, control) = driver.inner.sockets.hold(&registration.session.session_id);
+    let held_as = match (&registration, &options.control_id) {
+        (Some(registration), _) => Some(registration.session.session_id.as_str()),
+        (None, Some(control_id)) => Some(control_id.as_str()),
+        (None, None) => None,
+    };
+    let (_held, mut controls) = match held_as {
+        Some(id) => {
+            let (held, control) = driver.inner.sockets.hold(id);
             (Some(held), Some(control))
         }
         None => (None, None),
@@ -523,7 +532,11 @@ pub async fn drive<H: Handler, T: Transport>(
                     }
                 } => {
                     controls = None;
-                    conn.registration().forget();
+                    // A registry session the cluster ended is not closed
+                    // again; a connection held by its control id has none.
+                    if let Some(registration) = conn.registration.as_deref_mut() {
+                        registration.forget();
+                    }
                     Flow::Close(handler.on_control(control, &mut conn).await)
                 }
                 event = handler.next_event() => handler.on_event(event, &mut conn).await,

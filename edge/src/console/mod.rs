@@ -10,6 +10,9 @@
 //!   A missing, foreign or user's token is closed with 1008.
 //! - `GET /api/admin/cluster` (admin): the same snapshot once, over REST
 //!   (401, 403).
+//! - `DELETE /api/admin/edges/{edge_id}/connections/{connection_id}`
+//!   (admin): disconnects a hub client (`/ws/ui`), which is no registry
+//!   session, through the control subject of the edge holding it.
 //!
 //! Any edge answers for the whole cluster: edges from the `edges` bucket
 //! every edge reports into ([`crate::meter`]), sessions from the registry,
@@ -20,11 +23,11 @@ mod snapshot;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, extract::FromRef};
 use serde_json::{Value, json};
 
@@ -57,6 +60,10 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/console.css", get(style))
         .route("/api/admin/ws", get(feed))
         .route("/api/admin/cluster", get(cluster))
+        .route(
+            "/api/admin/edges/{edge_id}/connections/{connection_id}",
+            delete(disconnect),
+        )
         .with_state(state)
 }
 
@@ -88,6 +95,56 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// `GET /api/admin/cluster`: one snapshot.
 async fn cluster(State(state): State<ConsoleState>, _admin: Admin) -> Json<ClusterSnapshot> {
     Json(state.snapshot().await)
+}
+
+/// Longest edge or connection id a disconnect names.
+const MAX_ID_BYTES: usize = 128;
+
+/// `DELETE /api/admin/edges/{edge_id}/connections/{connection_id}`: tells
+/// the edge to close that socket (close 1000, "ended by the cluster:
+/// disconnected by an operator"); `202` once the edge was told (a socket it
+/// no longer holds is simply not there).
+async fn disconnect(
+    State(state): State<ConsoleState>,
+    _admin: Admin,
+    Path((edge_id, connection_id)): Path<(String, String)>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ClientError> {
+    let valid = |id: &str| {
+        !id.is_empty()
+            && id.len() <= MAX_ID_BYTES
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    };
+    if !valid(&edge_id) || !valid(&connection_id) {
+        return Err(ClientError::InvalidMessage(
+            "edge and connection ids are letters, digits, '-' and '_'".into(),
+        ));
+    }
+    let control = switchboard_proto::v1::SessionControl {
+        session_id: connection_id.clone(),
+        kind: switchboard_proto::v1::session_control::Kind::Terminated as i32,
+        reason: "disconnected by an operator".into(),
+        session: None,
+    };
+    use prost::Message as _;
+    state
+        .bus
+        .publish(
+            switchboard_bus::subjects::edge_control(&edge_id),
+            bytes::Bytes::from(control.encode_to_vec()),
+        )
+        .await
+        .map_err(|error| ClientError::Unavailable {
+            service: "message bus",
+            detail: error.to_string(),
+        })?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(
+            json!({"status": "disconnecting", "edge_id": edge_id, "connection_id": connection_id}),
+        ),
+    ))
 }
 
 /// `/api/admin/ws`: a snapshot now and every second.

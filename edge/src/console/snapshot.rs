@@ -79,6 +79,16 @@ struct EdgeView {
     draining: bool,
     /// Seconds since its last report.
     report_age: f64,
+    /// Its `/ws/ui` clients (at most 200), oldest first.
+    hub_clients: Vec<HubClientView>,
+}
+
+/// A hub client, as its edge reported it.
+#[derive(Debug, Serialize)]
+struct HubClientView {
+    connection_id: String,
+    endpoint: String,
+    connected_seconds: f64,
 }
 
 impl ConsoleState {
@@ -136,6 +146,15 @@ impl ConsoleState {
                 drops: report.drops,
                 errors: report.errors,
                 draining: report.draining,
+                hub_clients: report
+                    .hub_clients
+                    .into_iter()
+                    .map(|client| HubClientView {
+                        connected_seconds: (now - client.connected_at).max(0.0),
+                        connection_id: client.connection_id,
+                        endpoint: client.endpoint,
+                    })
+                    .collect(),
             })
             .collect();
         edges.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));

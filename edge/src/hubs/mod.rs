@@ -238,6 +238,8 @@ pub struct Delivery {
 struct Client {
     user_id: String,
     connection_id: String,
+    /// Unix seconds.
+    connected_at: f64,
     queue: mpsc::Sender<Delivery>,
     filter: Filter,
 }
@@ -319,6 +321,7 @@ impl Hub {
             Client {
                 user_id: user_id.to_owned(),
                 connection_id: connection_id.to_owned(),
+                connected_at: switchboard_proto::unix_now(),
                 queue,
                 filter: Filter::default(),
             },
@@ -330,6 +333,22 @@ impl Hub {
             },
             receiver,
         )
+    }
+
+    /// Up to `limit` of its clients, oldest first: (connection id, Unix
+    /// seconds connected).
+    pub fn clients(&self, limit: usize) -> Vec<(String, f64)> {
+        let mut clients: Vec<(u64, String, f64)> = self
+            .lock()
+            .iter()
+            .map(|(id, client)| (*id, client.connection_id.clone(), client.connected_at))
+            .collect();
+        clients.sort_unstable_by_key(|(id, _, _)| *id);
+        clients
+            .into_iter()
+            .take(limit)
+            .map(|(_, connection_id, at)| (connection_id, at))
+            .collect()
     }
 
     /// The newest offset this hub handed out: a client joining now gets

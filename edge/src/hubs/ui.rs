@@ -43,19 +43,27 @@ pub async fn upgrade(
     let driver = state.driver.clone();
     let resume_from = Position::from_query(&query);
     accept(upgrade, &driver, Endpoint::Ui, Ok(()), move |()| {
+        let connection_id = uuid::Uuid::new_v4().to_string();
+        let options = Options {
+            // An operator may disconnect it (the console), by this id.
+            control_id: Some(connection_id.clone()),
+            ..Options::new(Endpoint::Ui)
+        };
         let handler = UiConnection {
             state,
+            connection_id,
             membership: None,
             seen: Seen::default(),
             resume_from,
         };
-        (Options::new(Endpoint::Ui), handler)
+        (options, handler)
     })
 }
 
 /// One `/ws/ui` client.
 struct UiConnection {
     state: HubsState,
+    connection_id: String,
     /// Its place in the hub and its queue, once open.
     membership: Option<(Member, mpsc::Receiver<Delivery>)>,
     /// What it was handed.
@@ -80,7 +88,7 @@ impl Handler for UiConnection {
     }
 
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
-        let connection_id = uuid::Uuid::new_v4().to_string();
+        let connection_id = self.connection_id.clone();
         self.membership = Some(self.state.ui_hub.join("", &connection_id));
         // Every message after this offset reaches the client live.
         self.seen.last = self.state.ui_hub.last_offset();
