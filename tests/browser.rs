@@ -27,14 +27,9 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use support::{Client, Nats, Switchboard, WAIT, get_json, js_clients, realtime_session};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use support::driver::Driver;
+use support::{Client, Nats, Switchboard, WAIT, get_json, realtime_session};
 
 const SECRET: &str = "browser-test-secret-0123456789abcdef0123";
 
@@ -70,10 +65,7 @@ enum Cors<'a> {
 /// `tests/js/browser/driver.mjs`: Chromium and two page servers (the
 /// "listed" and the "foreign" origin), one JSON command per line.
 struct Browser {
-    _child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
+    driver: Driver,
     /// `http://127.0.0.1:<port>`: where pages are served from.
     listed: String,
     /// Another page server, hence another origin.
@@ -226,73 +218,18 @@ impl std::fmt::Display for Snapshot {
 impl Browser {
     async fn start() -> Self {
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            std::path::Path::new(&chromium).exists(),
-            "{chromium} is missing: install Debian's chromium (apt-get install chromium)"
-        );
-        let js = js_clients("playwright-core");
-        let mut child = tokio::process::Command::new("node")
-            .arg(js.join("browser/driver.mjs"))
-            .current_dir(&js)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node must be installed (Node.js)");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let show = std::env::var_os("TEST_LOG").is_some();
-        let said = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&said);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if show {
-                    eprintln!("[browser] {line}");
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-        let ready = tokio::time::timeout(WAIT, stdout.next_line())
-            .await
-            .expect("timed out waiting for the browser driver to start")
-            .unwrap();
-        let Some(ready) = ready else {
-            // Let the last of its stderr arrive.
-            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            panic!(
-                "the browser driver exited before it was ready:\n{}",
-                said.lock().unwrap().join("\n")
-            );
-        };
-        let ready: Value = serde_json::from_str(&ready).expect("the driver's ready line");
+        let (driver, ready) = Driver::start("browser/driver.mjs", &chromium, "chromium").await;
         let origin = |name: &str| ready["ready"]["origins"][name].as_str().unwrap().to_owned();
         Self {
             listed: origin("listed"),
             foreign: origin("foreign"),
-            _child: child,
-            stdin,
-            stdout,
-            next_id: 0,
+            driver,
         }
     }
 
     /// Sends one command and returns the driver's answer to it.
-    async fn call(&mut self, mut command: Value) -> Value {
-        self.next_id += 1;
-        command["id"] = json!(self.next_id);
-        let line = format!("{command}\n");
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
-        let answer = tokio::time::timeout(WAIT + Duration::from_secs(10), self.stdout.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("the browser driver did not answer {command}"))
-            .unwrap()
-            .expect("the browser driver exited (TEST_LOG=1 shows why)");
-        let answer: Value = serde_json::from_str(&answer).expect("the driver's answer");
-        assert_eq!(answer["id"], self.next_id, "{answer}");
-        answer
+    async fn call(&mut self, command: Value) -> Value {
+        self.driver.send(command).await
     }
 
     /// Opens `page` from `origin` (one of [`Self::listed`], [`Self::foreign`])
@@ -472,7 +409,7 @@ async fn realtime_page(browser: &mut Browser, edge: &Switchboard, origin: &str, 
 /// Seed 001's page on `origin`: a workout over Socket.IO with default
 /// options, which start on polling and upgrade to WebSocket.
 async fn pressure_page(browser: &mut Browser, edge: &Switchboard, origin: &str, cors: Cors<'_>) {
-    let workout = format!("browser-{}", browser.next_id);
+    let workout = format!("browser-{}", browser.driver.sent());
     let page = browser
         .open(
             origin,

@@ -30,16 +30,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{
-    Client, Nats, Switchboard, WAIT, delete_json, get_json, js_clients, realtime_session, sample,
-};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use support::driver::Driver;
+use support::{Client, Nats, Switchboard, WAIT, delete_json, get_json, realtime_session, sample};
 
 const SECRET: &str = "console-test-secret-0123456789abcdef01234";
 
@@ -120,83 +114,20 @@ fn screenshots(engine: Engine) -> PathBuf {
 /// `firefox.mjs` for Firefox): one JSON command per line.
 struct Browser {
     engine: Engine,
-    _child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-    said: Arc<Mutex<Vec<String>>>,
+    driver: Driver,
 }
 
 impl Browser {
     async fn start(engine: Engine) -> Self {
         let (script, browser, package) = engine.driver();
-        assert!(
-            std::path::Path::new(&browser).exists(),
-            "{browser} is missing: install Debian's {package} (apt-get install {package})"
-        );
-        let js = js_clients("playwright-core");
-        let mut child = tokio::process::Command::new("node")
-            .arg(js.join(script))
-            .current_dir(&js)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node must be installed (Node.js)");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let show = std::env::var_os("TEST_LOG").is_some();
-        let said = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&said);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if show {
-                    eprintln!("[browser] {line}");
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-        let ready = tokio::time::timeout(WAIT, stdout.next_line())
-            .await
-            .expect("timed out waiting for the browser driver to start")
-            .unwrap();
-        assert!(
-            ready.is_some(),
-            "the browser driver exited before it was ready:\n{}",
-            said.lock().unwrap().join("\n")
-        );
-        Self {
-            engine,
-            _child: child,
-            stdin,
-            stdout,
-            next_id: 0,
-            said,
-        }
+        let (driver, _) = Driver::start(script, &browser, package).await;
+        Self { engine, driver }
     }
 
     /// Sends one command; fails the test, with what the page said, unless
     /// it succeeded.
-    async fn call(&mut self, mut command: Value) -> Value {
-        self.next_id += 1;
-        command["id"] = json!(self.next_id);
-        let line = format!("{command}\n");
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
-        let answer = tokio::time::timeout(WAIT + Duration::from_secs(10), self.stdout.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("the browser driver did not answer {command}"))
-            .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "the browser driver exited:\n{}",
-                    self.said.lock().unwrap().join("\n")
-                )
-            });
-        let answer: Value = serde_json::from_str(&answer).expect("the driver's answer");
-        assert_eq!(answer["id"], self.next_id, "{answer}");
+    async fn call(&mut self, command: Value) -> Value {
+        let answer = self.driver.send(command.clone()).await;
         assert_eq!(
             answer["ok"], true,
             "{} failed: {}\npage: {:#}",

@@ -7,6 +7,8 @@
 //!   parsed to learn the addresses it bound; killed on drop.
 //! - [`Client`]: a WebSocket client that speaks JSON.
 //! - [`eventually`]: polls a condition until it holds or a deadline passes.
+//! - [`driver`]: a real browser behind a Node driver script, one JSON
+//!   command per line.
 //! - [`venv`]: tools from PyPI, pinned, in virtualenvs under `target/`.
 //!
 //! Set `TEST_LOG=1` to see every process's output.
@@ -16,6 +18,7 @@
     reason = "each test binary uses its own part of the support module"
 )]
 
+pub mod driver;
 pub mod venv;
 
 use std::collections::HashMap;
