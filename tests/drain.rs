@@ -62,26 +62,7 @@ async fn sigterm_closes_every_socket_with_1012_and_exits_within_the_deadline() {
 #[tokio::test]
 async fn readiness_fails_while_the_session_registry_is_unreachable() {
     let nats = Nats::start();
-    let mut session = Switchboard::start(&[
-        "session",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--nats-url",
-        &nats.url,
-    ]);
-    let edge = Switchboard::start(&[
-        "edge",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &session.grpc("session"),
-        "--detection-url",
-        "http://127.0.0.1:1",
-        "--statistics-url",
-        "http://127.0.0.1:1",
-    ]);
+    let (mut session, edge) = Switchboard::session_and_lone_edge(&nats);
     let (status, _) = get_json(&format!("{}/ready", edge.http())).await;
     assert_eq!(status, 200);
     session.kill();

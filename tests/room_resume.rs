@@ -449,26 +449,7 @@ async fn a_recreated_stream_is_a_new_epoch_and_old_positions_are_stale() {
 #[tokio::test]
 async fn without_the_session_service_a_join_stands_and_a_resume_is_an_error() {
     let nats = Nats::start();
-    let mut session = Switchboard::start(&[
-        "session",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--nats-url",
-        &nats.url,
-    ]);
-    let edge = Switchboard::start(&[
-        "edge",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &session.grpc("session"),
-        "--detection-url",
-        "http://127.0.0.1:1",
-        "--statistics-url",
-        "http://127.0.0.1:1",
-    ]);
+    let (mut session, edge) = Switchboard::session_and_lone_edge(&nats);
     let mut client = Client::connect(&edge.ws("/ws/pressure")).await;
     let joined = client
         .call(

@@ -191,6 +191,33 @@ impl Switchboard {
         Self::start(&args)
     }
 
+    /// A `session` role and an `edge` that calls it, joined to `nats`,
+    /// with no detection or statistics service to reach: for what an edge
+    /// does when the registry comes and goes.
+    pub fn session_and_lone_edge(nats: &Nats) -> (Switchboard, Switchboard) {
+        let session = Switchboard::start(&[
+            "session",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url,
+        ]);
+        let edge = Switchboard::start(&[
+            "edge",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url,
+            "--session-url",
+            &session.grpc("session"),
+            "--detection-url",
+            "http://127.0.0.1:1",
+            "--statistics-url",
+            "http://127.0.0.1:1",
+        ]);
+        (session, edge)
+    }
+
     /// `switchboard edge` on a free port, joined to `nats`, calling the
     /// services that `session`, `detection` and `statistics` run.
     pub fn edge(
