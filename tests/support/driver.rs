@@ -113,3 +113,24 @@ impl Driver {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+impl Drop for Driver {
+    /// Asks the driver to end (SIGTERM: it closes its browser, which a
+    /// killed driver would leave behind) and waits for it, a few seconds
+    /// at most; whatever is left is killed (`kill_on_drop`).
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let asked = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if asked.is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && self.running() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

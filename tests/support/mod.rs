@@ -405,12 +405,22 @@ impl Drop for Switchboard {
 }
 
 /// Polls `condition` until it returns `Some`, failing after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut condition: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, condition: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(what, WAIT, condition).await
+}
+
+/// [`eventually`], failing after `limit` (for what takes a cluster's
+/// recovery, e.g. electing leaders after a server was killed).
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = condition().await {
             return value;
@@ -484,10 +494,15 @@ impl Client {
 
     /// The next JSON message, or `None` once the socket closed or failed
     /// (its server was killed, say); panics on timeout or non-JSON.
-    #[allow(dead_code, reason = "not every test binary reads sockets to their end")]
     pub async fn next_json(&mut self) -> Option<Value> {
+        self.next_json_within(WAIT).await
+    }
+
+    /// [`next_json`](Self::next_json), waiting up to `limit` (for what
+    /// takes a cluster's recovery, longer than one [`WAIT`]).
+    pub async fn next_json_within(&mut self, limit: Duration) -> Option<Value> {
         loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
+            let message = tokio::time::timeout(limit, self.socket.next())
                 .await
                 .expect("timed out waiting for a message");
             match message {

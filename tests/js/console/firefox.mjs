@@ -186,11 +186,19 @@ function reply(message) {
 }
 
 function shutDown() {
-  firefox.kill("SIGTERM");
+  // SIGKILL: a browser asked politely may outlive its driver; its content
+  // processes end with it.
+  firefox.kill("SIGKILL");
   try {
     rmSync(profile, { recursive: true, force: true });
   } catch {}
 }
+
+// The test harness ends the driver with SIGTERM: the browser goes too.
+process.on("SIGTERM", () => {
+  shutDown();
+  process.exit(0);
+});
 
 reply({ ready: { firefox: `${session.capabilities.browserName} ${session.capabilities.browserVersion}` } });
 
