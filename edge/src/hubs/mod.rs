@@ -336,18 +336,20 @@ impl Hub {
     }
 
     /// Up to `limit` of its clients, oldest first: (connection id, Unix
-    /// seconds connected).
+    /// seconds connected). Only those are copied, so listing a few of many
+    /// clients holds the hub's lock for a scan of their numbers.
     pub fn clients(&self, limit: usize) -> Vec<(String, f64)> {
-        let mut clients: Vec<(u64, String, f64)> = self
-            .lock()
+        let clients = self.lock();
+        let mut oldest: Vec<u64> = clients.keys().copied().collect();
+        if oldest.len() > limit {
+            oldest.select_nth_unstable(limit);
+            oldest.truncate(limit);
+        }
+        oldest.sort_unstable();
+        oldest
             .iter()
-            .map(|(id, client)| (*id, client.connection_id.clone(), client.connected_at))
-            .collect();
-        clients.sort_unstable_by_key(|(id, _, _)| *id);
-        clients
-            .into_iter()
-            .take(limit)
-            .map(|(_, connection_id, at)| (connection_id, at))
+            .filter_map(|id| clients.get(id))
+            .map(|client| (client.connection_id.clone(), client.connected_at))
             .collect()
     }
 

@@ -190,6 +190,7 @@ impl Handler for StatisticsConnection {
         );
         // Every message after this offset reaches the client live.
         self.seen.last = self.state.stream_hub.last_offset();
+        let history = self.state.bus.history(Channel::Stream);
         let hello = json!({
             "type": "connection_status",
             "status": "connected",
@@ -197,10 +198,9 @@ impl Handler for StatisticsConnection {
             "user": {"id": self.identity.subject, "username": self.identity.username},
             "message": "WebSocket connection established successfully",
             "timestamp": rfc3339_millis(),
-            "epoch": self.state.bus.history(Channel::Stream).epoch(),
+            "epoch": history.epoch(),
             "offset": self.seen.last,
         });
-        let history = self.state.bus.history(Channel::Stream);
         let requested = self.resume_from.take();
         let user_id = self.identity.user_id.clone();
         // A new connection's filter admits every type.

@@ -92,6 +92,7 @@ impl Handler for UiConnection {
         self.membership = Some(self.state.ui_hub.join("", &connection_id));
         // Every message after this offset reaches the client live.
         self.seen.last = self.state.ui_hub.last_offset();
+        let history = self.state.bus.history(Channel::Ui);
         let hello = json!({
             "type": "connection",
             "data": {
@@ -99,10 +100,9 @@ impl Handler for UiConnection {
                 "connection_id": connection_id,
                 "timestamp": rfc3339_millis(),
             },
-            "epoch": self.state.bus.history(Channel::Ui).epoch(),
+            "epoch": history.epoch(),
             "offset": self.seen.last,
         });
-        let history = self.state.bus.history(Channel::Ui);
         let requested = self.resume_from.take();
         welcome(&hello, requested, &history, &mut self.seen, |_| true, conn).await
     }

@@ -27,25 +27,12 @@
 
 import { createServer } from "node:http";
 import { readFileSync, readdirSync } from "node:fs";
-import { createInterface } from "node:readline";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM, CHROMIUM_ARGS, serve } from "../line_protocol.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  // Without these Chromium phones home, and on a closed network those
-  // connections are refused (and logged) for the whole run.
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 function log(...parts) {
   console.error("[driver]", ...parts);
@@ -208,32 +195,12 @@ const commands = {
   close,
 };
 
-function reply(message) {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
-reply({ ready: { origins: { listed: servers.listed.origin, foreign: servers.foreign.origin } } });
-
-// One command at a time, in order.
-let queue = Promise.resolve();
-const input = createInterface({ input: process.stdin });
-input.on("line", (line) => {
-  queue = queue.then(async () => {
-    let command;
-    try {
-      command = JSON.parse(line);
-      const run = commands[command.cmd];
-      if (!run) throw new Error(`unknown command ${command.cmd}`);
-      reply({ id: command.id, ok: true, ...(await run(command)) });
-    } catch (error) {
-      reply({ id: command?.id ?? null, ok: false, error: String(error?.stack ?? error) });
-    }
-  });
-});
-input.on("close", () => {
-  queue.then(async () => {
+serve({
+  ready: { origins: { listed: servers.listed.origin, foreign: servers.foreign.origin } },
+  commands,
+  failed: (_command, error) => ({ error: String(error?.stack ?? error) }),
+  close: async () => {
     await browser.close();
     for (const { server } of Object.values(servers)) server.close();
-    process.exit(0);
-  });
+  },
 });

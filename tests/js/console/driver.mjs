@@ -20,21 +20,9 @@
 // drives the Chromium at $CHROMIUM (default /usr/bin/chromium). Stdin
 // closing ends everything.
 
-import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { CHROMIUM, CHROMIUM_ARGS, serve } from "../line_protocol.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--hide-scrollbars",
-];
 
 function log(...parts) {
   console.error("[console-driver]", ...parts);
@@ -109,31 +97,12 @@ const commands = {
   },
 };
 
-function reply(message) {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
-reply({ ready: { chromium: browser.version() } });
-
-let queue = Promise.resolve();
-const input = createInterface({ input: process.stdin });
-input.on("line", (line) => {
-  queue = queue.then(async () => {
-    let command;
-    try {
-      command = JSON.parse(line);
-      const run = commands[command.cmd];
-      if (!run) throw new Error(`unknown command ${command.cmd}`);
-      reply({ id: command.id, ok: true, ...(await run(command)) });
-    } catch (error) {
-      const page = command?.handle && pages.has(command.handle) ? await seen(command.handle) : null;
-      reply({ id: command?.id ?? null, ok: false, error: String(error?.message ?? error).split("\n")[0], page });
-    }
-  });
-});
-input.on("close", () => {
-  queue.then(async () => {
-    await browser.close();
-    process.exit(0);
-  });
+serve({
+  ready: { chromium: browser.version() },
+  commands,
+  failed: async (command, error) => ({
+    error: String(error?.message ?? error).split("\n")[0],
+    page: command?.handle && pages.has(command.handle) ? await seen(command.handle) : null,
+  }),
+  close: () => browser.close(),
 });

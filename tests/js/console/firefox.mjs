@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
+import { serve } from "../line_protocol.mjs";
 
 const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
 const LAUNCH_TIMEOUT_MS = 60000;
@@ -181,10 +182,6 @@ const commands = {
   },
 };
 
-function reply(message) {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
 function shutDown() {
   // SIGKILL: a browser asked politely may outlive its driver; its content
   // processes end with it.
@@ -200,30 +197,17 @@ process.on("SIGTERM", () => {
   process.exit(0);
 });
 
-reply({ ready: { firefox: `${session.capabilities.browserName} ${session.capabilities.browserVersion}` } });
-
-let queue = Promise.resolve();
-const input = createInterface({ input: process.stdin });
-input.on("line", (line) => {
-  queue = queue.then(async () => {
-    let command;
-    try {
-      command = JSON.parse(line);
-      const run = commands[command.cmd];
-      if (!run) throw new Error(`unknown command ${command.cmd}`);
-      reply({ id: command.id, ok: true, ...(await run(command)) });
-    } catch (error) {
-      const page = command?.handle && pages.has(command.handle) ? await seen(command.handle).catch(() => null) : null;
-      reply({ id: command?.id ?? null, ok: false, error: String(error?.message ?? error).split("\n")[0], page });
-    }
-  });
-});
-input.on("close", () => {
-  queue.then(async () => {
+serve({
+  ready: { firefox: `${session.capabilities.browserName} ${session.capabilities.browserVersion}` },
+  commands,
+  failed: async (command, error) => ({
+    error: String(error?.message ?? error).split("\n")[0],
+    page: command?.handle && pages.has(command.handle) ? await seen(command.handle).catch(() => null) : null,
+  }),
+  close: async () => {
     await bidi("session.end", {}).catch(() => {});
     socket.close();
     shutDown();
-    process.exit(0);
-  });
+  },
 });
 process.on("exit", shutDown);
