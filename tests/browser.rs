@@ -10,7 +10,8 @@
 //! - seed 002: `useAnomalyAlerts` (heartbeat, `ack`, reconnection with
 //!   backoff) across an edge restart, with an alert raised while it was away;
 //! - seed 003: `useWebSocket` on `/ws/ui` receiving the seed's four curl
-//!   broadcasts and the page's own `fetch` POST;
+//!   broadcasts and the page's own `fetch` POST; and the README's
+//!   reconnect loop, resuming from its last position with nothing lost;
 //! - seed 004: `WebSocketService` (subscribe, `statistics_update`,
 //!   `camera_event`) and its fallback to polling `GET /api/statistics` with
 //!   a bearer token when the WebSocket is refused;
@@ -692,6 +693,29 @@ async fn seed_002_page_acks_alerts_and_reconnects_with_backoff_after_the_edge_re
     assert_eq!(opens, 2, "{seen}");
     assert_eq!(report["connected"], true);
     assert_eq!(report["alerts"], json!([first, second]));
+}
+
+/// The README's reconnect loop for seed 003's UI, in the browser: a page on
+/// another origin closes its `/ws/ui` socket, misses two broadcasts, and
+/// reconnects with the position of the last message it got; it gets the
+/// two, in order, then `resumed`, then live messages, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_003_page_resumes_after_a_reconnect_with_nothing_lost() {
+    let edge = Switchboard::all(None, &[]);
+    let mut browser = Browser::start().await;
+    let origin = browser.listed.clone();
+    let page = browser
+        .open(&origin, "ui_resume.html", json!({"edge": edge.http()}))
+        .await;
+    let seen = browser.wait(&page, "report.done === true").await;
+    seen.assert_flow_succeeded();
+    let report = seen.report();
+    assert_eq!(report["numbers"], json!([1, 2, 3, 4]), "{seen}");
+    let resumed = &report["resumed"];
+    assert_eq!(resumed["recovered"], true, "{seen}");
+    assert!(resumed["missed"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(resumed["epoch"], report["away_from"]["epoch"], "{seen}");
+    seen.assert_cors("POST", "/api/events/broadcast", Cors::Any);
 }
 
 #[tokio::test(flavor = "multi_thread")]
