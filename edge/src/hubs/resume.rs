@@ -176,14 +176,13 @@ pub async fn resume<T: Transport>(
     admits: impl Fn(&Kept) -> bool,
     conn: &mut Conn<'_, T>,
 ) -> Flow {
-    let current_epoch = history.epoch().to_owned();
-    let unrecovered = |reason: &str, offset: u64| {
+    let unrecovered = |reason: &str, epoch: &str, offset: u64| {
         json!({
             "type": "resumed",
             "recovered": false,
             "reason": reason,
             "missed": 0,
-            "epoch": current_epoch,
+            "epoch": epoch,
             "offset": offset,
             "timestamp": rfc3339_millis(),
         })
@@ -193,9 +192,14 @@ pub async fn resume<T: Transport>(
         Err(error) => {
             tracing::warn!(%error, "history not readable for a resume");
             let reason = "the history cannot be read now; refetch state";
-            return conn.send(&unrecovered(reason, seen.last)).await.into();
+            let unread = unrecovered(reason, history.epoch(), seen.last);
+            return conn.send(&unread).await.into();
         }
     };
+    // The epoch as the history says now, not as this edge read it when it
+    // started: a stream made anew since is a lost history.
+    let current_epoch = window.epoch.clone();
+    let unrecovered = |reason: &str, offset: u64| unrecovered(reason, &current_epoch, offset);
     if from.epoch != current_epoch {
         let reason = "the epoch changed: the history was lost; refetch state";
         return conn.send(&unrecovered(reason, window.last)).await.into();

@@ -115,12 +115,15 @@ pub struct Kept {
 }
 
 /// The offsets a history holds now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     /// The oldest offset still kept (`last + 1` when none is).
     pub first: u64,
     /// The newest offset given out (0 before the first message).
     pub last: u64,
+    /// The epoch those offsets belong to, as the history says now (it
+    /// differs from [`History::epoch`] once the stream was made anew).
+    pub epoch: String,
 }
 
 /// A hub's history.
@@ -157,12 +160,10 @@ pub(crate) async fn open(
         num_replicas: replicas,
         ..Default::default()
     };
-    let stream = open_stream(jetstream, config).await?;
-    let epoch = stream
-        .cached_info()
-        .created
-        .unix_timestamp_nanos()
-        .to_string();
+    let mut stream = open_stream(jetstream, config).await?;
+    // Read back, not taken from whichever answer opened it (a create's, a
+    // get's): every edge then names the epoch from the same stored field.
+    let epoch = epoch_of(stream.info().await.map_err(nats_error)?);
     Ok(History::Nats(Box::new(NatsHistory {
         jetstream: jetstream.clone(),
         stream,
@@ -184,7 +185,8 @@ impl History {
         match self {
             History::Nats(nats) => {
                 let mut stream = nats.stream.clone();
-                let state = stream.info().await.map_err(nats_error)?.state.clone();
+                let info = stream.info().await.map_err(nats_error)?;
+                let state = &info.state;
                 let first = if state.messages == 0 {
                     state.last_sequence + 1
                 } else {
@@ -193,6 +195,7 @@ impl History {
                 Ok(Window {
                     first,
                     last: state.last_sequence,
+                    epoch: epoch_of(info),
                 })
             }
             History::Local(local) => Ok(local.window()),
@@ -293,6 +296,12 @@ impl NatsHistory {
             Err(elapsed) => Err(nats_error(elapsed)),
         }
     }
+}
+
+/// The epoch a JetStream stream's info names: its creation time, in
+/// nanoseconds.
+fn epoch_of(info: &stream::Info) -> String {
+    info.created.unix_timestamp_nanos().to_string()
 }
 
 /// A hub's messages as they come, each once, in order.
@@ -488,6 +497,7 @@ impl LocalHistory {
         Window {
             first,
             last: ring.last,
+            epoch: self.epoch.clone(),
         }
     }
 
@@ -530,7 +540,11 @@ mod tests {
         }
         assert_eq!(
             history.window().await.unwrap(),
-            Window { first: 3, last: 5 }
+            Window {
+                first: 3,
+                last: 5,
+                epoch: history.epoch().to_owned()
+            }
         );
         let read = history.read(3, 5).await.unwrap();
         assert_eq!(
