@@ -247,3 +247,102 @@ async fn an_edge_whose_session_service_is_down_refuses_with_a_reason() {
     let closed = client.expect_close().await;
     assert_eq!(closed.code, 1013, "{closed:?}");
 }
+
+/// Messages the clients send, on average, before the kill; each sends this
+/// many after it.
+const BEFORE_KILL: u64 = 30;
+const AFTER_KILL: u64 = 30;
+
+#[tokio::test]
+async fn a_detection_replica_killed_mid_stream_loses_no_session() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let nats = Nats::start();
+    let local = "127.0.0.1:0";
+    let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
+    let mut doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
+    let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
+    let statistics = Switchboard::start(&[
+        "statistics",
+        "--grpc-addr",
+        local,
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &session.grpc("session"),
+    ]);
+    let replicas = format!("{},{}", doomed.grpc("detection"), survivor.grpc("detection"));
+    let edge = Switchboard::start(&[
+        "edge",
+        "--http-addr",
+        local,
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &session.grpc("session"),
+        "--detection-url",
+        &replicas,
+        "--statistics-url",
+        &statistics.grpc("statistics"),
+    ]);
+
+    // Sixteen sessions stream without pause; the chance that the doomed
+    // replica holds none of them is 2^-16.
+    let replies = Arc::new(AtomicU64::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (mut client, session_id) = realtime_session(&edge).await;
+        let (replies, killed) = (replies.clone(), killed.clone());
+        clients.push(tokio::spawn(async move {
+            // No pause: messages are in flight when the replica dies.
+            let mut buffer_sizes = Vec::new();
+            let mut after_kill = 0;
+            let mut n = 0;
+            while after_kill < AFTER_KILL {
+                n += 1;
+                let seen_killed = killed.load(Ordering::Relaxed);
+                let t = n as f64 * 0.02;
+                let reply = client.call_any(sample(t, 0.3, 9.8, 0.1)).await;
+                assert_eq!(reply["type"], "step_detection", "message {n}: {reply}");
+                assert_eq!(reply["total_predictions"], n, "{reply}");
+                buffer_sizes.push(reply["buffer_size"].as_u64().unwrap());
+                replies.fetch_add(1, Ordering::Relaxed);
+                if seen_killed {
+                    after_kill += 1;
+                }
+            }
+            // The session is still the registry's.
+            let stats = client.call(json!({"action": "stats"}), "stats_response").await;
+            assert_eq!(stats["user_stats"]["total_predictions"], n, "{stats}");
+            (session_id, buffer_sizes)
+        }));
+    }
+    support::eventually("the sessions under way", || {
+        let under_way = replies.load(Ordering::Relaxed) >= 16 * BEFORE_KILL;
+        async move { under_way.then_some(()) }
+    })
+    .await;
+    doomed.kill();
+    killed.store(true, Ordering::Relaxed);
+
+    let mut moved = 0;
+    for client in clients {
+        let (session_id, buffer_sizes) = client.await.expect("client task");
+        // A session whose detectors were on the killed replica starts
+        // afresh on the survivor: its detector's buffer shrinks once.
+        if buffer_sizes.windows(2).any(|pair| pair[1] < pair[0]) {
+            moved += 1;
+        }
+        assert!(
+            listed_sessions(&edge).await.contains(&session_id),
+            "{session_id} is still live"
+        );
+    }
+    assert!(moved > 0, "no session was on the killed replica");
+    assert!(
+        edge.logged("detection lane lost"),
+        "the edge saw the replica go"
+    );
+}

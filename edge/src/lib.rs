@@ -55,6 +55,7 @@ pub mod realtime;
 pub mod server;
 pub mod sessions;
 pub mod settings;
+pub mod step_streams;
 pub mod stream_call;
 pub mod times;
 
@@ -121,7 +122,7 @@ async fn app(
         driver: driver.clone(),
         identities: identities.clone(),
         sessions: backends.session.clone(),
-        detection: backends.detection.clone(),
+        steps: backends.steps.clone(),
         statistics: backends.statistics.clone(),
         bus: bus.clone(),
         reply_deadline,

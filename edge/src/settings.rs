@@ -11,6 +11,8 @@ use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer;
 
+use crate::step_streams::{LaneTarget, StepDetection, StepStreams};
+
 /// How the edge calls a service — a TCP channel, or the service itself
 /// when it runs in this process ([`in_process`]) — with every call timed
 /// into the gRPC client histograms.
@@ -82,6 +84,18 @@ pub struct EdgeSettings {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Multiplexed detection streams ("lanes") the edge keeps to each
+    /// detection URL, each on its own connection; every realtime session
+    /// shares them, with messages batched per write. 0: one stream per
+    /// session instead. Services in the edge's own process are always
+    /// called with one stream per session (no network to save).
+    #[arg(
+        long = "detection-streams",
+        env = "SWITCHBOARD_DETECTION_STREAMS",
+        default_value_t = 2
+    )]
+    pub detection_streams: usize,
+
     #[command(flatten)]
     pub admission: crate::admission::AdmissionSettings,
 
@@ -149,7 +163,9 @@ pub struct ServiceUrls {
         default_value = "http://127.0.0.1:50051"
     )]
     pub session_url: String,
-    /// gRPC URL of the detection service.
+    /// gRPC URL of the detection service; several, comma-separated, are
+    /// detection replicas that realtime sessions spread over (and move
+    /// between when one fails). Other detection calls use the first.
     #[arg(
         long = "detection-url",
         env = "SWITCHBOARD_DETECTION_URL",
@@ -166,6 +182,21 @@ pub struct ServiceUrls {
 }
 
 impl ServiceUrls {
+    /// The detection replicas' URLs (at least one).
+    pub fn detection_urls(&self) -> Vec<&str> {
+        let urls: Vec<&str> = self
+            .detection_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect();
+        if urls.is_empty() {
+            vec![self.detection_url.as_str()]
+        } else {
+            urls
+        }
+    }
+
     /// The URLs of services listening on these local addresses.
     pub fn local(session: SocketAddr, detection: SocketAddr, statistics: SocketAddr) -> Self {
         Self {
@@ -191,6 +222,8 @@ pub struct InvalidUrl {
 pub struct Backends {
     pub session: SessionServiceClient<TimedChannel>,
     pub detection: DetectionServiceClient<TimedChannel>,
+    /// How realtime sessions reach their step detectors.
+    pub steps: StepDetection,
     pub statistics: StatisticsServiceClient<TimedChannel>,
     /// Raw channels, for health checks.
     pub(crate) channels: [(&'static str, Channel); 3],
@@ -218,14 +251,32 @@ impl Backends {
         let session = channel(&urls.session_url, Some(timeout))?;
         // Detection streams live as long as their sessions: no per-call
         // deadline on that channel, the edge bounds each reply instead.
-        let detection = channel(&urls.detection_url, None)?;
+        let detection_urls = urls.detection_urls();
+        let detection = channel(detection_urls[0], None)?;
         let statistics = channel(&urls.statistics_url, Some(timeout))?;
         let timed = |channel: &Channel| {
             TimedLayer(Side::Client).layer(in_process::over_network(channel.clone()))
         };
+        let steps = if settings.detection_streams == 0 {
+            StepDetection::PerSession(DetectionServiceClient::new(timed(&detection)))
+        } else {
+            // Each lane on a connection of its own, so that behind a
+            // Service each may reach another replica.
+            let mut lanes = Vec::new();
+            for url in &detection_urls {
+                for _ in 0..settings.detection_streams {
+                    lanes.push(LaneTarget {
+                        name: (*url).to_owned(),
+                        client: DetectionServiceClient::new(timed(&channel(url, None)?)),
+                    });
+                }
+            }
+            StepDetection::Multiplexed(StepStreams::start(lanes))
+        };
         Ok(Self {
             session: SessionServiceClient::new(timed(&session)),
             detection: DetectionServiceClient::new(timed(&detection)),
+            steps,
             statistics: StatisticsServiceClient::new(timed(&statistics)),
             channels: [
                 ("session", session),
@@ -246,18 +297,23 @@ impl Backends {
         directory: &Directory,
         addrs: [SocketAddr; 3],
     ) -> Result<Self, InvalidUrl> {
-        let over_network = Self::connect_lazy(urls, settings)?;
+        let mut network_settings = settings.clone();
+        network_settings.detection_streams = 0;
+        let over_network = Self::connect_lazy(urls, &network_settings)?;
         let timeout = settings.grpc_timeout();
         let [session, detection, statistics] = addrs;
         let link = |routes, timeout| {
             TimedLayer(Side::Client).layer(in_process::in_process(routes, timeout))
         };
+        let detection =
+            DetectionServiceClient::new(link(directory.routes(detection).await, None));
         Ok(Self {
             session: SessionServiceClient::new(link(
                 directory.routes(session).await,
                 Some(timeout),
             )),
-            detection: DetectionServiceClient::new(link(directory.routes(detection).await, None)),
+            steps: StepDetection::PerSession(detection.clone()),
+            detection,
             statistics: StatisticsServiceClient::new(link(
                 directory.routes(statistics).await,
                 Some(timeout),

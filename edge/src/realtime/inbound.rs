@@ -71,6 +71,59 @@ fn invalid(message: impl Into<String>) -> ClientError {
 
 /// Parses one text message; `now` stamps samples that carry no timestamp.
 pub fn parse(text: &str, now: f64) -> Result<Inbound, ClientError> {
+    if let Some(parsed) = parse_common(text, now) {
+        return Ok(parsed);
+    }
+    parse_any(text, now)
+}
+
+/// The two forms nearly every sensor sends, read straight into typed
+/// values: one flat sample `{"x","y","z","timestamp"?}`, or a batch of
+/// `[t, x, y, z]` arrays `{"samples": [...]}`, either with an optional
+/// `seq` or `message_id`. Nothing else is accepted here (no other field,
+/// no alias): whatever this refuses, [`parse_any`] reads or names
+/// precisely, so the two always agree on what they both accept.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonForm {
+    x: Option<f64>,
+    y: Option<f64>,
+    z: Option<f64>,
+    timestamp: Option<f64>,
+    samples: Option<Vec<[f64; 4]>>,
+    seq: Option<u64>,
+    message_id: Option<String>,
+}
+
+fn parse_common(text: &str, now: f64) -> Option<Inbound> {
+    let form: CommonForm = serde_json::from_str(text).ok()?;
+    let id = match (form.seq, form.message_id) {
+        (None, None) => None,
+        (Some(seq), None) => Some(ResendId::Seq(seq)),
+        (None, Some(id)) if !id.is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES => {
+            Some(ResendId::MessageId(id))
+        }
+        _ => return None,
+    };
+    let samples = match (form.samples, form.x, form.y, form.z) {
+        (None, Some(x), Some(y), Some(z)) => vec![sample(form.timestamp, x, y, z, now).ok()?],
+        (Some(items), None, None, None)
+            if form.timestamp.is_none() && !items.is_empty() && items.len() <= MAX_BATCH_SAMPLES =>
+        {
+            items
+                .iter()
+                .map(|&[t, x, y, z]| sample(Some(t), x, y, z, now))
+                .collect::<Result<_, _>>()
+                .ok()?
+        }
+        _ => return None,
+    };
+    Some(Inbound::Samples(samples, id))
+}
+
+/// Any accepted form, through a JSON tree: slower, and the one that says
+/// what is wrong.
+fn parse_any(text: &str, now: f64) -> Result<Inbound, ClientError> {
     let value: Value =
         serde_json::from_str(text).map_err(|error| ClientError::InvalidJson(error.to_string()))?;
     match value {
@@ -422,6 +475,51 @@ mod tests {
             "expected a JSON object or array, got a string"
         );
         assert!(error_of(r#"{"hello":1}"#).starts_with("expected {\"action\": ...}"));
+    }
+
+    /// What the typed path accepts, the general path reads the same; what
+    /// it refuses falls through to the general path.
+    #[test]
+    fn the_typed_path_agrees_with_the_general_one() {
+        let common = [
+            r#"{"x":0.1,"y":9.8,"z":-0.3,"timestamp":12.5}"#,
+            r#"{"x":1,"y":2,"z":3}"#,
+            r#"{"x":1,"y":2,"z":3,"timestamp":1700000000123}"#,
+            r#"{"x":1,"y":2,"z":3,"seq":7}"#,
+            r#"{"x":1,"y":2,"z":3,"seq":null,"message_id":"m-1"}"#,
+            r#"{"samples":[[1,1,2,3],[1.02,4,5,6]],"seq":41}"#,
+            r#"{"samples":[[1,1,2,3]],"message_id":"b-7"}"#,
+        ];
+        for text in common {
+            let typed = parse_common(text, NOW).unwrap_or_else(|| panic!("typed: {text}"));
+            assert_eq!(typed, parse_any(text, NOW).unwrap(), "{text}");
+        }
+        let elsewhere = [
+            r#"{"ax":0.1,"ay":9.8,"az":-0.3,"t":12.5}"#,
+            r#"{"acc":{"x":1,"y":2,"z":3}}"#,
+            r#"{"samples":[{"t":1,"x":1,"y":2,"z":3}]}"#,
+            r#"[[1,1,2,3]]"#,
+            r#"{"action":"stop"}"#,
+            r#"{"x":1,"y":2,"z":3,"extra":true}"#,
+            r#"{"x":1,"y":2,"z":3,"seq":1,"message_id":"a"}"#,
+            r#"{"x":1,"y":2,"z":3,"message_id":""}"#,
+            r#"{"x":1,"y":2,"z":3000}"#,
+            r#"{"x":1,"y":2,"z":3,"timestamp":-1}"#,
+            r#"{"x":1,"y":2}"#,
+            r#"{"samples":[]}"#,
+            r#"{"samples":[[1,1,2]]}"#,
+            r#"{"samples":[[1,1,2,3]],"x":1,"y":2,"z":3}"#,
+            r#"{"x":1,"y":2,"z":3,"seq":-1}"#,
+            "1e999",
+        ];
+        for text in elsewhere {
+            assert!(parse_common(text, NOW).is_none(), "{text}");
+        }
+        let too_many = format!(
+            r#"{{"samples":[{}]}}"#,
+            vec!["[1,1,1,1]"; MAX_BATCH_SAMPLES + 1].join(",")
+        );
+        assert!(parse_common(&too_many, NOW).is_none());
     }
 
     #[test]

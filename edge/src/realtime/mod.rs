@@ -36,7 +36,6 @@ use axum::routing::get;
 use serde::Deserialize;
 use switchboard_bus::Bus;
 use switchboard_proto::unix_now;
-use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::session_control::Kind as ControlKind;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
 use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
@@ -56,7 +55,7 @@ use crate::connection::{
 use crate::error::ClientError;
 use crate::meter::Endpoint;
 use crate::settings::TimedChannel;
-use crate::stream_call::StreamCall;
+use crate::step_streams::{SessionDetectors, StepDetection};
 use crate::times::unix_seconds_text as timestamp;
 use inbound::{Action, Inbound, ResendId};
 pub use inbound::{MAX_ACCELERATION, MAX_BATCH_SAMPLES};
@@ -75,7 +74,8 @@ pub struct RealtimeState {
     pub driver: Driver,
     pub identities: Identities,
     pub sessions: SessionServiceClient<TimedChannel>,
-    pub detection: DetectionServiceClient<TimedChannel>,
+    /// How sessions reach their step detectors.
+    pub steps: StepDetection,
     pub statistics: StatisticsServiceClient<TimedChannel>,
     /// Where `step_detected` is announced.
     pub bus: Bus,
@@ -174,7 +174,7 @@ struct Realtime {
     for_registry: Unreported,
     /// Not yet added to the statistics counters.
     for_statistics: Unreported,
-    detection: Option<StreamCall<StepRequest, StepReply>>,
+    detectors: SessionDetectors,
     /// The report task in flight, if any.
     reporting: Option<JoinHandle<Reported>>,
     /// Replies to recent identified sensor messages, for resends.
@@ -332,7 +332,7 @@ impl Handler for Realtime {
         {
             self.take_back(reported);
         }
-        self.flush_detector().await;
+        self.flush_detector(true).await;
         let reported = self.start_report(false).await;
         self.take_back(reported);
         std::mem::take(&mut self.for_registry)
@@ -342,6 +342,7 @@ impl Handler for Realtime {
 impl Realtime {
     fn new(state: RealtimeState, authenticated: bool) -> Self {
         Self {
+            detectors: state.steps.session(),
             state,
             session: Session::default(),
             authenticated,
@@ -349,24 +350,17 @@ impl Realtime {
             total_predictions: 0,
             for_registry: Unreported::default(),
             for_statistics: Unreported::default(),
-            detection: None,
             reporting: None,
             replies: replies::RecentReplies::default(),
         }
     }
 
-    /// Sends one request on the session's detection stream (opening it when
-    /// needed) and waits, bounded, for its reply.
+    /// Sends one request to the session's detectors and waits, bounded,
+    /// for its reply.
     async fn detect(&mut self, request: StepRequest) -> Result<StepReply, ClientError> {
-        let mut detection = self.state.detection.clone();
-        crate::stream_call::call(
-            &mut self.detection,
-            "detection",
-            self.state.reply_deadline,
-            move |outgoing| async move { detection.stream_steps(outgoing).await },
-            request,
-        )
-        .await
+        self.detectors
+            .call(request, self.state.reply_deadline)
+            .await
     }
 
     async fn on_samples<T: Transport>(
@@ -438,13 +432,14 @@ impl Realtime {
     }
 
     /// Confirms a step still pending in the detector, so `stop` counts the
-    /// last step before it.
-    async fn flush_detector(&mut self) {
-        if self.detection.is_none() {
+    /// last step before it; with `end`, the detectors are released too.
+    async fn flush_detector(&mut self, end: bool) {
+        if !self.detectors.is_used() {
             return;
         }
         let flush = StepRequest {
             flush: true,
+            end,
             session_id: self.session.session_id.clone(),
             ..Default::default()
         };
@@ -457,7 +452,7 @@ impl Realtime {
     }
 
     async fn on_stop<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Result<Flow, ClientError> {
-        self.flush_detector().await;
+        self.flush_detector(false).await;
         let for_registry = std::mem::take(&mut self.for_registry);
         let closed = self
             .state
@@ -499,7 +494,7 @@ impl Realtime {
         conn: &mut Conn<'_, T>,
     ) -> Result<Flow, ClientError> {
         // A session without a live stream gets a fresh detector anyway.
-        if self.detection.is_some() {
+        if self.detectors.is_used() {
             let reset = StepRequest {
                 reset: true,
                 session_id: self.session.session_id.clone(),

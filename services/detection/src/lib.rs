@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod fall;
 mod limits;
+mod multiplexed;
 pub mod pressure;
 pub mod steps;
 
@@ -36,7 +37,7 @@ use switchboard_proto::v1::detection_service_server::{DetectionService, Detectio
 use switchboard_proto::v1::{
     AccelSample, AckAlertRequest, AckAlertResponse, Alert, CountStepsRequest, CountStepsResponse,
     FrameReply, FrameRequest, FrameStats, ListAlertsRequest, ListAlertsResponse, Observation,
-    RaiseAlertRequest, StepReply, StepRequest,
+    RaiseAlertRequest, StepBatch, StepReply, StepReplyBatch, StepRequest,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -101,25 +102,24 @@ fn push_samples(
     (steps, observation)
 }
 
-/// The detectors of one live stream.
-struct SessionDetectors {
+/// One session's detectors: steps and falls.
+struct StepState {
     steps: StepDetector,
     falls: FallDetector,
-    alerts: Alerts,
 }
 
-impl SessionDetectors {
-    fn new(alerts: Alerts) -> Self {
+impl StepState {
+    fn new() -> Self {
         Self {
             steps: StepDetector::new(DetectorConfig::default()),
             falls: FallDetector::new(FallConfig::default()),
-            alerts,
         }
     }
 
-    /// Applies one request: reset, samples, flush; stores an alert for each
-    /// fall before replying.
-    async fn step(&mut self, request: StepRequest) -> Result<StepReply, AlertError> {
+    /// Applies one request (reset, samples, flush), synchronously: the reply
+    /// without its alert ids, and the alerts to raise before it is sent
+    /// (a fall, when the request names a user).
+    fn detect(&mut self, request: &StepRequest) -> (StepReply, Vec<RaiseAlertRequest>) {
         if request.reset {
             self.steps.reset();
             self.falls.reset();
@@ -133,19 +133,53 @@ impl SessionDetectors {
         if request.flush {
             steps += self.steps.flush();
         }
-        let mut alert_ids = Vec::new();
-        if !request.user_id.is_empty() {
-            for fall in falls {
-                let alert = self.alerts.raise(fall_alert(&request, &fall)).await?;
-                alert_ids.push(alert.alert_id);
-            }
-        }
-        Ok(StepReply {
+        let alerts = if request.user_id.is_empty() {
+            Vec::new()
+        } else {
+            falls.iter().map(|fall| fall_alert(request, fall)).collect()
+        };
+        let reply = StepReply {
             steps,
             observation,
             buffer_size: u32::try_from(self.steps.buffer_len()).unwrap_or(u32::MAX),
-            alert_ids,
-        })
+            call_id: request.call_id,
+            ..Default::default()
+        };
+        (reply, alerts)
+    }
+}
+
+/// Stores `alerts` (in order) and names them in `reply`.
+async fn raise_all(
+    alerts: &Alerts,
+    to_raise: Vec<RaiseAlertRequest>,
+    mut reply: StepReply,
+) -> Result<StepReply, AlertError> {
+    for alert in to_raise {
+        reply.alert_ids.push(alerts.raise(alert).await?.alert_id);
+    }
+    Ok(reply)
+}
+
+/// The detectors of one live `StreamSteps` stream.
+struct SessionDetectors {
+    state: StepState,
+    alerts: Alerts,
+}
+
+impl SessionDetectors {
+    fn new(alerts: Alerts) -> Self {
+        Self {
+            state: StepState::new(),
+            alerts,
+        }
+    }
+
+    /// Applies one request: reset, samples, flush; stores an alert for each
+    /// fall before replying.
+    async fn step(&mut self, request: StepRequest) -> Result<StepReply, AlertError> {
+        let (reply, to_raise) = self.state.detect(&request);
+        raise_all(&self.alerts, to_raise, reply).await
     }
 }
 
@@ -329,6 +363,7 @@ fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) ->
 impl DetectionService for Detection {
     type StreamStepsStream = Replies<StepReply>;
     type StreamFramesStream = Replies<FrameReply>;
+    type StreamStepBatchesStream = Replies<StepReplyBatch>;
 
     async fn stream_frames(
         &self,
@@ -357,6 +392,16 @@ impl DetectionService for Detection {
     ) -> Result<Response<Self::StreamStepsStream>, Status> {
         let detectors = SessionDetectors::new(self.alerts.clone());
         Ok(Response::new(replies(request.into_inner(), detectors)))
+    }
+
+    async fn stream_step_batches(
+        &self,
+        request: Request<Streaming<StepBatch>>,
+    ) -> Result<Response<Self::StreamStepBatchesStream>, Status> {
+        Ok(Response::new(multiplexed::replies(
+            request.into_inner(),
+            self.alerts.clone(),
+        )))
     }
 
     async fn count_steps(

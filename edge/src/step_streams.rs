@@ -1,0 +1,432 @@
+//! How a realtime session reaches its step detectors.
+//!
+//! Two paths, one contract (the detection service's `StepRequest` and
+//! `StepReply`):
+//!
+//! - **Per session** (`StreamSteps`): one bidirectional stream per session.
+//!   In one process (`switchboard all`) it costs no network at all: the
+//!   session's task drives the service's stream itself.
+//! - **Multiplexed** (`StreamStepBatches`): across processes a stream per
+//!   session pays a gRPC frame, a wake-up and a socket write per message in
+//!   each process. The edge instead keeps a few *lanes* per detection
+//!   replica: each lane is one stream over its own connection, carrying any
+//!   number of sessions. Requests waiting when the connection is ready to
+//!   write go out as one batch (the first never waits for a batch to fill),
+//!   and the replica answers in batches the same way.
+//!
+//! A session stays on one lane while that lane's stream lives, so its
+//! detectors' state stays on one replica. It picks its lane by rendezvous
+//! hashing over the lanes that are up, so sessions spread evenly and a
+//! lost lane moves only its own sessions. When a lane's stream breaks (the
+//! replica was killed, its connection reset), every call waiting on it is
+//! sent again, once, on the session's next lane, within the same deadline:
+//! the client sees its reply, and the detector starts afresh there (a few
+//! seconds of window), exactly as when a per-session stream is re-opened.
+//! A lane that is down reconnects by itself, with a bounded backoff.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
+use switchboard_proto::v1::{StepBatch, StepReply, StepRequest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::error::ClientError;
+use crate::settings::TimedChannel;
+use crate::stream_call::StreamCall;
+
+/// Requests queued on one lane ahead of its connection.
+const LANE_QUEUE: usize = 1024;
+
+/// Most requests in one batch (a request holds at most
+/// [`crate::realtime::MAX_BATCH_SAMPLES`] samples, so a batch stays well
+/// under gRPC's 4 MiB message limit).
+const MAX_REQUESTS_PER_BATCH: usize = 64;
+
+/// Longest wait for a lane's stream to open.
+const OPEN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Bounds of the wait between two attempts to open a lane.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+fn unavailable(detail: &str) -> ClientError {
+    ClientError::Unavailable {
+        service: "detection",
+        detail: detail.to_owned(),
+    }
+}
+
+/// The edge's way to the step detectors.
+#[derive(Debug, Clone)]
+pub enum StepDetection {
+    /// One `StreamSteps` stream per session.
+    PerSession(DetectionServiceClient<TimedChannel>),
+    /// Sessions share a few `StreamStepBatches` lanes.
+    Multiplexed(StepStreams),
+}
+
+impl StepDetection {
+    /// A new session's link to its detectors (nothing opened yet).
+    pub fn session(&self) -> SessionDetectors {
+        SessionDetectors {
+            path: self.clone(),
+            stream: None,
+            placement: None,
+            used: false,
+        }
+    }
+}
+
+/// One session's link to its detectors.
+#[derive(Debug)]
+pub struct SessionDetectors {
+    path: StepDetection,
+    /// Per session: the open stream.
+    stream: Option<StreamCall<StepRequest, StepReply>>,
+    /// Multiplexed: the lane (index, stream generation) holding the
+    /// session's detectors.
+    placement: Option<(usize, u64)>,
+    /// Whether any request went out (whether there are detectors to flush).
+    used: bool,
+}
+
+impl SessionDetectors {
+    /// Whether the session has sent its detectors anything.
+    pub fn is_used(&self) -> bool {
+        self.used
+    }
+
+    /// Sends `request` to the session's detectors and waits, within
+    /// `deadline`, for the reply.
+    pub async fn call(
+        &mut self,
+        request: StepRequest,
+        deadline: Duration,
+    ) -> Result<StepReply, ClientError> {
+        self.used = true;
+        match &self.path {
+            StepDetection::PerSession(client) => {
+                let mut client = client.clone();
+                crate::stream_call::call(
+                    &mut self.stream,
+                    "detection",
+                    deadline,
+                    move |outgoing| async move { client.stream_steps(outgoing).await },
+                    request,
+                )
+                .await
+            }
+            StepDetection::Multiplexed(streams) => {
+                streams
+                    .clone()
+                    .call(&mut self.placement, request, deadline)
+                    .await
+            }
+        }
+    }
+}
+
+/// A detection replica's address and the lanes the edge keeps to it.
+#[derive(Debug, Clone)]
+pub struct LaneTarget {
+    /// Names the lanes in logs and spreads sessions (rendezvous key).
+    pub name: String,
+    pub client: DetectionServiceClient<TimedChannel>,
+}
+
+/// The multiplexed lanes of an edge, shared by all its sessions. Cloning
+/// is cheap; the lanes' tasks end when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct StepStreams {
+    lanes: Arc<[Arc<Lane>]>,
+    /// Changes whenever a lane opens or breaks.
+    changes: watch::Receiver<u64>,
+}
+
+#[derive(Debug)]
+struct Lane {
+    name: String,
+    /// The lane's position in rendezvous hashing.
+    key: u64,
+    open: Mutex<Option<OpenLane>>,
+    /// Calls waiting for their replies, by call id.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    next_call: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct OpenLane {
+    generation: u64,
+    requests: mpsc::Sender<StepRequest>,
+}
+
+/// What a waiting call gets.
+#[derive(Debug)]
+enum Outcome {
+    Reply(StepReply),
+    /// The lane's stream broke before the reply: the request may not have
+    /// been handled, and the detectors there are gone.
+    Lost,
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Lane {
+    fn open_lane(&self) -> Option<OpenLane> {
+        lock(&self.open).clone()
+    }
+
+    /// Fails every waiting call: the stream they went out on is gone.
+    fn lose_waiting(&self) {
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        for (_, call) in waiting {
+            let _ = call.send(Outcome::Lost);
+        }
+    }
+
+    fn deliver(&self, reply: StepReply) {
+        if let Some(call) = lock(&self.waiting).remove(&reply.call_id) {
+            let _ = call.send(Outcome::Reply(reply));
+        }
+    }
+}
+
+impl StepStreams {
+    /// One lane per target (a target named twice has two lanes), each
+    /// opening (and re-opening) its stream in a task of its own.
+    pub fn start(targets: Vec<LaneTarget>) -> Self {
+        let (changed, changes) = watch::channel(0);
+        let changed = Arc::new(changed);
+        let mut lanes = Vec::new();
+        let mut named: HashMap<String, usize> = HashMap::new();
+        for target in targets {
+            {
+                let index = named.entry(target.name.clone()).or_default();
+                let name = format!("{}#{index}", target.name);
+                *index += 1;
+                let lane = Arc::new(Lane {
+                    key: hash_of(&name),
+                    name,
+                    open: Mutex::new(None),
+                    waiting: Mutex::new(HashMap::new()),
+                    next_call: AtomicU64::new(1),
+                });
+                tokio::spawn(run_lane(
+                    lane.clone(),
+                    target.client.clone(),
+                    changed.clone(),
+                ));
+                lanes.push(lane);
+            }
+        }
+        Self {
+            lanes: lanes.into(),
+            changes,
+        }
+    }
+
+    /// The lane for a session placed at `placement`: the same while its
+    /// stream lives, else the open lane that ranks first for the session.
+    fn place(&self, placement: &mut Option<(usize, u64)>, session_id: &str) -> Option<usize> {
+        if let Some((index, generation)) = *placement
+            && self.lanes[index]
+                .open_lane()
+                .is_some_and(|open| open.generation == generation)
+        {
+            return Some(index);
+        }
+        let session = hash_of(session_id);
+        let (index, open) = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, lane)| lane.open_lane().map(|open| (index, lane.key, open)))
+            .max_by_key(|(_, key, _)| hash_of((session, key)))
+            .map(|(index, _, open)| (index, open))?;
+        if placement.is_some() {
+            tracing::debug!(
+                session_id,
+                lane = %self.lanes[index].name,
+                "session moved to another detection lane: its detectors start afresh"
+            );
+        }
+        *placement = Some((index, open.generation));
+        Some(index)
+    }
+
+    /// Sends `request` on the session's lane and waits for the reply; a
+    /// reply lost with its lane is asked for again, once, on the session's
+    /// next lane. All within `deadline`.
+    async fn call(
+        mut self,
+        placement: &mut Option<(usize, u64)>,
+        request: StepRequest,
+        deadline: Duration,
+    ) -> Result<StepReply, ClientError> {
+        let deadline = Instant::now() + deadline;
+        let mut retry = Some(request.clone());
+        let mut request = request;
+        loop {
+            let index = loop {
+                if let Some(index) = self.place(placement, &request.session_id) {
+                    break index;
+                }
+                match tokio::time::timeout_at(deadline, self.changes.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(unavailable("no detection replica reachable")),
+                }
+            };
+            match self.call_on(index, request, deadline).await? {
+                Outcome::Reply(reply) => return reply_of(reply),
+                Outcome::Lost => match retry.take() {
+                    Some(again) => {
+                        tracing::debug!(lane = %self.lanes[index].name, "detection lane lost a call: sending it again");
+                        request = again;
+                    }
+                    None => return Err(unavailable("detection stream lost")),
+                },
+            }
+        }
+    }
+
+    async fn call_on(
+        &self,
+        index: usize,
+        mut request: StepRequest,
+        deadline: Instant,
+    ) -> Result<Outcome, ClientError> {
+        let lane = &self.lanes[index];
+        let Some(open) = lane.open_lane() else {
+            return Ok(Outcome::Lost);
+        };
+        let call_id = lane.next_call.fetch_add(1, Ordering::Relaxed);
+        request.call_id = call_id;
+        let (reply, replied) = oneshot::channel();
+        lock(&lane.waiting).insert(call_id, reply);
+        // A stream that broke before the call was registered would never
+        // answer it: the lane must still be the one the call goes out on.
+        if lane
+            .open_lane()
+            .is_none_or(|now| now.generation != open.generation)
+        {
+            lock(&lane.waiting).remove(&call_id);
+            return Ok(Outcome::Lost);
+        }
+        let outcome = tokio::time::timeout_at(deadline, async {
+            if open.requests.send(request).await.is_err() {
+                return Outcome::Lost;
+            }
+            replied.await.unwrap_or(Outcome::Lost)
+        })
+        .await;
+        match outcome {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => {
+                lock(&lane.waiting).remove(&call_id);
+                Err(unavailable("no reply within the deadline"))
+            }
+        }
+    }
+}
+
+fn reply_of(reply: StepReply) -> Result<StepReply, ClientError> {
+    if reply.error_code == 0 {
+        return Ok(reply);
+    }
+    Err(ClientError::from_status(
+        "detection",
+        tonic::Status::new(
+            tonic::Code::from_i32(reply.error_code),
+            reply.error_message,
+        ),
+    ))
+}
+
+/// Opens the lane's stream, delivers its replies, and opens it again when
+/// it breaks, until the edge lets go of its lanes.
+async fn run_lane(
+    lane: Arc<Lane>,
+    mut client: DetectionServiceClient<TimedChannel>,
+    changed: Arc<watch::Sender<u64>>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    let mut generation = 0;
+    let mut reported_down = false;
+    let bump = |changed: &watch::Sender<u64>| changed.send_modify(|count| *count += 1);
+    loop {
+        let (requests, queued) = mpsc::channel::<StepRequest>(LANE_QUEUE);
+        let batches = futures::stream::unfold(queued, |mut queued| async move {
+            let mut requests = Vec::with_capacity(8);
+            if queued
+                .recv_many(&mut requests, MAX_REQUESTS_PER_BATCH)
+                .await
+                == 0
+            {
+                return None;
+            }
+            Some((StepBatch { requests }, queued))
+        });
+        let opened = tokio::select! {
+            () = changed.closed() => return,
+            opened = tokio::time::timeout(OPEN_DEADLINE, client.stream_step_batches(batches)) => opened,
+        };
+        let mut replies = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            failed => {
+                if !reported_down {
+                    let error = match failed {
+                        Ok(Err(status)) => status.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::warn!(lane = %lane.name, %error, "detection lane down; retrying");
+                    reported_down = true;
+                }
+                tokio::select! {
+                    () = changed.closed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        generation += 1;
+        *lock(&lane.open) = Some(OpenLane {
+            generation,
+            requests,
+        });
+        bump(&changed);
+        if reported_down {
+            tracing::info!(lane = %lane.name, "detection lane up again");
+        }
+        reported_down = false;
+        backoff = RECONNECT_MIN;
+        let ended = loop {
+            let next = tokio::select! {
+                () = changed.closed() => return,
+                next = replies.message() => next,
+            };
+            match next {
+                Ok(Some(batch)) => batch.replies.into_iter().for_each(|reply| lane.deliver(reply)),
+                Ok(None) => break "the replica ended the stream".to_owned(),
+                Err(status) => break status.to_string(),
+            }
+        };
+        *lock(&lane.open) = None;
+        lane.lose_waiting();
+        bump(&changed);
+        tracing::warn!(lane = %lane.name, error = %ended, "detection lane lost; its sessions move to another lane");
+    }
+}
