@@ -272,7 +272,11 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
         "--session-url",
         &session.grpc("session"),
     ]);
-    let replicas = format!("{},{}", doomed.grpc("detection"), survivor.grpc("detection"));
+    let replicas = format!(
+        "{},{}",
+        doomed.grpc("detection"),
+        survivor.grpc("detection")
+    );
     let edge = Switchboard::start(&[
         "edge",
         "--http-addr",
@@ -314,9 +318,11 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
                 }
             }
             // The session is still the registry's.
-            let stats = client.call(json!({"action": "stats"}), "stats_response").await;
+            let stats = client
+                .call(json!({"action": "stats"}), "stats_response")
+                .await;
             assert_eq!(stats["user_stats"]["total_predictions"], n, "{stats}");
-            (session_id, buffer_sizes)
+            (client, session_id, buffer_sizes)
         }));
     }
     support::eventually("the sessions under way", || {
@@ -328,8 +334,10 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
     killed.store(true, Ordering::Relaxed);
 
     let mut moved = 0;
+    let mut still_open = Vec::new();
     for client in clients {
-        let (session_id, buffer_sizes) = client.await.expect("client task");
+        let (client, session_id, buffer_sizes) = client.await.expect("client task");
+        still_open.push(client);
         // A session whose detectors were on the killed replica starts
         // afresh on the survivor: its detector's buffer shrinks once.
         if buffer_sizes.windows(2).any(|pair| pair[1] < pair[0]) {

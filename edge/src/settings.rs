@@ -305,8 +305,7 @@ impl Backends {
         let link = |routes, timeout| {
             TimedLayer(Side::Client).layer(in_process::in_process(routes, timeout))
         };
-        let detection =
-            DetectionServiceClient::new(link(directory.routes(detection).await, None));
+        let detection = DetectionServiceClient::new(link(directory.routes(detection).await, None));
         Ok(Self {
             session: SessionServiceClient::new(link(
                 directory.routes(session).await,

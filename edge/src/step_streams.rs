@@ -348,10 +348,7 @@ fn reply_of(reply: StepReply) -> Result<StepReply, ClientError> {
     }
     Err(ClientError::from_status(
         "detection",
-        tonic::Status::new(
-            tonic::Code::from_i32(reply.error_code),
-            reply.error_message,
-        ),
+        tonic::Status::new(tonic::Code::from_i32(reply.error_code), reply.error_message),
     ))
 }
 
@@ -419,7 +416,10 @@ async fn run_lane(
                 next = replies.message() => next,
             };
             match next {
-                Ok(Some(batch)) => batch.replies.into_iter().for_each(|reply| lane.deliver(reply)),
+                Ok(Some(batch)) => batch
+                    .replies
+                    .into_iter()
+                    .for_each(|reply| lane.deliver(reply)),
                 Ok(None) => break "the replica ended the stream".to_owned(),
                 Err(status) => break status.to_string(),
             }

@@ -85,19 +85,36 @@ pub struct Metrics {
     drops_total: AtomicU64,
     /// Every client error, whatever the kind, for the same report.
     client_errors_total: AtomicU64,
+    /// `messages{direction="in"}` and `{direction="out"}`, resolved once:
+    /// they are counted for every WebSocket message.
+    messages_in: Counter,
+    messages_out: Counter,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    connections: Family::default(),
-    messages: Family::default(),
-    client_errors: Family::default(),
-    grpc_client_duration: Family::new_with_constructor(latency_histogram),
-    grpc_server_duration: Family::new_with_constructor(latency_histogram),
-    nats_publish_failures: Counter::default(),
-    outbound_drops: Family::default(),
-    refused_connections: Family::default(),
-    drops_total: AtomicU64::new(0),
-    client_errors_total: AtomicU64::new(0),
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let messages: Family<DirectionLabel, Counter> = Family::default();
+    let direction = |direction: &str| {
+        messages
+            .get_or_create(&DirectionLabel {
+                direction: direction.to_owned(),
+            })
+            .clone()
+    };
+    let (messages_in, messages_out) = (direction("in"), direction("out"));
+    Metrics {
+        connections: Family::default(),
+        messages,
+        messages_in,
+        messages_out,
+        client_errors: Family::default(),
+        grpc_client_duration: Family::new_with_constructor(latency_histogram),
+        grpc_server_duration: Family::new_with_constructor(latency_histogram),
+        nats_publish_failures: Counter::default(),
+        outbound_drops: Family::default(),
+        refused_connections: Family::default(),
+        drops_total: AtomicU64::new(0),
+        client_errors_total: AtomicU64::new(0),
+    }
 });
 
 /// The process's metrics.
@@ -145,11 +162,16 @@ impl Metrics {
     }
 
     pub fn message(&self, direction: &'static str) {
-        self.messages
-            .get_or_create(&DirectionLabel {
-                direction: direction.to_owned(),
-            })
-            .inc();
+        match direction {
+            "in" => self.messages_in.inc(),
+            "out" => self.messages_out.inc(),
+            other => self
+                .messages
+                .get_or_create(&DirectionLabel {
+                    direction: other.to_owned(),
+                })
+                .inc(),
+        };
     }
 
     pub fn connection(&self, endpoint: &str) -> Gauge {

@@ -500,11 +500,17 @@ pub async fn drive<H: Handler, T: Transport>(
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks
         });
+        // Made once, not per message: waiting on the drain registers with
+        // its watch, and the loop runs for every client message.
+        let draining = driver.draining();
+        let mut draining = std::pin::pin!(draining);
         while let Flow::Continue = flow {
             flow = tokio::select! {
-                () = driver.draining() => Flow::Close(Close::Restart),
+                () = &mut draining => Flow::Close(Close::Restart),
                 received = conn.transport.recv() => {
-                    last_heard = Instant::now();
+                    if options.liveness.is_some() {
+                        last_heard = Instant::now();
+                    }
                     match received {
                         Received::Text(text) => {
                             on_client_message(&mut handler, &mut conn, &mut limiter, Inbound::Text(text.as_str())).await

@@ -108,7 +108,9 @@ fn parse_common(text: &str, now: f64) -> Option<Inbound> {
     let samples = match (form.samples, form.x, form.y, form.z) {
         (None, Some(x), Some(y), Some(z)) => vec![sample(form.timestamp, x, y, z, now).ok()?],
         (Some(items), None, None, None)
-            if form.timestamp.is_none() && !items.is_empty() && items.len() <= MAX_BATCH_SAMPLES =>
+            if form.timestamp.is_none()
+                && !items.is_empty()
+                && items.len() <= MAX_BATCH_SAMPLES =>
         {
             items
                 .iter()

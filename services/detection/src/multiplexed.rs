@@ -72,10 +72,13 @@ pub(crate) fn replies(requests: Streaming<StepBatch>, alerts: Alerts) -> Replies
         alerts,
         sweep,
     };
-    Box::pin(futures::stream::unfold(multiplexed, |mut this| async move {
-        let next = this.next_batch().await?;
-        Some((next, this))
-    }))
+    Box::pin(futures::stream::unfold(
+        multiplexed,
+        |mut this| async move {
+            let next = this.next_batch().await?;
+            Some((next, this))
+        },
+    ))
 }
 
 fn failed(call_id: u64, status: &Status) -> StepReply {
@@ -127,9 +130,10 @@ impl Multiplexed {
         let now = Instant::now();
         let mut replies = Vec::with_capacity(batch.requests.len());
         for request in batch.requests {
-            let span = continued(&request.trace_context, || {
-                tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty)
-            });
+            let span = continued(
+                &request.trace_context,
+                || tracing::info_span!("detection.steps", session_id = %request.session_id, trace_id = tracing::field::Empty),
+            );
             let Some(session) = self.session(&request.session_id, now) else {
                 replies.push(failed(
                     request.call_id,
