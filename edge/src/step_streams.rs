@@ -19,7 +19,8 @@
 //! hashing over the lanes that are up, so sessions spread evenly and a
 //! lost lane moves only its own sessions. When a lane's stream breaks (the
 //! replica was killed, its connection reset), every call waiting on it is
-//! sent again, once, on the session's next lane, within the same deadline:
+//! sent again on the session's next lane (never on one that lost it
+//! already), within the same deadline:
 //! the client sees its reply, and the detector starts afresh there (a few
 //! seconds of window), exactly as when a per-session stream is re-opened.
 //! A lane that is down reconnects by itself, with a bounded backoff.
@@ -111,12 +112,15 @@ impl SessionDetectors {
         self.used = true;
         match &self.path {
             StepDetection::PerSession(client) => {
-                let mut client = client.clone();
                 crate::stream_call::call(
                     &mut self.stream,
                     "detection",
                     deadline,
-                    move |outgoing| async move { client.stream_steps(outgoing).await },
+                    // The client is cloned only when a stream opens.
+                    |outgoing| {
+                        let mut client = client.clone();
+                        async move { client.stream_steps(outgoing).await }
+                    },
                     request,
                 )
                 .await
@@ -240,8 +244,14 @@ impl StepStreams {
 
     /// The lane for a session placed at `placement`: the same while its
     /// stream lives, else the open lane that ranks first for the session.
-    fn place(&self, placement: &mut Option<(usize, u64)>, session_id: &str) -> Option<usize> {
+    fn place(
+        &self,
+        placement: &mut Option<(usize, u64)>,
+        session_id: &str,
+        excluded: &[usize],
+    ) -> Option<usize> {
         if let Some((index, generation)) = *placement
+            && !excluded.contains(&index)
             && self.lanes[index]
                 .open_lane()
                 .is_some_and(|open| open.generation == generation)
@@ -253,6 +263,7 @@ impl StepStreams {
             .lanes
             .iter()
             .enumerate()
+            .filter(|(index, _)| !excluded.contains(index))
             .filter_map(|(index, lane)| lane.open_lane().map(|open| (index, lane.key, open)))
             .max_by_key(|(_, key, _)| hash_of((session, key)))
             .map(|(index, _, open)| (index, open))?;
@@ -268,8 +279,9 @@ impl StepStreams {
     }
 
     /// Sends `request` on the session's lane and waits for the reply; a
-    /// reply lost with its lane is asked for again, once, on the session's
-    /// next lane. All within `deadline`.
+    /// reply lost with its lane is asked for again on the session's next
+    /// lane (never one that lost it already: the other lanes to a killed
+    /// replica may not have noticed yet). All within `deadline`.
     async fn call(
         mut self,
         placement: &mut Option<(usize, u64)>,
@@ -277,27 +289,28 @@ impl StepStreams {
         deadline: Duration,
     ) -> Result<StepReply, ClientError> {
         let deadline = Instant::now() + deadline;
-        let mut retry = Some(request.clone());
-        let mut request = request;
+        let mut lost_on = Vec::new();
         loop {
             let index = loop {
-                if let Some(index) = self.place(placement, &request.session_id) {
+                if let Some(index) = self.place(placement, &request.session_id, &lost_on) {
                     break index;
                 }
                 match tokio::time::timeout_at(deadline, self.changes.changed()).await {
                     Ok(Ok(())) => continue,
-                    _ => return Err(unavailable("no detection replica reachable")),
+                    _ if lost_on.is_empty() => {
+                        return Err(unavailable("no detection replica reachable"));
+                    }
+                    _ => return Err(unavailable("detection stream lost")),
                 }
             };
-            match self.call_on(index, request, deadline).await? {
+            // Sent again as it was: the lane that lost it took the
+            // session's detectors with it, so nothing is counted twice.
+            match self.call_on(index, request.clone(), deadline).await? {
                 Outcome::Reply(reply) => return reply_of(reply),
-                Outcome::Lost => match retry.take() {
-                    Some(again) => {
-                        tracing::debug!(lane = %self.lanes[index].name, "detection lane lost a call: sending it again");
-                        request = again;
-                    }
-                    None => return Err(unavailable("detection stream lost")),
-                },
+                Outcome::Lost => {
+                    tracing::debug!(lane = %self.lanes[index].name, "detection lane lost a call: sending it again");
+                    lost_on.push(index);
+                }
             }
         }
     }
