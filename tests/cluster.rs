@@ -102,6 +102,20 @@ async fn the_inactivity_timeout_is_enforced_by_the_cluster() {
     assert!(listed_sessions(&services).await.is_empty());
 }
 
+/// The statistics role on a free port, reading live sessions from
+/// `session`.
+fn statistics_role(nats: &Nats, session: &Switchboard) -> Switchboard {
+    Switchboard::start(&[
+        "statistics",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &session.grpc("session"),
+    ])
+}
+
 /// The roles as separate processes, as in production.
 struct Roles {
     session: Switchboard,
@@ -117,16 +131,7 @@ impl Roles {
         let session =
             Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
         let detection = Switchboard::start(&["detection", "--grpc-addr", local]);
-        let session_url = session.grpc("session");
-        let statistics = Switchboard::start(&[
-            "statistics",
-            "--grpc-addr",
-            local,
-            "--nats-url",
-            &nats.url,
-            "--session-url",
-            &session_url,
-        ]);
+        let statistics = statistics_role(nats, &session);
         let edge = Switchboard::edge(
             nats,
             &session,
@@ -263,15 +268,7 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
     let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
     let mut doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
     let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
-    let statistics = Switchboard::start(&[
-        "statistics",
-        "--grpc-addr",
-        local,
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &session.grpc("session"),
-    ]);
+    let statistics = statistics_role(&nats, &session);
     let replicas = format!(
         "{},{}",
         doomed.grpc("detection"),
