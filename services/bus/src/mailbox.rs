@@ -27,6 +27,12 @@ use crate::{BusError, PrefixedStream, key_untoken as untoken, nats_error};
 /// takes to notice its server is gone (about twice half of it).
 const READER_PULL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6);
 
+/// How long a reader keeps waiting through failed reads (a cluster electing
+/// a new leader) before it gives up, and its pauses between them.
+const READER_RECOVERY: std::time::Duration = std::time::Duration::from_secs(120);
+const READER_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const READER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -140,6 +146,7 @@ impl Mailbox {
                 Ok(MailboxReader::Nats {
                     messages: Box::new(messages),
                     backlog,
+                    failing_since: None,
                 })
             }
             Mailbox::Local(local) => Ok(MailboxReader::Local {
@@ -170,6 +177,9 @@ pub enum MailboxReader {
     Nats {
         messages: Box<consumer::pull::Ordered>,
         backlog: u64,
+        /// Since when reads fail, if they do (kept across calls: `next`
+        /// may be cancelled by the caller's other events).
+        failing_since: Option<tokio::time::Instant>,
     },
     Local {
         mailbox: LocalMailbox,
@@ -201,26 +211,51 @@ impl MailboxReader {
     /// the bus is gone.
     pub async fn next(&mut self) -> Result<Option<Letter>, BusError> {
         match self {
-            MailboxReader::Nats { messages, backlog } => loop {
-                let Some(message) = messages.next().await else {
-                    return Ok(None);
-                };
-                let message = message.map_err(nats_error)?;
-                *backlog = backlog.saturating_sub(1);
-                let id = message.subject.rsplit('.').next().and_then(untoken);
-                match id {
-                    Some(id) => {
-                        return Ok(Some(Letter {
-                            id,
-                            payload: message.payload.clone(),
-                            trace: crate::trace_of(message.headers.clone()),
-                        }));
-                    }
-                    None => {
-                        tracing::warn!(subject = %message.subject, "mailbox message with a bad subject");
+            MailboxReader::Nats {
+                messages,
+                backlog,
+                failing_since,
+            } => {
+                let mut pause = READER_RETRY_MIN;
+                loop {
+                    let Some(message) = messages.next().await else {
+                        return Ok(None);
+                    };
+                    // While a server of the cluster is lost, pulls fail until
+                    // the stream has a new leader (seconds; more on a busy
+                    // machine). The ordered consumer goes on after an error, so
+                    // the reader waits for it, up to READER_RECOVERY.
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(error) => {
+                            let since =
+                                *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() >= READER_RECOVERY {
+                                return Err(nats_error(error));
+                            }
+                            tracing::warn!(%error, "mailbox read failed; waiting for the stream to recover");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(READER_RETRY_MAX);
+                            continue;
+                        }
+                    };
+                    *failing_since = None;
+                    *backlog = backlog.saturating_sub(1);
+                    let id = message.subject.rsplit('.').next().and_then(untoken);
+                    match id {
+                        Some(id) => {
+                            return Ok(Some(Letter {
+                                id,
+                                payload: message.payload.clone(),
+                                trace: crate::trace_of(message.headers.clone()),
+                            }));
+                        }
+                        None => {
+                            tracing::warn!(subject = %message.subject, "mailbox message with a bad subject");
+                        }
                     }
                 }
-            },
+            }
             MailboxReader::Local {
                 mailbox,
                 owner,
