@@ -329,6 +329,19 @@ async fn clients_of_a_killed_edge_resume_on_the_other_without_a_gap() {
     while let Some(message) = ada.next_json().await {
         ada_seen.note(&message, &ada_message);
     }
+    // At least one message for ada is stored after the last she saw, so
+    // her resume has something to replay (on a busy machine the
+    // broadcaster could otherwise still be behind when she resumes).
+    let last_seen = ada_split(&ada_seen.numbers)
+        .1
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    eventually("a message for ada after the kill", || {
+        let sent = sent.load(Ordering::SeqCst);
+        async move { (sent > last_seen).then_some(()) }
+    })
+    .await;
     // They resume on b while the broadcasts go on: the seam between
     // history and live is crossed under load.
     resume_and_check(&b, ui_seen, ada_seen, Some(broadcaster), 101..=105).await;
