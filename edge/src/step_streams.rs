@@ -126,10 +126,7 @@ impl SessionDetectors {
                 .await
             }
             StepDetection::Multiplexed(streams) => {
-                streams
-                    .clone()
-                    .call(&mut self.placement, request, deadline)
-                    .await
+                streams.call(&mut self.placement, request, deadline).await
             }
         }
     }
@@ -283,19 +280,22 @@ impl StepStreams {
     /// lane (never one that lost it already: the other lanes to a killed
     /// replica may not have noticed yet). All within `deadline`.
     async fn call(
-        mut self,
+        &self,
         placement: &mut Option<(usize, u64)>,
         request: StepRequest,
         deadline: Duration,
     ) -> Result<StepReply, ClientError> {
         let deadline = Instant::now() + deadline;
         let mut lost_on = Vec::new();
+        // Cloned only when no lane is open (to wait for one to open).
+        let mut changes = None;
         loop {
             let index = loop {
                 if let Some(index) = self.place(placement, &request.session_id, &lost_on) {
                     break index;
                 }
-                match tokio::time::timeout_at(deadline, self.changes.changed()).await {
+                let changes = changes.get_or_insert_with(|| self.changes.clone());
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
                     Ok(Ok(())) => continue,
                     _ if lost_on.is_empty() => {
                         return Err(unavailable("no detection replica reachable"));
