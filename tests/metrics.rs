@@ -93,6 +93,14 @@ async fn metrics_count_real_traffic() {
             r#"switchboard_grpc_client_duration_seconds_sum{method="/switchboard.v1.SessionService/OpenSession"}"#
         ) > 0.0
     );
+    // The session's detectors, called in the process without the gRPC
+    // stack, are still counted as the stream they stand for: once.
+    for side in ["client", "server"] {
+        let stream = format!(
+            r#"switchboard_grpc_{side}_duration_seconds_count{{method="/switchboard.v1.DetectionService/StreamSteps"}}"#
+        );
+        assert_eq!(value(&stream), 1.0, "{stream}");
+    }
     assert_eq!(value("switchboard_nats_publish_failures_total"), 0.0);
 }
 

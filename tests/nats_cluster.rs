@@ -241,7 +241,14 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
     let node = Switchboard::all_with_env(
         None,
         &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
-        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
+        &[
+            ("SWITCHBOARD_JWT_SECRET", SECRET),
+            // A heartbeat timeout shorter than a registry call that waits
+            // out the recovery (the 5 s gRPC timeout): a client that
+            // answers every ping is still not taken for dead meanwhile.
+            ("SWITCHBOARD_HEARTBEAT_INTERVAL_SECS", "1"),
+            ("SWITCHBOARD_HEARTBEAT_TIMEOUT_SECS", "3"),
+        ],
     );
     eventually("the edge to work on the cluster", || async {
         a_session_works(&node).await.then_some(())
@@ -253,13 +260,18 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         (health["status"] == "healthy").then_some(())
     })
     .await;
+    // The alerts client answers every ping all along, as a real one does
+    // (a silent one is rightly closed as dead, with 1001), while the test
+    // looks elsewhere for as long as the cluster's recovery takes.
     let mut alerts =
-        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false)))).await;
-    alerts.expect("connected").await;
+        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false))))
+            .await
+            .answering_pings();
+    alerts.expect_within("connected", WAIT).await;
     let before = eventually("a frame stored", || a_frame_is_stored(&node)).await;
     let raised = eventually("an alert raised", || an_alert_is_raised(&node)).await;
     assert_eq!(
-        alerts.expect("anomaly_detected").await["alert_id"],
+        alerts.expect_within("anomaly_detected", WAIT).await["alert_id"],
         raised.as_str()
     );
 
@@ -301,7 +313,7 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         let message = alerts
             .next_json_within(RECOVERY)
             .await
-            .expect("the alerts socket stays open");
+            .unwrap_or_else(|closed| panic!("the alerts socket stays open; closed: {closed:?}"));
         if message["type"] == "anomaly_detected" {
             break message;
         }

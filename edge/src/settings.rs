@@ -11,7 +11,7 @@ use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer;
 
-use crate::step_streams::{LaneTarget, StepDetection, StepStreams};
+use crate::step_streams::{LaneTarget, LocalDetection, StepDetection, StepStreams};
 
 /// How the edge calls a service — a TCP channel, or the service itself
 /// when it runs in this process ([`in_process`]) — with every call timed
@@ -305,13 +305,15 @@ impl Backends {
         let link = |routes, timeout| {
             TimedLayer(Side::Client).layer(in_process::in_process(routes, timeout))
         };
+        let steps =
+            StepDetection::InProcess(LocalDetection(directory.step_sessions(detection).await));
         let detection = DetectionServiceClient::new(link(directory.routes(detection).await, None));
         Ok(Self {
             session: SessionServiceClient::new(link(
                 directory.routes(session).await,
                 Some(timeout),
             )),
-            steps: StepDetection::PerSession(detection.clone()),
+            steps,
             detection,
             statistics: StatisticsServiceClient::new(link(
                 directory.routes(statistics).await,

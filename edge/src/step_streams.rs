@@ -1,11 +1,14 @@
 //! How a realtime session reaches its step detectors.
 //!
-//! Two paths, one contract (the detection service's `StepRequest` and
+//! Three paths, one contract (the detection service's `StepRequest` and
 //! `StepReply`):
 //!
-//! - **Per session** (`StreamSteps`): one bidirectional stream per session.
-//!   In one process (`switchboard all`) it costs no network at all: the
-//!   session's task drives the service's stream itself.
+//! - **In this process** (`switchboard all`): the detection server's own
+//!   session detectors, handed each request as it is
+//!   ([`in_process::StepSessions`]): no network, no codec, the same
+//!   replies, errors and spans as its `StreamSteps`.
+//! - **Per session** (`StreamSteps`): one bidirectional stream per session
+//!   (`--detection-streams 0`, or `all --in-process-calls false`).
 //! - **Multiplexed** (`StreamStepBatches`): across processes a stream per
 //!   session pays a gRPC frame, a wake-up and a socket write per message in
 //!   each process. The edge instead keeps a few *lanes* per detection
@@ -31,6 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use switchboard_proto::in_process::{StepSession, StepSessions};
+use switchboard_proto::metrics::{self, Side};
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::{StepBatch, StepReply, StepRequest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,17 +70,42 @@ fn unavailable(detail: &str) -> ClientError {
 /// The edge's way to the step detectors.
 #[derive(Debug, Clone)]
 pub enum StepDetection {
+    /// The detection server of this process, called with typed messages.
+    InProcess(LocalDetection),
     /// One `StreamSteps` stream per session.
     PerSession(DetectionServiceClient<TimedChannel>),
     /// Sessions share a few `StreamStepBatches` lanes.
     Multiplexed(StepStreams),
 }
 
+/// The sessions of the detection server in this process.
+#[derive(Clone)]
+pub struct LocalDetection(pub Arc<dyn StepSessions>);
+
+impl std::fmt::Debug for LocalDetection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("LocalDetection")
+    }
+}
+
+/// A session's detectors in this process.
+struct LocalSession(Box<dyn StepSession>);
+
+impl std::fmt::Debug for LocalSession {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("LocalSession")
+    }
+}
+
+/// The `StreamSteps` method, as the gRPC metrics name it.
+const STREAM_STEPS: &str = "/switchboard.v1.DetectionService/StreamSteps";
+
 impl StepDetection {
     /// A new session's link to its detectors (nothing opened yet).
     pub fn session(&self) -> SessionDetectors {
         SessionDetectors {
             path: self.clone(),
+            local: None,
             stream: None,
             placement: None,
             used: false,
@@ -87,6 +117,8 @@ impl StepDetection {
 #[derive(Debug)]
 pub struct SessionDetectors {
     path: StepDetection,
+    /// In this process: the session's detectors.
+    local: Option<LocalSession>,
     /// Per session: the open stream.
     stream: Option<StreamCall<StepRequest, StepReply>>,
     /// Multiplexed: the lane (index, stream generation) holding the
@@ -111,6 +143,28 @@ impl SessionDetectors {
     ) -> Result<StepReply, ClientError> {
         self.used = true;
         match &self.path {
+            StepDetection::InProcess(LocalDetection(sessions)) => {
+                let session = self.local.get_or_insert_with(|| {
+                    let opening = Instant::now();
+                    let session = LocalSession(sessions.open());
+                    // Counted as the stream it stands for, on both sides.
+                    for side in [Side::Client, Side::Server] {
+                        metrics::record_call(side, STREAM_STEPS, opening.elapsed());
+                    }
+                    session
+                });
+                let outcome = match tokio::time::timeout(deadline, session.0.step(request)).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
+                    Err(_) => Err(unavailable("no reply within the deadline")),
+                };
+                // As a stream ends with its error: the next call starts
+                // afresh.
+                if outcome.is_err() {
+                    self.local = None;
+                }
+                outcome
+            }
             StepDetection::PerSession(client) => {
                 crate::stream_call::call(
                     &mut self.stream,

@@ -15,9 +15,21 @@
 //!   process, behind one type.
 //! - [`Directory`]: the services this process serves, by the address each
 //!   listens on; a server adds itself ([`Listeners`]), an edge finds it.
+//! - [`StepSessions`]: the one call on a realtime message's path, a
+//!   session's `StreamSteps`, with its messages handed over as they are.
+//!   Through the service stack above, each message was still encoded to
+//!   protobuf, framed, decoded and passed through an HTTP body on both
+//!   sides: 19 % of `all`'s CPU per realtime message, against 4 % for the
+//!   detectors themselves. A detection server in this process also offers
+//!   its sessions here: the same `StepRequest` in, the same `StepReply` (or
+//!   `Status`) out, from the same detectors and under the same
+//!   `detection.steps` span, without the codec. Every other call, and every
+//!   call from another process, is gRPC as before.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +42,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 use crate::metrics::{Side, TimedLayer};
+use crate::v1::{StepReply, StepRequest};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,10 +90,35 @@ pub fn in_process(routes: Routes, timeout: Option<Duration>) -> Link {
     }
 }
 
+/// A detection service's realtime sessions, called in this process with
+/// typed messages ([module docs](self)): what `StreamSteps` serves, one
+/// [`StepSession`] per stream.
+pub trait StepSessions: Send + Sync + 'static {
+    /// A new session's detectors, as a new `StreamSteps` stream gets them.
+    fn open(&self) -> Box<dyn StepSession>;
+}
+
+/// One session's detectors: one reply per request, in order, as on a
+/// `StreamSteps` stream. After an error the session is done (as the stream
+/// ends with its status); its caller opens a new one.
+pub trait StepSession: Send + 'static {
+    fn step(
+        &mut self,
+        request: StepRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<StepReply, tonic::Status>> + Send + '_>>;
+}
+
+/// What a server of this process offers its clients in memory.
+#[derive(Clone, Default)]
+struct Served {
+    routes: HashMap<SocketAddr, Routes>,
+    step_sessions: HashMap<SocketAddr, Arc<dyn StepSessions>>,
+}
+
 /// The gRPC services this process serves, by listening address.
 #[derive(Clone, Default)]
 pub struct Directory {
-    served: Arc<Mutex<HashMap<SocketAddr, Routes>>>,
+    served: Arc<Mutex<Served>>,
     added: Arc<Notify>,
 }
 
@@ -88,13 +126,13 @@ impl std::fmt::Debug for Directory {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Directory")
-            .field("served", &self.lock().keys().collect::<Vec<_>>())
+            .field("served", &self.lock().routes.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Directory {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Routes>> {
+    fn lock(&self) -> MutexGuard<'_, Served> {
         self.served
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -102,20 +140,39 @@ impl Directory {
 
     /// Says that `routes` are served at `addr`.
     pub fn add(&self, addr: SocketAddr, routes: Routes) {
-        self.lock().insert(addr, routes);
+        self.lock().routes.insert(addr, routes);
         self.added.notify_waiters();
     }
 
-    /// The routes served at `addr`, once their server added them (the
-    /// servers of a process start beside its clients).
-    pub async fn routes(&self, addr: SocketAddr) -> Routes {
+    /// Says that the detection server at `addr` offers `sessions` in memory.
+    pub fn add_step_sessions(&self, addr: SocketAddr, sessions: Arc<dyn StepSessions>) {
+        self.lock().step_sessions.insert(addr, sessions);
+        self.added.notify_waiters();
+    }
+
+    /// What `find` finds, once a server added it (the servers of a process
+    /// start beside its clients).
+    async fn wait_for<T>(&self, find: impl Fn(&Served) -> Option<T>) -> T {
         loop {
             let added = self.added.notified();
-            if let Some(routes) = self.lock().get(&addr) {
-                return routes.clone();
+            if let Some(found) = find(&self.lock()) {
+                return found;
             }
             added.await;
         }
+    }
+
+    /// The routes served at `addr`, once their server added them.
+    pub async fn routes(&self, addr: SocketAddr) -> Routes {
+        self.wait_for(|served| served.routes.get(&addr).cloned())
+            .await
+    }
+
+    /// The realtime sessions of the detection server at `addr`, once it
+    /// added them.
+    pub async fn step_sessions(&self, addr: SocketAddr) -> Arc<dyn StepSessions> {
+        self.wait_for(|served| served.step_sessions.get(&addr).cloned())
+            .await
     }
 }
 

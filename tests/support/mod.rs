@@ -438,6 +438,34 @@ pub struct Client {
     socket: Socket,
 }
 
+/// A [`Client`] whose pings a task answers ([`Client::answering_pings`]).
+pub struct AnsweringClient {
+    received: tokio::sync::mpsc::Receiver<Result<Value, Closed>>,
+}
+
+impl AnsweringClient {
+    /// The next message other than a `ping`, waiting up to `limit`; how
+    /// the server closed the socket if it did.
+    pub async fn next_json_within(&mut self, limit: Duration) -> Result<Value, Closed> {
+        tokio::time::timeout(limit, self.received.recv())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("the reading task ended without saying why")
+    }
+
+    /// The next message other than a `ping`, which must be of `kind`.
+    pub async fn expect_within(&mut self, kind: &str, limit: Duration) -> Value {
+        let message = self.next_json_within(limit).await.unwrap_or_else(|closed| {
+            panic!("expected a {kind} message, the socket closed: {closed:?}")
+        });
+        assert_eq!(
+            message["type"], kind,
+            "expected a {kind} message, got {message}"
+        );
+        message
+    }
+}
+
 /// How a server closed a socket.
 #[derive(Debug, PartialEq)]
 pub struct Closed {
@@ -516,6 +544,45 @@ impl Client {
                 Some(Ok(_)) => continue,
             }
         }
+    }
+
+    /// Hands the socket to a task that answers the server's JSON `ping`s
+    /// with `pong`, as a real alerts client does all along, and passes on
+    /// everything else: for a test that does other things for longer than
+    /// the server's heartbeat timeout while the socket must stay open.
+    pub fn answering_pings(mut self) -> AnsweringClient {
+        let (messages, received) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let closed = match self.socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let message: Value = serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
+                        if message["type"] == "ping" {
+                            let pong = serde_json::json!({"type": "pong"}).to_string();
+                            if self.socket.send(Message::text(pong)).await.is_err() {
+                                return;
+                            }
+                        } else if messages.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(Some(frame)))) => Closed {
+                        code: u16::from(frame.code),
+                        reason: frame.reason.to_string(),
+                    },
+                    Some(Ok(Message::Close(None))) | Some(Err(_)) | None => Closed {
+                        code: u16::from(CloseCode::Status),
+                        reason: String::new(),
+                    },
+                    Some(Ok(_)) => continue,
+                };
+                let _ = messages.send(Err(closed)).await;
+                return;
+            }
+        });
+        AnsweringClient { received }
     }
 
     /// The next message, which must be of `kind` (`type` field).

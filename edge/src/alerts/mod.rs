@@ -317,13 +317,16 @@ impl Handler for AlertsConnection {
     }
 
     async fn on_tick<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
-        if let Flow::Close(close) = self.report_heartbeat(conn).await {
-            return Flow::Close(close);
-        }
+        // The ping first: the report may wait on the registry (for seconds
+        // while NATS recovers), and the client's time to answer runs from
+        // the ping.
         let ping = Outbound::Ping {
             timestamp: timestamp(),
         };
-        conn.send(&ping).await.into()
+        match conn.send(&ping).await.into() {
+            Flow::Continue => self.report_heartbeat(conn).await,
+            ended => ended,
+        }
     }
 
     async fn on_control<T: Transport>(

@@ -511,25 +511,7 @@ pub async fn drive<H: Handler, T: Transport>(
                     if options.liveness.is_some() {
                         last_heard = Instant::now();
                     }
-                    match received {
-                        Received::Text(text) => {
-                            on_client_message(&mut handler, &mut conn, &mut limiter, Inbound::Text(text.as_str())).await
-                        }
-                        Received::Event { name, data } => {
-                            on_client_message(&mut handler, &mut conn, &mut limiter, Inbound::Event { name, data }).await
-                        }
-                        Received::Binary => {
-                            meter.received();
-                            handler.received();
-                            match over_rate(&mut limiter) {
-                                Some(close) => Flow::Close(close),
-                                None => send_error(&handler, &mut conn, &ClientError::BinaryMessage).await,
-                            }
-                        }
-                        Received::Heartbeat => handler.on_heartbeat(&mut conn).await,
-                        Received::Closed | Received::Gone => Flow::Gone,
-                        Received::Failed(close) => Flow::Close(close),
-                    }
+                    on_received(&mut handler, &mut conn, &mut limiter, received).await
                 }
                 Some(control) = async {
                     match controls.as_mut() {
@@ -548,7 +530,17 @@ pub async fn drive<H: Handler, T: Transport>(
                 event = handler.next_event() => handler.on_event(event, &mut conn).await,
                 () = tick(&mut ticks) => handler.on_tick(&mut conn).await,
                 () = silent(last_heard, options.liveness) => {
-                    Flow::Close(Close::NoHeartbeat(options.liveness.unwrap_or_default()))
+                    // The deadline may have passed while a handler waited on
+                    // something slow (a registry call while NATS recovers),
+                    // with the client's answer already here: look once
+                    // before calling the client silent.
+                    match futures::FutureExt::now_or_never(conn.transport.recv()) {
+                        Some(received) => {
+                            last_heard = Instant::now();
+                            on_received(&mut handler, &mut conn, &mut limiter, received).await
+                        }
+                        None => Flow::Close(Close::NoHeartbeat(options.liveness.unwrap_or_default())),
+                    }
                 }
             };
         }
@@ -580,6 +572,34 @@ fn over_rate(limiter: &mut Option<(u32, DefaultDirectRateLimiter)>) -> Option<Cl
     limiter.check().is_err().then_some(Close::RateLimited {
         per_second: *per_second,
     })
+}
+
+/// What comes of `received` from the client.
+async fn on_received<H: Handler, T: Transport>(
+    handler: &mut H,
+    conn: &mut Conn<'_, T>,
+    limiter: &mut Option<(u32, DefaultDirectRateLimiter)>,
+    received: Received,
+) -> Flow {
+    match received {
+        Received::Text(text) => {
+            on_client_message(handler, conn, limiter, Inbound::Text(text.as_str())).await
+        }
+        Received::Event { name, data } => {
+            on_client_message(handler, conn, limiter, Inbound::Event { name, data }).await
+        }
+        Received::Binary => {
+            conn.meter.received();
+            handler.received();
+            match over_rate(limiter) {
+                Some(close) => Flow::Close(close),
+                None => send_error(handler, conn, &ClientError::BinaryMessage).await,
+            }
+        }
+        Received::Heartbeat => handler.on_heartbeat(conn).await,
+        Received::Closed | Received::Gone => Flow::Gone,
+        Received::Failed(close) => Flow::Close(close),
+    }
 }
 
 async fn on_client_message<H: Handler, T: Transport>(

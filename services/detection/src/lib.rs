@@ -28,11 +28,12 @@ pub mod steps;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use switchboard_bus::{Bus, BusError};
 use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
-use switchboard_proto::in_process::Listeners;
+use switchboard_proto::in_process::{Listeners, StepSession, StepSessions};
 use switchboard_proto::server;
 use switchboard_proto::trace::continued;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
@@ -67,6 +68,12 @@ pub async fn serve(
     let detection = Detection {
         alerts: Alerts::open(&bus).await?,
     };
+    let listeners = listeners.into();
+    // Realtime sessions of this process's edge skip the codec
+    // (`in_process::StepSessions`); everything else goes through `routes`.
+    if let (Some(directory), Ok(addr)) = (&listeners.in_process, listeners.tcp.local_addr()) {
+        directory.add_step_sessions(addr, Arc::new(detection.clone()));
+    }
     let routes = tonic::service::Routes::new(DetectionServiceServer::new(detection));
     server::serve(
         &[<DetectionServiceServer<Detection> as tonic::server::NamedService>::NAME],
@@ -182,6 +189,23 @@ impl SessionDetectors {
     async fn step(&mut self, request: StepRequest) -> Result<StepReply, AlertError> {
         let (reply, to_raise) = self.state.detect(&request);
         raise_all(&self.alerts, to_raise, reply).await
+    }
+}
+
+impl StepSessions for Detection {
+    fn open(&self) -> Box<dyn StepSession> {
+        Box::new(SessionDetectors::new(self.alerts.clone()))
+    }
+}
+
+impl StepSession for SessionDetectors {
+    /// What one request of a `StreamSteps` stream gets ([`replies`]), with
+    /// the request and reply as they are.
+    fn step(
+        &mut self,
+        request: StepRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<StepReply, Status>> + Send + '_>> {
+        Box::pin(handled(self, request))
     }
 }
 
@@ -339,6 +363,20 @@ impl StreamDetectors for FrameDetectors {
     }
 }
 
+/// `detectors`' reply to `request`, in the request's span; its error as
+/// the client's status.
+async fn handled<D: StreamDetectors>(
+    detectors: &mut D,
+    request: D::Request,
+) -> Result<D::Reply, Status> {
+    let span = D::span(&request);
+    detectors
+        .handle(request)
+        .instrument(span)
+        .await
+        .map_err(status)
+}
+
 /// One reply per request of a stream, in order, from `detectors`; a
 /// request that fails is its error's status in the reply stream.
 fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) -> Replies<D::Reply> {
@@ -346,14 +384,7 @@ fn replies<D: StreamDetectors>(requests: Streaming<D::Request>, detectors: D) ->
         (requests, detectors),
         |(mut requests, mut detectors)| async move {
             let reply = match requests.next().await? {
-                Ok(request) => {
-                    let span = D::span(&request);
-                    detectors
-                        .handle(request)
-                        .instrument(span)
-                        .await
-                        .map_err(status)
-                }
+                Ok(request) => handled(&mut detectors, request).await,
                 Err(status) => Err(status),
             };
             Some((reply, (requests, detectors)))
