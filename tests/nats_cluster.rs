@@ -2,7 +2,9 @@
 //! (three `nats-server` processes with routes) with `--jetstream-replicas
 //! 3`, the server leading the session registry's stream is killed
 //! (`kill -9`), and sessions, pressure frames and alerts go on, the edge
-//! reconnecting through the other servers of its `NATS_URL` list.
+//! reconnecting through the other servers of its `NATS_URL` list. And an
+//! alerts socket reads on when the server holding its mailbox reader's
+//! consumer is the one killed.
 
 mod support;
 
@@ -91,9 +93,35 @@ impl Cluster {
             });
             stores.push(store);
         }
-        Self {
+        let cluster = Self {
             servers,
             _stores: stores,
+        };
+        // Each listens before anyone connects (an edge given no server
+        // that answers exits).
+        for index in 0..cluster.servers.len() {
+            cluster.logged_by_server(index, "Listening for client connections");
+        }
+        cluster
+    }
+
+    /// Waits until server `index` logs a line with `needle`.
+    fn logged_by_server(&self, index: usize, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        let server = &self.servers[index];
+        while !server
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?}",
+                server.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -106,9 +134,13 @@ impl Cluster {
             .join(",")
     }
 
-    /// The server that logged last that it leads `stream`, once one has.
+    /// The server that logged that it leads `stream`, once one has.
     fn leader_of(&self, stream: &str) -> usize {
-        let wanted = format!("new stream leader for '$G > {stream}'");
+        self.logged_by(&format!("new stream leader for '$G > {stream}'"))
+    }
+
+    /// The server that logged a line with `needle`, once one has.
+    fn logged_by(&self, needle: &str) -> usize {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(index) = self.servers.iter().position(|server| {
@@ -117,11 +149,11 @@ impl Cluster {
                     .lock()
                     .unwrap()
                     .iter()
-                    .any(|line| line.contains(&wanted))
+                    .any(|line| line.contains(needle))
             }) {
                 return index;
             }
-            assert!(Instant::now() < deadline, "no leader for {stream}");
+            assert!(Instant::now() < deadline, "no server logged {needle:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -342,4 +374,47 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         .filter(|frame| frame["message_id"] == "cluster-1")
         .count();
     assert_eq!(with_id, 1, "stored once");
+}
+
+/// An alerts socket reads its user's mailbox through a consumer that lives
+/// on one server. Killing that server tells the reader nothing: it must
+/// notice by itself (its pull does not end in time), make a new consumer
+/// on the servers left, and deliver an alert raised after the loss, with
+/// the socket open all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_socket_reads_on_when_the_server_holding_its_reader_is_killed() {
+    let mut cluster = Cluster::start();
+    let node = Switchboard::all_with_env(
+        None,
+        &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
+        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
+    );
+    eventually("an alert raised", || an_alert_is_raised(&node)).await;
+    let mut alerts =
+        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false))))
+            .await
+            .answering_pings();
+    alerts.expect_within("connected", WAIT).await;
+    alerts.expect_within("anomaly_detected", WAIT).await;
+
+    // The socket's reader is the stream's one consumer; the server that
+    // leads it holds it.
+    let holder = cluster.logged_by("new consumer leader for '$G > MAILBOX_ALERTS > ");
+    let killed = cluster.kill(holder);
+    eprintln!("killed {killed}, which held the alerts reader's consumer");
+
+    let raised = eventually_within("an alert raised after the loss", RECOVERY, || {
+        an_alert_is_raised(&node)
+    })
+    .await;
+    let delivered = alerts
+        .next_json_within(RECOVERY)
+        .await
+        .unwrap_or_else(|closed| panic!("the alerts socket stays open; closed: {closed:?}"));
+    assert_eq!(delivered["type"], "anomaly_detected", "{delivered}");
+    assert_eq!(
+        delivered["alert_id"],
+        raised.as_str(),
+        "delivered after the loss"
+    );
 }

@@ -8,9 +8,17 @@
 //! "delivered but not acked" simply means "still there".
 //!
 //! With NATS a mailbox is a JetStream stream (file storage, one message per
-//! subject `switchboard.<name>.<owner>.<id>`), readers are ordered
-//! consumers filtered on the owner, and removing is deleting the message.
-//! In process it is a map and a [`Notify`] with the same semantics.
+//! subject `switchboard.<name>.<owner>.<id>`), and removing is deleting the
+//! message. A reader is an ephemeral pull consumer filtered on the owner
+//! (one replica, in memory), pulled a few seconds at a time. A consumer
+//! lives on one server: when that server dies nothing tells the reader, so
+//! the reader watches its own pulls. The server ends every pull at its
+//! expiry; a pull that has not ended a little after that, or any error,
+//! means the consumer is gone, and the reader makes a new one that starts
+//! after the last message it returned. (async-nats' ordered consumer does
+//! this by idle heartbeats, and under load it was seen not to recover
+//! from losing its server within a minute.) In process a mailbox is a map
+//! and a [`Notify`] with the same semantics.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,15 +31,22 @@ use tokio::sync::Notify;
 
 use crate::{BusError, PrefixedStream, key_untoken as untoken, nats_error};
 
-/// Longest a mailbox reader's pull waits: it bounds how long a reader
-/// takes to notice its server is gone (about twice half of it).
-const READER_PULL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6);
+/// How long one pull of a mailbox reader waits on the server for messages.
+const READER_PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// How late after its expiry a pull may still end before the reader takes
+/// its consumer for lost (its server gone).
+const READER_PULL_GRACE: Duration = Duration::from_secs(3);
+/// Most messages one pull asks for.
+const READER_PULL_BATCH: usize = 64;
+/// How long the server keeps a reader's consumer after its last pull (a
+/// reader dropped, or one that made a new consumer, leaves its old one).
+const READER_CONSUMER_IDLE: Duration = Duration::from_secs(30);
 
 /// How long a reader keeps waiting through failed reads (a cluster electing
 /// a new leader) before it gives up, and its pauses between them.
-const READER_RECOVERY: std::time::Duration = std::time::Duration::from_secs(120);
-const READER_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
-const READER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+const READER_RECOVERY: Duration = Duration::from_secs(120);
+const READER_RETRY_MIN: Duration = Duration::from_millis(100);
+const READER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long a message waits for its owner before it is dropped.
 pub const MAILBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -126,28 +141,21 @@ impl Mailbox {
     pub async fn read(&self, owner: &str) -> Result<MailboxReader, BusError> {
         match self {
             Mailbox::Nats(nats) => {
-                let config = consumer::pull::OrderedConfig {
-                    filter_subject: format!("{}.*", nats.subject(&[owner])),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    // An ordered consumer lives on one server; when that
-                    // server dies the reader notices two missed heartbeats
-                    // (half the pull expiry each) and recreates it on
-                    // another: seconds, not the default half-minute.
-                    max_expires: READER_PULL_EXPIRY,
-                    ..Default::default()
-                };
-                let consumer = nats
-                    .stream
-                    .create_consumer(config)
-                    .await
-                    .map_err(nats_error)?;
-                let backlog = consumer.cached_info().num_pending;
-                let messages = consumer.messages().await.map_err(nats_error)?;
-                Ok(MailboxReader::Nats {
-                    messages: Box::new(messages),
-                    backlog,
+                let mut reader = NatsReader {
+                    stream: nats.stream.clone(),
+                    filter: format!("{}.*", nats.subject(&[owner])),
+                    last_returned: None,
+                    consumer: None,
+                    pull: None,
+                    pulling: false,
+                    backlog: 0,
                     failing_since: None,
-                })
+                    pause: READER_RETRY_MIN,
+                };
+                let consumer = reader.new_consumer().await?;
+                reader.backlog = consumer.cached_info().num_pending;
+                reader.consumer = Some(consumer);
+                Ok(MailboxReader::Nats(Box::new(reader)))
             }
             Mailbox::Local(local) => Ok(MailboxReader::Local {
                 backlog: local.backlog(owner),
@@ -174,19 +182,47 @@ impl Mailbox {
 
 /// A reader of one owner's mailbox.
 pub enum MailboxReader {
-    Nats {
-        messages: Box<consumer::pull::Ordered>,
-        backlog: u64,
-        /// Since when reads fail, if they do (kept across calls: `next`
-        /// may be cancelled by the caller's other events).
-        failing_since: Option<tokio::time::Instant>,
-    },
+    Nats(Box<NatsReader>),
     Local {
         mailbox: LocalMailbox,
         owner: String,
         cursor: u64,
         backlog: u64,
     },
+}
+
+/// A reader of one owner's mailbox in JetStream ([module docs](self)). Its
+/// state lives here, not in [`MailboxReader::next`]'s future, which its
+/// caller may drop for another event at any await.
+pub struct NatsReader {
+    stream: jetstream::stream::Stream,
+    filter: String,
+    /// The stream sequence of the last message returned: a new consumer
+    /// starts after it.
+    last_returned: Option<u64>,
+    consumer: Option<consumer::PullConsumer>,
+    /// The pull under way, and when it must have ended.
+    pull: Option<(consumer::pull::Batch, tokio::time::Instant)>,
+    /// A pull was being asked for: if it is not in `pull`, that was
+    /// cancelled half-way, and what the server sent for it is lost to
+    /// this consumer.
+    pulling: bool,
+    backlog: u64,
+    /// Since when reads fail, if they do.
+    failing_since: Option<tokio::time::Instant>,
+    /// The pause before the next try after a failure.
+    pause: Duration,
+}
+
+impl std::fmt::Debug for NatsReader {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("NatsReader")
+            .field("filter", &self.filter)
+            .field("last_returned", &self.last_returned)
+            .field("backlog", &self.backlog)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for MailboxReader {
@@ -203,7 +239,8 @@ impl MailboxReader {
     /// yet read.
     pub fn backlog(&self) -> u64 {
         match self {
-            MailboxReader::Nats { backlog, .. } | MailboxReader::Local { backlog, .. } => *backlog,
+            MailboxReader::Nats(reader) => reader.backlog,
+            MailboxReader::Local { backlog, .. } => *backlog,
         }
     }
 
@@ -211,51 +248,7 @@ impl MailboxReader {
     /// the bus is gone.
     pub async fn next(&mut self) -> Result<Option<Letter>, BusError> {
         match self {
-            MailboxReader::Nats {
-                messages,
-                backlog,
-                failing_since,
-            } => {
-                let mut pause = READER_RETRY_MIN;
-                loop {
-                    let Some(message) = messages.next().await else {
-                        return Ok(None);
-                    };
-                    // While a server of the cluster is lost, pulls fail until
-                    // the stream has a new leader (seconds; more on a busy
-                    // machine). The ordered consumer goes on after an error, so
-                    // the reader waits for it, up to READER_RECOVERY.
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(error) => {
-                            let since =
-                                *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                            if since.elapsed() >= READER_RECOVERY {
-                                return Err(nats_error(error));
-                            }
-                            tracing::warn!(%error, "mailbox read failed; waiting for the stream to recover");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(READER_RETRY_MAX);
-                            continue;
-                        }
-                    };
-                    *failing_since = None;
-                    *backlog = backlog.saturating_sub(1);
-                    let id = message.subject.rsplit('.').next().and_then(untoken);
-                    match id {
-                        Some(id) => {
-                            return Ok(Some(Letter {
-                                id,
-                                payload: message.payload.clone(),
-                                trace: crate::trace_of(message.headers.clone()),
-                            }));
-                        }
-                        None => {
-                            tracing::warn!(subject = %message.subject, "mailbox message with a bad subject");
-                        }
-                    }
-                }
-            }
+            MailboxReader::Nats(reader) => reader.next().await.map(Some),
             MailboxReader::Local {
                 mailbox,
                 owner,
@@ -265,6 +258,134 @@ impl MailboxReader {
                 let letter = mailbox.next_after(owner, cursor).await;
                 *backlog = backlog.saturating_sub(1);
                 Ok(Some(letter))
+            }
+        }
+    }
+}
+
+impl NatsReader {
+    /// A consumer of the owner's messages after the last one returned.
+    async fn new_consumer(&self) -> Result<consumer::PullConsumer, BusError> {
+        let deliver_policy = match self.last_returned {
+            Some(sequence) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: sequence + 1,
+            },
+            None => consumer::DeliverPolicy::All,
+        };
+        self.stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: self.filter.clone(),
+                deliver_policy,
+                // Reading is not consuming: a message stays until removed.
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: READER_CONSUMER_IDLE,
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_error)
+    }
+
+    /// Forgets the consumer (and its pull): the next read makes a new one.
+    fn drop_consumer(&mut self) {
+        self.consumer = None;
+        self.pull = None;
+        self.pulling = false;
+    }
+
+    /// While the cluster recovers (a stream without a leader for a while)
+    /// reads fail: waits before the next try, and gives up with `error`
+    /// after [`READER_RECOVERY`] of failures.
+    async fn failed(&mut self, error: BusError) -> Result<(), BusError> {
+        let since = *self
+            .failing_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= READER_RECOVERY {
+            return Err(error);
+        }
+        tracing::warn!(%error, "mailbox read failed; waiting for the stream to recover");
+        let pause = self.pause;
+        self.pause = (pause * 2).min(READER_RETRY_MAX);
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Letter, BusError> {
+        loop {
+            if self.pulling && self.pull.is_none() {
+                self.drop_consumer();
+            }
+            let consumer = match &self.consumer {
+                Some(consumer) => consumer,
+                None => match self.new_consumer().await {
+                    Ok(consumer) => self.consumer.insert(consumer),
+                    Err(error) => {
+                        self.failed(error).await?;
+                        continue;
+                    }
+                },
+            };
+            if self.pull.is_none() {
+                self.pulling = true;
+                let pull = consumer
+                    .fetch()
+                    .max_messages(READER_PULL_BATCH)
+                    .expires(READER_PULL_EXPIRY)
+                    .messages()
+                    .await;
+                match pull {
+                    Ok(batch) => {
+                        let deadline =
+                            tokio::time::Instant::now() + READER_PULL_EXPIRY + READER_PULL_GRACE;
+                        self.pull = Some((batch, deadline));
+                    }
+                    Err(error) => {
+                        self.drop_consumer();
+                        self.failed(nats_error(error)).await?;
+                        continue;
+                    }
+                }
+            }
+            let (batch, deadline) = self.pull.as_mut().expect("made above");
+            match tokio::time::timeout_at(*deadline, batch.next()).await {
+                Err(_) => {
+                    tracing::warn!(
+                        "a mailbox reader's pull did not end in time: its consumer is lost; making a new one"
+                    );
+                    self.drop_consumer();
+                }
+                // The pull ended (its expiry, or every message it asked
+                // for): the next one.
+                Ok(None) => {
+                    self.pull = None;
+                    self.pulling = false;
+                }
+                Ok(Some(Err(source))) => {
+                    self.drop_consumer();
+                    self.failed(BusError::Nats { source }).await?;
+                }
+                Ok(Some(Ok(message))) => {
+                    self.failing_since = None;
+                    self.pause = READER_RETRY_MIN;
+                    if let Ok(info) = message.info() {
+                        self.last_returned = Some(info.stream_sequence);
+                    }
+                    self.backlog = self.backlog.saturating_sub(1);
+                    let id = message.subject.rsplit('.').next().and_then(untoken);
+                    match id {
+                        Some(id) => {
+                            return Ok(Letter {
+                                id,
+                                payload: message.payload.clone(),
+                                trace: crate::trace_of(message.headers.clone()),
+                            });
+                        }
+                        None => {
+                            tracing::warn!(subject = %message.subject, "mailbox message with a bad subject");
+                        }
+                    }
+                }
             }
         }
     }
