@@ -153,7 +153,17 @@ impl SessionDetectors {
                     }
                     session
                 });
-                let outcome = match tokio::time::timeout(deadline, session.0.step(request)).await {
+                // Most replies are ready at once (the detectors are
+                // synchronous): the deadline's timer is armed only for one
+                // that waits (storing a fall's alert).
+                let replied = {
+                    let mut step = session.0.step(request);
+                    match futures::poll!(step.as_mut()) {
+                        std::task::Poll::Ready(replied) => Ok(replied),
+                        std::task::Poll::Pending => tokio::time::timeout(deadline, step).await,
+                    }
+                };
+                let outcome = match replied {
                     Ok(Ok(reply)) => Ok(reply),
                     Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
                     Err(_) => Err(unavailable("no reply within the deadline")),
