@@ -127,6 +127,11 @@ struct Roles {
 
 impl Roles {
     fn start(nats: &Nats) -> Self {
+        Self::start_with_edge(nats, &[])
+    }
+
+    /// The roles, with `edge_extra` on the edge's command line.
+    fn start_with_edge(nats: &Nats, edge_extra: &[&str]) -> Self {
         let local = "127.0.0.1:0";
         let session =
             Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
@@ -137,7 +142,7 @@ impl Roles {
             &session,
             &detection,
             &statistics,
-            &["--grpc-timeout-ms", "2000"],
+            &[&["--grpc-timeout-ms", "2000"], edge_extra].concat(),
         );
         Self {
             session,
@@ -161,8 +166,19 @@ impl Roles {
 
 #[tokio::test]
 async fn a_detection_restart_is_an_error_message_then_recovery() {
+    detection_restart_is_an_error_message_then_recovery(&[]).await;
+}
+
+/// The same with one `StreamSteps` stream per session instead of the
+/// shared lanes.
+#[tokio::test]
+async fn with_a_stream_per_session_a_detection_restart_is_an_error_then_recovery() {
+    detection_restart_is_an_error_message_then_recovery(&["--detection-streams", "0"]).await;
+}
+
+async fn detection_restart_is_an_error_message_then_recovery(edge_extra: &[&str]) {
     let nats = Nats::start();
-    let mut roles = Roles::start(&nats);
+    let mut roles = Roles::start_with_edge(&nats, edge_extra);
     let (mut client, _) = realtime_session(&roles.edge).await;
     client
         .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")

@@ -262,6 +262,31 @@ async fn an_alert_is_raised(node: &Switchboard) -> Option<String> {
     body["alert_id"].as_str().map(str::to_owned)
 }
 
+/// `switchboard all` on `cluster`, three copies of everything, with
+/// `env` besides the JWT secret.
+fn node_on(cluster: &Cluster, env: &[(&str, &str)]) -> Switchboard {
+    let mut env = env.to_vec();
+    env.push(("SWITCHBOARD_JWT_SECRET", SECRET));
+    Switchboard::all_with_env(
+        None,
+        &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
+        &env,
+    )
+}
+
+/// mo's alerts socket, past its `connected`, answering every ping all
+/// along as a real client does (a silent one is rightly closed as dead,
+/// with 1001), while the test looks elsewhere for as long as a cluster's
+/// recovery takes.
+async fn mos_alerts(node: &Switchboard) -> support::AnsweringClient {
+    let mut alerts =
+        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false))))
+            .await
+            .answering_pings();
+    alerts.expect_within("connected", WAIT).await;
+    alerts
+}
+
 /// How long the cluster may take to recover from a lost server: its
 /// streams elect new leaders (every replicated stream and bucket, one Raft
 /// group each), and clients' consumers are made anew, on two busy cores.
@@ -270,11 +295,9 @@ const RECOVERY: std::time::Duration = std::time::Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
     let mut cluster = Cluster::start();
-    let node = Switchboard::all_with_env(
-        None,
-        &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
+    let node = node_on(
+        &cluster,
         &[
-            ("SWITCHBOARD_JWT_SECRET", SECRET),
             // A heartbeat timeout shorter than a registry call that waits
             // out the recovery (the 5 s gRPC timeout): a client that
             // answers every ping is still not taken for dead meanwhile.
@@ -292,14 +315,7 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
         (health["status"] == "healthy").then_some(())
     })
     .await;
-    // The alerts client answers every ping all along, as a real one does
-    // (a silent one is rightly closed as dead, with 1001), while the test
-    // looks elsewhere for as long as the cluster's recovery takes.
-    let mut alerts =
-        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false))))
-            .await
-            .answering_pings();
-    alerts.expect_within("connected", WAIT).await;
+    let mut alerts = mos_alerts(&node).await;
     let before = eventually("a frame stored", || a_frame_is_stored(&node)).await;
     let raised = eventually("an alert raised", || an_alert_is_raised(&node)).await;
     assert_eq!(
@@ -384,17 +400,9 @@ async fn sessions_frames_and_alerts_survive_losing_a_nats_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alerts_socket_reads_on_when_the_server_holding_its_reader_is_killed() {
     let mut cluster = Cluster::start();
-    let node = Switchboard::all_with_env(
-        None,
-        &["--nats-url", &cluster.url(), "--jetstream-replicas", "3"],
-        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
-    );
+    let node = node_on(&cluster, &[]);
     eventually("an alert raised", || an_alert_is_raised(&node)).await;
-    let mut alerts =
-        Client::connect(&node.ws(&format!("/ws/alerts/mo?token={}", token("mo", false))))
-            .await
-            .answering_pings();
-    alerts.expect_within("connected", WAIT).await;
+    let mut alerts = mos_alerts(&node).await;
     alerts.expect_within("anomaly_detected", WAIT).await;
 
     // The socket's reader is the stream's one consumer; the server that

@@ -8,7 +8,7 @@
 //!   ([`in_process::StepSessions`]): no network, no codec, the same
 //!   replies, errors and spans as its `StreamSteps`.
 //! - **Per session** (`StreamSteps`): one bidirectional stream per session
-//!   (`--detection-streams 0`, or `all --in-process-calls false`).
+//!   (`--detection-streams 0`).
 //! - **Multiplexed** (`StreamStepBatches`): across processes a stream per
 //!   session pays a gRPC frame, a wake-up and a socket write per message in
 //!   each process. The edge instead keeps a few *lanes* per detection
@@ -103,29 +103,56 @@ const STREAM_STEPS: &str = "/switchboard.v1.DetectionService/StreamSteps";
 impl StepDetection {
     /// A new session's link to its detectors (nothing opened yet).
     pub fn session(&self) -> SessionDetectors {
-        SessionDetectors {
-            path: self.clone(),
-            local: None,
-            stream: None,
-            placement: None,
-            used: false,
-        }
+        let link = match self {
+            StepDetection::InProcess(sessions) => Link::InProcess {
+                sessions: sessions.clone(),
+                session: None,
+            },
+            StepDetection::PerSession(client) => Link::PerSession(Box::new(OwnStream {
+                client: client.clone(),
+                stream: None,
+            })),
+            StepDetection::Multiplexed(streams) => Link::Multiplexed {
+                streams: streams.clone(),
+                placement: None,
+            },
+        };
+        SessionDetectors { link, used: false }
     }
 }
 
 /// One session's link to its detectors.
 #[derive(Debug)]
 pub struct SessionDetectors {
-    path: StepDetection,
-    /// In this process: the session's detectors.
-    local: Option<LocalSession>,
-    /// Per session: the open stream.
-    stream: Option<StreamCall<StepRequest, StepReply>>,
-    /// Multiplexed: the lane (index, stream generation) holding the
-    /// session's detectors.
-    placement: Option<(usize, u64)>,
+    link: Link,
     /// Whether any request went out (whether there are detectors to flush).
     used: bool,
+}
+
+/// A session's path to its detectors, with what it holds on that path.
+#[derive(Debug)]
+enum Link {
+    /// In this process: the session's detectors, once opened.
+    InProcess {
+        sessions: LocalDetection,
+        session: Option<LocalSession>,
+    },
+    /// The session's own stream, once opened (boxed: the largest, and the
+    /// rarest, of the three).
+    PerSession(Box<OwnStream>),
+    /// The lane (index, stream generation) holding the session's
+    /// detectors, once placed.
+    Multiplexed {
+        streams: StepStreams,
+        placement: Option<(usize, u64)>,
+    },
+}
+
+/// A session's own `StreamSteps` stream, once opened, and how to open it.
+#[derive(Debug)]
+struct OwnStream {
+    client: DetectionServiceClient<TimedChannel>,
+    stream: Option<StreamCall<StepRequest, StepReply>>,
 }
 
 impl SessionDetectors {
@@ -142,42 +169,14 @@ impl SessionDetectors {
         deadline: Duration,
     ) -> Result<StepReply, ClientError> {
         self.used = true;
-        match &self.path {
-            StepDetection::InProcess(LocalDetection(sessions)) => {
-                let session = self.local.get_or_insert_with(|| {
-                    let opening = Instant::now();
-                    let session = LocalSession(sessions.open());
-                    // Counted as the stream it stands for, on both sides.
-                    for side in [Side::Client, Side::Server] {
-                        metrics::record_call(side, STREAM_STEPS, opening.elapsed());
-                    }
-                    session
-                });
-                // Most replies are ready at once (the detectors are
-                // synchronous): the deadline's timer is armed only for one
-                // that waits (storing a fall's alert).
-                let replied = {
-                    let mut step = session.0.step(request);
-                    match futures::poll!(step.as_mut()) {
-                        std::task::Poll::Ready(replied) => Ok(replied),
-                        std::task::Poll::Pending => tokio::time::timeout(deadline, step).await,
-                    }
-                };
-                let outcome = match replied {
-                    Ok(Ok(reply)) => Ok(reply),
-                    Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
-                    Err(_) => Err(unavailable("no reply within the deadline")),
-                };
-                // As a stream ends with its error: the next call starts
-                // afresh.
-                if outcome.is_err() {
-                    self.local = None;
-                }
-                outcome
+        match &mut self.link {
+            Link::InProcess { sessions, session } => {
+                call_in_process(sessions, session, request, deadline).await
             }
-            StepDetection::PerSession(client) => {
+            Link::PerSession(own) => {
+                let OwnStream { client, stream } = own.as_mut();
                 crate::stream_call::call(
-                    &mut self.stream,
+                    stream,
                     "detection",
                     deadline,
                     // The client is cloned only when a stream opens.
@@ -189,11 +188,51 @@ impl SessionDetectors {
                 )
                 .await
             }
-            StepDetection::Multiplexed(streams) => {
-                streams.call(&mut self.placement, request, deadline).await
+            Link::Multiplexed { streams, placement } => {
+                streams.call(placement, request, deadline).await
             }
         }
     }
+}
+
+/// `request` to the session's detectors in this process (opened in `slot`
+/// when it is empty), within `deadline`; after an error the slot is
+/// emptied, as a stream ends with its error, so the next call starts
+/// afresh.
+async fn call_in_process(
+    sessions: &LocalDetection,
+    slot: &mut Option<LocalSession>,
+    request: StepRequest,
+    deadline: Duration,
+) -> Result<StepReply, ClientError> {
+    let session = slot.get_or_insert_with(|| {
+        let opening = Instant::now();
+        let session = LocalSession(sessions.0.open());
+        // Counted as the stream it stands for, on both sides.
+        for side in [Side::Client, Side::Server] {
+            metrics::record_call(side, STREAM_STEPS, opening.elapsed());
+        }
+        session
+    });
+    // Most replies are ready at once (the detectors are synchronous): the
+    // deadline's timer is armed only for one that waits (storing a fall's
+    // alert).
+    let replied = {
+        let mut step = session.0.step(request);
+        match futures::poll!(step.as_mut()) {
+            std::task::Poll::Ready(replied) => Ok(replied),
+            std::task::Poll::Pending => tokio::time::timeout(deadline, step).await,
+        }
+    };
+    let outcome = match replied {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(status)) => Err(ClientError::from_status("detection", status)),
+        Err(_) => Err(unavailable("no reply within the deadline")),
+    };
+    if outcome.is_err() {
+        *slot = None;
+    }
+    outcome
 }
 
 /// A detection replica's address and the lanes the edge keeps to it.

@@ -14,10 +14,12 @@
 //!   session and nothing is shared between replicas. If a replica goes
 //!   away the edge sends the session's next request to another stream and
 //!   the detector starts afresh (a few seconds of window), while the
-//!   session's totals stay in the session registry. Every stream also watches for a
-//!   fall; a fall becomes an alert for the stream's user, stored before the
-//!   reply that names it. The server is the one place the detectors' and
-//!   the alerts' errors become gRPC statuses.
+//!   session's totals stay in the session registry. Every stream also
+//!   watches for a fall; a fall becomes an alert for the stream's user,
+//!   stored before the reply that names it. The server is the one place the
+//!   detectors' and the alerts' errors become gRPC statuses. In one process
+//!   the edge calls a session's detectors without the codec
+//!   ([`StepSessions`]).
 
 pub mod alerts;
 pub mod fall;
