@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use switchboard_bus::hub::system_events::publish_counts;
 use switchboard_bus::{Bus, BusSettings};
 use switchboard_edge::{Backends, EdgeSettings, ServiceUrls};
 use switchboard_proto::in_process::{Directory, Listeners};
@@ -395,22 +396,32 @@ async fn serve_role(role: Role, drain_timeout: Duration, shutdown: Shutdown) -> 
             args.edge.drain_timeout = drain_timeout;
             let listener = bind("edge", args.edge_addr.http_addr).await?;
             let bus = Bus::connect(&args.bus).await?;
-            switchboard_edge::serve(args.edge, args.services, bus, listener, shutdown.signal())
-                .await?;
+            switchboard_edge::serve(
+                args.edge,
+                args.services,
+                bus.clone(),
+                listener,
+                shutdown.signal(),
+            )
+            .await?;
+            publish_counts(&bus).await;
             Ok(())
         }
         Role::Session(args) => {
             let listener = bind("session", args.grpc_addr).await?;
             serve_metrics(args.metrics.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
-            switchboard_session::serve(args.session, bus, listener, shutdown.signal()).await?;
+            switchboard_session::serve(args.session, bus.clone(), listener, shutdown.signal())
+                .await?;
+            publish_counts(&bus).await;
             Ok(())
         }
         Role::Detection(args) => {
             let listener = bind("detection", args.grpc_addr).await?;
             serve_metrics(args.metrics.metrics_addr, shutdown.signal()).await?;
             let bus = Bus::connect(&args.bus).await?;
-            switchboard_detection::serve(bus, listener, shutdown.signal()).await?;
+            switchboard_detection::serve(bus.clone(), listener, shutdown.signal()).await?;
+            publish_counts(&bus).await;
             Ok(())
         }
         Role::Statistics(args) => {
@@ -509,5 +520,6 @@ async fn run_all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             served
         },
     )?;
+    publish_counts(&bus).await;
     Ok(())
 }

@@ -732,11 +732,13 @@ pub async fn publish(state: &PressureState, recorded: Recorded, origin: Option<&
     if recorded.duplicate {
         return event;
     }
-    let announced = serde_json::json!({
-        "workout_id": recorded.workout_id,
-        "frame_count": recorded.frame_count,
-        "sequence": recorded.sequence,
-    });
+    let announced = || {
+        serde_json::json!({
+            "workout_id": recorded.workout_id,
+            "frame_count": recorded.frame_count,
+            "sequence": recorded.sequence,
+        })
+    };
     state.bus.announce("frame_processed", announced).await;
     if let Err(error) = state
         .rooms

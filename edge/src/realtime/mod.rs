@@ -391,12 +391,14 @@ impl Realtime {
             unreported.predictions += 1;
         }
         if steps > 0 {
-            let event = serde_json::json!({
-                "session_id": self.session.session_id,
-                "user_id": self.session.user_id,
-                "steps": steps,
-                "total_steps": self.total_steps,
-            });
+            let event = || {
+                serde_json::json!({
+                    "session_id": self.session.session_id,
+                    "user_id": self.session.user_id,
+                    "steps": steps,
+                    "total_steps": self.total_steps,
+                })
+            };
             self.state.bus.announce("step_detected", event).await;
         }
         let observation = reply.observation.unwrap_or_default();

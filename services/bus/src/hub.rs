@@ -334,10 +334,15 @@ impl Bus {
 
     /// Announces a system event to every `/ws/ui` client (seed 003's
     /// `event` message, `data` with a `timestamp` added) and to the
-    /// statistics counters. Best effort: an event that cannot be built or
-    /// published is logged, never an error for the caller.
-    pub async fn announce(&self, event_type: &str, data: Value) {
-        let Value::Object(mut data) = data else {
+    /// statistics counters. `data` is made only when the event is shown
+    /// (see [`system_events`]). Best effort: an event that cannot be built
+    /// or published is logged, never an error for the caller.
+    pub async fn announce(&self, event_type: &str, data: impl FnOnce() -> Value) {
+        system_events::count(self, event_type);
+        if !system_events::shown(self, event_type) {
+            return;
+        }
+        let Value::Object(mut data) = data() else {
             tracing::warn!(event_type, "event not announced: its data is not an object");
             return;
         };
@@ -349,16 +354,6 @@ impl Bus {
                 return;
             }
         };
-        let payload = message.as_bytes().clone();
-        if let Err(error) = self
-            .publish(subjects::SYSTEM_EVENTS.to_owned(), payload)
-            .await
-        {
-            tracing::debug!(%error, event_type, "event not counted");
-        }
-        if !system_events::shown(self, event_type) {
-            return;
-        }
         // Not waited for: an event is best effort, and its publisher (a
         // session opening) should not wait for JetStream.
         let shown = self
@@ -587,7 +582,7 @@ mod tests {
             .subscribe(subjects::UI_MESSAGES.to_owned())
             .await
             .unwrap();
-        bus.announce("session_opened", json!({"session_id": "s1"}))
+        bus.announce("session_opened", || json!({"session_id": "s1"}))
             .await;
         let received = tokio::time::timeout(std::time::Duration::from_secs(5), ui.next())
             .await
@@ -604,6 +599,73 @@ mod tests {
         );
         assert_eq!(message_type(&received.payload).as_deref(), Some("event"));
     }
+
+    #[tokio::test]
+    async fn events_are_published_as_sums_once_per_interval() {
+        // Virtual time: the interval passes as soon as the test waits.
+        tokio::time::pause();
+        let bus = Bus::Local(crate::LocalBus::default());
+        let mut sums = bus
+            .subscribe(subjects::SYSTEM_EVENTS.to_owned())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            bus.announce("step_detected", || json!({})).await;
+        }
+        bus.announce("session_opened", || json!({})).await;
+        let started = tokio::time::Instant::now();
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), sums.next())
+            .await
+            .expect("the sums within 5 s")
+            .unwrap();
+        // Within the interval (the timer rounds up to its next millisecond).
+        let waited = started.elapsed();
+        assert!(
+            waited <= system_events::COUNTS_INTERVAL + std::time::Duration::from_millis(2),
+            "{waited:?}"
+        );
+        let counts = system_events::counted(&received.payload).expect("an event_counts message");
+        assert_eq!(
+            counts,
+            std::collections::BTreeMap::from([
+                ("session_opened".to_owned(), 1),
+                ("step_detected".to_owned(), 3),
+            ])
+        );
+        assert!(
+            tokio::time::timeout(system_events::COUNTS_INTERVAL * 4, sums.next())
+                .await
+                .is_err(),
+            "one message for the four events"
+        );
+        // The next event starts the next interval.
+        bus.announce("step_detected", || json!({})).await;
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), sums.next())
+            .await
+            .expect("the next sums within 5 s")
+            .unwrap();
+        assert_eq!(
+            system_events::counted(&received.payload),
+            Some(std::collections::BTreeMap::from([(
+                "step_detected".to_owned(),
+                1
+            )]))
+        );
+    }
+
+    #[test]
+    fn a_single_event_counts_once_and_other_messages_not_at_all() {
+        let event = br#"{"type":"event","event_type":"session_opened","data":{}}"#;
+        assert_eq!(
+            system_events::counted(event),
+            Some(std::collections::BTreeMap::from([(
+                "session_opened".to_owned(),
+                1
+            )]))
+        );
+        assert_eq!(system_events::counted(br#"{"type":"overlay"}"#), None);
+        assert_eq!(system_events::counted(b"not json"), None);
+    }
 }
 
 /// How many system events a process shows `/ws/ui` clients: at most
@@ -611,19 +673,101 @@ mod tests {
 /// of twice that), the rest summed up once a second in one
 /// `system_events_suppressed` event. So a burst of joins costs each viewer a
 /// bounded number of messages, not one per join, and can never fill a
-/// reading client's queue (256) and get it dropped. Every event is still
-/// published once on [`subjects::SYSTEM_EVENTS`], where it is counted.
+/// reading client's queue (256) and get it dropped.
+///
+/// Every event is counted where it happens, and each bus publishes its sums
+/// on [`subjects::SYSTEM_EVENTS`] at most every [`COUNTS_INTERVAL`], as one
+/// `{"type": "event_counts", "counts": {event_type: count}}`, where the
+/// statistics replicas add them up ([`counted`]). One message per process
+/// and interval, not one per event: a busy realtime session finds several
+/// steps a second, and a NATS message per step cost `nats-server` more
+/// than the realtime messages themselves.
 pub mod system_events {
     use std::collections::BTreeMap;
     use std::num::NonZeroU32;
-    use std::sync::{LazyLock, Mutex, OnceLock};
+    use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
     use std::time::Duration;
 
     use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
     use serde_json::{Map, Value, json};
 
     use super::{UiMessageKind, ui_message};
-    use crate::Bus;
+    use crate::{Bus, subjects};
+
+    /// Longest time an event waits to be published in its bus's sums.
+    pub const COUNTS_INTERVAL: Duration = Duration::from_millis(500);
+
+    /// Events a bus counted and has not published yet.
+    #[derive(Debug, Default)]
+    pub struct Tally(Mutex<BTreeMap<String, u64>>);
+
+    impl Tally {
+        fn take(&self) -> BTreeMap<String, u64> {
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+    }
+
+    /// Counts one `event_type` event. The first event after a publish
+    /// starts the wait for the next: no task runs while nothing happens.
+    pub(super) fn count(bus: &Bus, event_type: &str) {
+        let first = {
+            let mut counts = bus
+                .event_counts()
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let first = counts.is_empty();
+            match counts.get_mut(event_type) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.insert(event_type.to_owned(), 1);
+                }
+            }
+            first
+        };
+        if first {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(COUNTS_INTERVAL).await;
+                publish_counts(&bus).await;
+            });
+        }
+    }
+
+    /// Publishes the bus's counts now (a process that ends does so last).
+    pub async fn publish_counts(bus: &Bus) {
+        let counts = bus.event_counts().take();
+        if counts.is_empty() {
+            return;
+        }
+        let payload = json!({"type": "event_counts", "counts": counts}).to_string();
+        if let Err(error) = bus
+            .publish(subjects::SYSTEM_EVENTS.to_owned(), payload.into())
+            .await
+        {
+            tracing::debug!(%error, "event counts not published");
+        }
+    }
+
+    /// The events a message on [`subjects::SYSTEM_EVENTS`] counts: an
+    /// `event_counts` message's sums, or one for a single `event` (as
+    /// edges before the sums published them); `None` for anything else.
+    pub fn counted(payload: &[u8]) -> Option<BTreeMap<String, u64>> {
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            r#type: String,
+            #[serde(default)]
+            event_type: String,
+            #[serde(default)]
+            counts: BTreeMap<String, u64>,
+        }
+        let counted = serde_json::from_slice::<Counted>(payload).ok()?;
+        match counted.r#type.as_str() {
+            "event_counts" => Some(counted.counts),
+            "event" => Some(BTreeMap::from([(counted.event_type, 1)])),
+            _ => None,
+        }
+    }
 
     /// System events shown per second, per process.
     pub const SHOWN_PER_SECOND: u32 = 20;

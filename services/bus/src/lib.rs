@@ -32,6 +32,7 @@ pub mod log;
 pub mod mailbox;
 
 use std::error::Error;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
@@ -220,6 +221,8 @@ pub struct NatsBus {
     ui_history: History,
     /// The statistics stream's kept messages.
     stream_history: History,
+    /// System events counted here, not yet published.
+    event_counts: Arc<hub::system_events::Tally>,
 }
 
 impl Bus {
@@ -264,7 +267,17 @@ impl Bus {
             replicas,
             ui_history,
             stream_history,
+            event_counts: Arc::default(),
         })))
+    }
+
+    /// System events counted through this bus (and its clones), not yet
+    /// published.
+    pub(crate) fn event_counts(&self) -> &hub::system_events::Tally {
+        match self {
+            Bus::Nats(nats) => &nats.event_counts,
+            Bus::Local(local) => local.event_counts(),
+        }
     }
 
     /// True when this process is the whole cluster.

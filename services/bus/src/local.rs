@@ -28,6 +28,7 @@ struct LocalInner {
     buckets: Mutex<HashMap<String, LocalKeyValue>>,
     mailboxes: Mutex<HashMap<String, crate::mailbox::LocalMailbox>>,
     logs: Mutex<HashMap<String, crate::log::LocalLog>>,
+    event_counts: crate::hub::system_events::Tally,
 }
 
 #[derive(Debug)]
@@ -67,6 +68,10 @@ impl LocalBus {
                 ..Default::default()
             }),
         }
+    }
+
+    pub(crate) fn event_counts(&self) -> &crate::hub::system_events::Tally {
+        &self.inner.event_counts
     }
 
     /// A hub's kept messages, made on first use.

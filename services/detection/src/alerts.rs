@@ -140,13 +140,15 @@ impl Alerts {
             severity = %alert.severity,
             "alert raised"
         );
-        let event = serde_json::json!({
-            "alert_id": alert.alert_id,
-            "user_id": alert.user_id,
-            "anomaly_type": alert.anomaly_type,
-            "severity": alert.severity,
-            "stream_id": alert.stream_id,
-        });
+        let event = || {
+            serde_json::json!({
+                "alert_id": alert.alert_id,
+                "user_id": alert.user_id,
+                "anomaly_type": alert.anomaly_type,
+                "severity": alert.severity,
+                "stream_id": alert.stream_id,
+            })
+        };
         self.bus.announce("alert_raised", event).await;
         Ok(alert)
     }
@@ -158,7 +160,7 @@ impl Alerts {
         check_label("alert_id", alert_id, true)?;
         if self.mailbox.remove(user_id, alert_id).await? {
             tracing::info!(alert_id, "alert acknowledged");
-            let event = serde_json::json!({"alert_id": alert_id, "user_id": user_id});
+            let event = || serde_json::json!({"alert_id": alert_id, "user_id": user_id});
             self.bus.announce("alert_acked", event).await;
             Ok(())
         } else {

@@ -520,11 +520,13 @@ impl Registry {
 
     /// Tells the UI hub and the statistics a session's life changed.
     async fn announce(&self, event_type: &str, session: &Session) {
-        let data = serde_json::json!({
-            "session_id": session.session_id,
-            "user_id": session.user_id,
-            "kind": session.kind,
-        });
+        let data = || {
+            serde_json::json!({
+                "session_id": session.session_id,
+                "user_id": session.user_id,
+                "kind": session.kind,
+            })
+        };
         self.bus.announce(event_type, data).await;
     }
 

@@ -295,7 +295,7 @@ impl Counters {
     }
 
     /// Counts the system events (as one of the replicas' queue group: each
-    /// event once), writing the sums every half second.
+    /// process's sums once), writing the totals every half second.
     async fn count_events_forever(self, mut events: switchboard_bus::Subscription) {
         let mut pending: BTreeMap<String, u64> = BTreeMap::new();
         let mut flushes = tokio::time::interval(EVENT_FLUSH_INTERVAL);
@@ -303,10 +303,12 @@ impl Counters {
             tokio::select! {
                 message = events.next() => {
                     let Some(message) = message else { return };
-                    if let Some(event_type) = hub::event_type(&message.payload)
-                        && SYSTEM_EVENTS.contains(&event_type.as_str())
-                    {
-                        *pending.entry(event_type).or_default() += 1;
+                    let counted = hub::system_events::counted(&message.payload);
+                    for (event_type, count) in counted.into_iter().flatten() {
+                        if SYSTEM_EVENTS.contains(&event_type.as_str()) {
+                            let pending = pending.entry(event_type).or_default();
+                            *pending = pending.saturating_add(count);
+                        }
                     }
                 }
                 _ = flushes.tick() => {
@@ -474,9 +476,11 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let counting = tokio::spawn(counters.clone().count_events_forever(events));
-        bus.announce("session_opened", serde_json::json!({})).await;
-        bus.announce("session_opened", serde_json::json!({})).await;
-        bus.announce("not_a_system_event", serde_json::json!({}))
+        bus.announce("session_opened", || serde_json::json!({}))
+            .await;
+        bus.announce("session_opened", || serde_json::json!({}))
+            .await;
+        bus.announce("not_a_system_event", || serde_json::json!({}))
             .await;
         let counted = async {
             loop {
