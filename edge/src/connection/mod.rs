@@ -337,11 +337,21 @@ impl<T> std::fmt::Debug for Conn<'_, T> {
     }
 }
 
+/// Room for a typical reply (a `step_detection` is about 330 bytes), so
+/// serializing one does not grow its buffer twice on the way.
+const REPLY_CAPACITY: usize = 512;
+
+/// `message` as JSON text, written into a buffer sized for a reply.
+pub fn to_json(message: &impl Serialize) -> String {
+    let mut json = Vec::with_capacity(REPLY_CAPACITY);
+    serde_json::to_writer(&mut json, message).expect("outbound messages always serialize");
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
+
 impl<T: Transport> Conn<'_, T> {
     /// Sends one message, counted.
     pub async fn send(&mut self, message: &impl Serialize) -> Result<(), Gone> {
-        let json = serde_json::to_string(message).expect("outbound messages always serialize");
-        self.send_json(json).await
+        self.send_json(to_json(message)).await
     }
 
     /// Sends JSON text, counted.

@@ -426,7 +426,7 @@ impl Realtime {
                 _ => None,
             },
         };
-        let message = serde_json::to_string(&message).expect("outbound messages always serialize");
+        let message = crate::connection::to_json(&message);
         if let Some(id) = id {
             self.replies.insert(id, message.clone());
         }
