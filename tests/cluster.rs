@@ -343,6 +343,15 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
         async move { under_way.then_some(()) }
     })
     .await;
+    // Health names every replica, not only the first.
+    let health_url = format!("{}/health", edge.http());
+    let (_, health) = get_json(&health_url).await;
+    assert_eq!(health["services"]["detection"], "serving", "{health}");
+    let doomed_url = doomed.grpc("detection");
+    let survivor_url = survivor.grpc("detection");
+    for url in [&doomed_url, &survivor_url] {
+        assert_eq!(health["detection_replicas"][url], "serving", "{health}");
+    }
     doomed.kill();
     killed.store(true, Ordering::Relaxed);
 
@@ -362,6 +371,24 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
         );
     }
     assert!(moved > 0, "no session was on the killed replica");
+    // The edge says which replica went, and that detection still serves.
+    let health = eventually("health showing the killed replica", || async {
+        let (_, health) = get_json(&health_url).await;
+        (health["services"]["detection"] == "partly_serving").then_some(health)
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        health["detection_replicas"][&survivor_url], "serving",
+        "{health}"
+    );
+    assert_ne!(
+        health["detection_replicas"][&doomed_url], "serving",
+        "{health}"
+    );
+    let reasons = health["reasons"].to_string();
+    assert!(reasons.contains(&doomed_url), "{health}");
+    assert!(!reasons.contains(&survivor_url), "{health}");
     assert!(
         edge.logged("detection lane lost"),
         "the edge saw the replica go"

@@ -113,7 +113,7 @@ function replaceRows(tbody, rows) {
 
 function statusClass(word) {
   if (["serving", "connected", "in-process", "live"].includes(word)) return "ok";
-  if (["not_serving", "draining"].includes(word)) return "warn";
+  if (["not_serving", "partly_serving", "draining"].includes(word)) return "warn";
   return "bad";
 }
 

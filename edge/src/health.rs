@@ -24,10 +24,27 @@ use crate::connection::Driver;
 #[derive(Clone, Debug)]
 pub struct HealthState {
     pub driver: Driver,
-    /// The services' channels, by name, for their gRPC health.
-    pub channels: [(&'static str, Channel); 3],
+    /// The services' channels, for their gRPC health.
+    pub channels: ServiceChannels,
     /// NATS, whose state is the edge's too.
     pub bus: Bus,
+}
+
+/// A channel to each service, for its gRPC health: every detection
+/// replica the edge spreads sessions over, by URL.
+#[derive(Clone, Debug)]
+pub struct ServiceChannels {
+    pub session: Channel,
+    pub detection: Vec<(String, Channel)>,
+    pub statistics: Channel,
+}
+
+/// Each service's state, by name (`session`, `detection`, `statistics`,
+/// `nats`), and each detection replica's by URL when there are several.
+#[derive(Debug)]
+pub struct ServiceStates {
+    pub services: BTreeMap<&'static str, &'static str>,
+    pub detection_replicas: BTreeMap<String, &'static str>,
 }
 
 /// The message bus's state, in a word.
@@ -69,21 +86,47 @@ async fn service_health(channel: Channel) -> &'static str {
 }
 
 /// Each service's gRPC health, checked at once, and the bus's state
-/// (`nats`), by name.
-pub async fn services(
-    channels: &[(&'static str, Channel); 3],
-    bus: &Bus,
-) -> BTreeMap<&'static str, &'static str> {
-    let checks = channels.iter().map(|(name, channel)| {
-        let channel = channel.clone();
-        async move { (*name, service_health(channel).await) }
-    });
-    let mut services: BTreeMap<_, _> = futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .collect();
-    services.insert("nats", bus_state(bus));
-    services
+/// (`nats`). Detection is `serving` when every replica serves,
+/// `partly_serving` when some do (sessions move to those), else the
+/// first replica's state.
+pub async fn services(channels: &ServiceChannels, bus: &Bus) -> ServiceStates {
+    let (session, detection, statistics) = tokio::join!(
+        service_health(channels.session.clone()),
+        futures::future::join_all(
+            channels
+                .detection
+                .iter()
+                .map(|(_, channel)| service_health(channel.clone()))
+        ),
+        service_health(channels.statistics.clone()),
+    );
+    let serving = detection
+        .iter()
+        .filter(|state| **state == "serving")
+        .count();
+    let detection_state = match serving {
+        all if all == detection.len() => "serving",
+        0 => detection.first().copied().unwrap_or("unreachable"),
+        _ => "partly_serving",
+    };
+    let detection_replicas = match channels.detection.len() {
+        0 | 1 => BTreeMap::new(),
+        _ => channels
+            .detection
+            .iter()
+            .map(|(url, _)| url.clone())
+            .zip(detection)
+            .collect(),
+    };
+    ServiceStates {
+        services: BTreeMap::from([
+            ("session", session),
+            ("detection", detection_state),
+            ("statistics", statistics),
+            ("nats", bus_state(bus)),
+        ]),
+        detection_replicas,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -100,17 +143,30 @@ pub struct Health {
     /// Sockets this edge holds, by endpoint.
     connections: HashMap<String, u64>,
     services: BTreeMap<&'static str, &'static str>,
+    /// Each detection replica's state, by URL, when there are several.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    detection_replicas: BTreeMap<String, &'static str>,
     timestamp: f64,
 }
 
 /// Liveness and a view of the services: always 200 while the edge runs,
 /// with each service's gRPC health.
 async fn health(State(state): State<HealthState>) -> Json<Health> {
-    let services = services(&state.channels, &state.bus).await;
+    let ServiceStates {
+        services,
+        detection_replicas,
+    } = services(&state.channels, &state.bus).await;
+    let ok = |status: &str| matches!(status, "serving" | "connected" | "in-process");
     let reasons: Vec<String> = services
         .iter()
-        .filter(|(_, status)| !matches!(**status, "serving" | "connected" | "in-process"))
+        .filter(|(_, status)| !ok(status))
         .map(|(name, status)| format!("{name} {status}"))
+        .chain(
+            detection_replicas
+                .iter()
+                .filter(|(_, status)| !ok(status))
+                .map(|(url, status)| format!("detection {url} {status}")),
+        )
         .collect();
     Json(Health {
         status: if reasons.is_empty() {
@@ -127,6 +183,7 @@ async fn health(State(state): State<HealthState>) -> Json<Health> {
         },
         connections: state.driver.meter().connections(),
         services,
+        detection_replicas,
         timestamp: unix_now(),
     })
 }
@@ -147,8 +204,7 @@ async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<serde_json
             Json(serde_json::json!({"status": "not_ready", "reason": "message bus unreachable"})),
         );
     }
-    let (_, session) = &state.channels[0];
-    match service_health(session.clone()).await {
+    match service_health(state.channels.session.clone()).await {
         "serving" => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@ use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer;
 
+use crate::health::ServiceChannels;
 use crate::step_streams::{LaneTarget, LocalDetection, StepDetection, StepStreams};
 
 /// How the edge calls a service — a TCP channel, or the service itself
@@ -226,7 +227,7 @@ pub struct Backends {
     pub steps: StepDetection,
     pub statistics: StatisticsServiceClient<TimedChannel>,
     /// Raw channels, for health checks.
-    pub(crate) channels: [(&'static str, Channel); 3],
+    pub(crate) channels: ServiceChannels,
 }
 
 fn channel(url: &str, timeout: Option<Duration>) -> Result<Channel, InvalidUrl> {
@@ -278,11 +279,21 @@ impl Backends {
             detection: DetectionServiceClient::new(timed(&detection)),
             steps,
             statistics: StatisticsServiceClient::new(timed(&statistics)),
-            channels: [
-                ("session", session),
-                ("detection", detection),
-                ("statistics", statistics),
-            ],
+            channels: ServiceChannels {
+                session,
+                detection: detection_urls
+                    .iter()
+                    .enumerate()
+                    .map(|(index, url)| {
+                        let channel = match index {
+                            0 => detection.clone(),
+                            _ => channel(url, None)?,
+                        };
+                        Ok(((*url).to_owned(), channel))
+                    })
+                    .collect::<Result<_, InvalidUrl>>()?,
+                statistics,
+            },
         })
     }
 

@@ -9,7 +9,6 @@ use switchboard_proto::unix_now;
 use switchboard_proto::v1::EdgeReport;
 use switchboard_proto::v1::ListSessionsRequest;
 use switchboard_proto::v1::session_service_client::SessionServiceClient;
-use tonic::transport::Channel;
 
 use crate::caller::Identities;
 use crate::connection::Driver;
@@ -35,8 +34,8 @@ pub struct ConsoleState {
     pub driver: Driver,
     pub identities: Identities,
     pub sessions: SessionServiceClient<TimedChannel>,
-    /// The services' channels, by name, for their gRPC health.
-    pub channels: [(&'static str, Channel); 3],
+    /// The services' channels, for their gRPC health.
+    pub channels: crate::health::ServiceChannels,
     pub bus: Bus,
     /// Where every edge reports itself each second.
     pub edges: KeyValue,
@@ -105,7 +104,11 @@ impl ConsoleState {
         };
         let (edges, services, bus, sessions) = tokio::join!(
             edges,
-            crate::health::services(&self.channels, &self.bus),
+            async {
+                crate::health::services(&self.channels, &self.bus)
+                    .await
+                    .services
+            },
             self.bus.status(),
             self.sessions(),
         );
