@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use switchboard_proto::in_process::{StepSession, StepSessions};
+use switchboard_proto::in_process::{StepSession, StepSessions, Stepped};
 use switchboard_proto::metrics::{self, Side};
 use switchboard_proto::v1::detection_service_client::DetectionServiceClient;
 use switchboard_proto::v1::{StepBatch, StepReply, StepRequest};
@@ -217,12 +217,9 @@ async fn call_in_process(
     // Most replies are ready at once (the detectors are synchronous): the
     // deadline's timer is armed only for one that waits (storing a fall's
     // alert).
-    let replied = {
-        let mut step = session.0.step(request);
-        match futures::poll!(step.as_mut()) {
-            std::task::Poll::Ready(replied) => Ok(replied),
-            std::task::Poll::Pending => tokio::time::timeout(deadline, step).await,
-        }
+    let replied = match session.0.step(request) {
+        Stepped::Ready(replied) => Ok(replied),
+        Stepped::Storing(step) => tokio::time::timeout(deadline, step).await,
     };
     let outcome = match replied {
         Ok(Ok(reply)) => Ok(reply),

@@ -102,10 +102,25 @@ pub trait StepSessions: Send + Sync + 'static {
 /// `StreamSteps` stream. After an error the session is done (as the stream
 /// ends with its status); its caller opens a new one.
 pub trait StepSession: Send + 'static {
-    fn step(
-        &mut self,
-        request: StepRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<StepReply, tonic::Status>> + Send + '_>>;
+    fn step(&mut self, request: StepRequest) -> Stepped<'_>;
+}
+
+/// What a [`StepSession`] made of one request.
+pub enum Stepped<'a> {
+    /// The reply, or the error, at once: the detectors are synchronous, so
+    /// this is nearly every request (nothing boxed, nothing polled).
+    Ready(Result<StepReply, tonic::Status>),
+    /// The reply once the alerts the request raised are stored.
+    Storing(Pin<Box<dyn Future<Output = Result<StepReply, tonic::Status>> + Send + 'a>>),
+}
+
+impl std::fmt::Debug for Stepped<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stepped::Ready(replied) => formatter.debug_tuple("Ready").field(replied).finish(),
+            Stepped::Storing(_) => formatter.write_str("Storing"),
+        }
+    }
 }
 
 /// What a server of this process offers its clients in memory.

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use switchboard_bus::{Bus, BusError};
 use switchboard_proto::error::{ErrorCode, ServiceError, reply, status};
-use switchboard_proto::in_process::{Listeners, StepSession, StepSessions};
+use switchboard_proto::in_process::{Listeners, StepSession, StepSessions, Stepped};
 use switchboard_proto::server;
 use switchboard_proto::trace::continued;
 use switchboard_proto::v1::detection_service_server::{DetectionService, DetectionServiceServer};
@@ -202,12 +202,22 @@ impl StepSessions for Detection {
 
 impl StepSession for SessionDetectors {
     /// What one request of a `StreamSteps` stream gets ([`replies`]), with
-    /// the request and reply as they are.
-    fn step(
-        &mut self,
-        request: StepRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<StepReply, Status>> + Send + '_>> {
-        Box::pin(handled(self, request))
+    /// the request and reply as they are, in the same span: ready at once
+    /// unless the request raised alerts to store.
+    fn step(&mut self, request: StepRequest) -> Stepped<'_> {
+        let span = <Self as StreamDetectors>::span(&request);
+        let (reply, to_raise) = span.in_scope(|| self.state.detect(&request));
+        if to_raise.is_empty() {
+            return Stepped::Ready(Ok(reply));
+        }
+        Stepped::Storing(Box::pin(
+            async move {
+                raise_all(&self.alerts, to_raise, reply)
+                    .await
+                    .map_err(status)
+            }
+            .instrument(span),
+        ))
     }
 }
 
