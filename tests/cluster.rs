@@ -389,6 +389,30 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
     let reasons = health["reasons"].to_string();
     assert!(reasons.contains(&doomed_url), "{health}");
     assert!(!reasons.contains(&survivor_url), "{health}");
+
+    // Other detection calls (here frames over HTTP) leave the killed
+    // replica, the first one named, for the survivor: the call that finds
+    // it gone may fail, every call after it is answered.
+    let frames = format!("{}/api/workouts/after-kill/frames", edge.http());
+    let post_frame = |timestamp: f64| {
+        let frames = frames.clone();
+        async move {
+            reqwest::Client::new()
+                .post(frames)
+                .json(&json!({"matrix": [[1, 1], [1, 1]], "timestamp": timestamp}))
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+        }
+    };
+    eventually("a frame analysed by the survivor", || async {
+        (post_frame(1000.0).await.ok() == Some(201)).then_some(())
+    })
+    .await;
+    for n in 1..=5 {
+        let status = post_frame(1000.0 + f64::from(n)).await;
+        assert_eq!(status.ok(), Some(201), "frame {n} after the failover");
+    }
     assert!(
         edge.logged("detection lane lost"),
         "the edge saw the replica go"

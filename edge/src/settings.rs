@@ -166,7 +166,8 @@ pub struct ServiceUrls {
     pub session_url: String,
     /// gRPC URL of the detection service; several, comma-separated, are
     /// detection replicas that realtime sessions spread over (and move
-    /// between when one fails). Other detection calls use the first.
+    /// between when one fails). Other detection calls go to one replica at
+    /// a time, and to the next when one fails.
     #[arg(
         long = "detection-url",
         env = "SWITCHBOARD_DETECTION_URL",
@@ -274,24 +275,36 @@ impl Backends {
             }
             StepDetection::Multiplexed(StepStreams::start(lanes))
         };
+        // Calls other than the realtime lanes (frames, alerts) go to one
+        // replica at a time, and to the next when it fails.
+        let replicas = detection_urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let channel = match index {
+                    0 => detection.clone(),
+                    _ => channel(url, None)?,
+                };
+                Ok(((*url).to_owned(), channel))
+            })
+            .collect::<Result<Vec<_>, InvalidUrl>>()?;
+        let detection_calls = match replicas.len() {
+            1 => timed(&detection),
+            _ => TimedLayer(Side::Client).layer(in_process::failover(
+                replicas
+                    .iter()
+                    .map(|(_, channel)| in_process::over_network(channel.clone()))
+                    .collect(),
+            )),
+        };
         Ok(Self {
             session: SessionServiceClient::new(timed(&session)),
-            detection: DetectionServiceClient::new(timed(&detection)),
+            detection: DetectionServiceClient::new(detection_calls),
             steps,
             statistics: StatisticsServiceClient::new(timed(&statistics)),
             channels: ServiceChannels {
                 session,
-                detection: detection_urls
-                    .iter()
-                    .enumerate()
-                    .map(|(index, url)| {
-                        let channel = match index {
-                            0 => detection.clone(),
-                            _ => channel(url, None)?,
-                        };
-                        Ok(((*url).to_owned(), channel))
-                    })
-                    .collect::<Result<_, InvalidUrl>>()?,
+                detection: replicas,
                 statistics,
             },
         })

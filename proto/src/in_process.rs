@@ -71,6 +71,66 @@ pub fn over_network(channel: Channel) -> Link {
     BoxCloneSyncService::new(channel.map_err(|error| LinkError(error.into())))
 }
 
+/// One [`Link`] over several replicas of a stateless service: every call
+/// goes to the replica in use; a call that fails below gRPC (the replica
+/// refused the connection, or it broke) fails, and the calls after it go
+/// to the next replica. So losing a replica costs the calls in flight on
+/// it, not every call until it returns. Nothing is retried here: a call
+/// may have been handled before its connection broke.
+pub fn failover(replicas: Vec<Link>) -> Link {
+    assert!(!replicas.is_empty(), "at least one replica");
+    BoxCloneSyncService::new(Failover {
+        replicas: replicas.into(),
+        in_use: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    })
+}
+
+#[derive(Clone)]
+struct Failover {
+    replicas: Arc<[Link]>,
+    /// The replica calls go to.
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<http::Request<Body>> for Failover {
+    type Response = http::Response<Body>;
+    type Error = LinkError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Body>, LinkError>> + Send + 'static>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LinkError>> {
+        // Each call waits for its own replica's readiness.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        use std::sync::atomic::Ordering;
+        let count = self.replicas.len();
+        let index = self.in_use.load(Ordering::Relaxed) % count;
+        let replica = self.replicas[index].clone();
+        let in_use = Arc::clone(&self.in_use);
+        Box::pin(async move {
+            let response = replica.oneshot(request).await;
+            if let Err(error) = &response
+                && in_use
+                    .compare_exchange(
+                        index,
+                        (index + 1) % count,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(%error, replica = index, "a replica failed a call: the next calls go to the next one");
+            }
+            response
+        })
+    }
+}
+
 /// A [`Link`] into `routes` in this process, through the server-side layer
 /// a network call passes (timing, trace context), each call bounded by
 /// `timeout` when given (as the network channel's endpoint bounds it).
