@@ -61,10 +61,7 @@ const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 fn unavailable(detail: &str) -> ClientError {
-    ClientError::Unavailable {
-        service: "detection",
-        detail: detail.to_owned(),
-    }
+    crate::stream_call::unavailable("detection", detail)
 }
 
 /// The edge's way to the step detectors.

@@ -28,7 +28,8 @@ impl<Request, Reply> std::fmt::Debug for StreamCall<Request, Reply> {
     }
 }
 
-fn unavailable(service: &'static str, detail: &str) -> ClientError {
+/// `service` could not answer, and why.
+pub(crate) fn unavailable(service: &'static str, detail: &str) -> ClientError {
     ClientError::Unavailable {
         service,
         detail: detail.to_owned(),

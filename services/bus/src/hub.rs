@@ -698,12 +698,7 @@ pub mod system_events {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let first = counts.is_empty();
-            match counts.get_mut(event_type) {
-                Some(count) => *count += 1,
-                None => {
-                    counts.insert(event_type.to_owned(), 1);
-                }
-            }
+            add_one(&mut counts, event_type);
             first
         };
         if first {
@@ -712,6 +707,17 @@ pub mod system_events {
                 tokio::time::sleep(COUNTS_INTERVAL).await;
                 publish_counts(&bus).await;
             });
+        }
+    }
+
+    /// One more `event_type` in `counts`; its name is copied only the first
+    /// time (events come at the rate of steps).
+    fn add_one(counts: &mut BTreeMap<String, u64>, event_type: &str) {
+        match counts.get_mut(event_type) {
+            Some(count) => *count += 1,
+            None => {
+                counts.insert(event_type.to_owned(), 1);
+            }
         }
     }
 
@@ -769,11 +775,10 @@ pub mod system_events {
         if SHOWN.check().is_ok() {
             return true;
         }
-        *SUPPRESSED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(event_type.to_owned())
-            .or_default() += 1;
+        add_one(
+            &mut SUPPRESSED.lock().unwrap_or_else(PoisonError::into_inner),
+            event_type,
+        );
         SUMMARIES.get_or_init(|| {
             tokio::spawn(summarize_forever(bus.clone()));
         });
