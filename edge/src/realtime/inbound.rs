@@ -90,7 +90,7 @@ struct CommonForm {
     y: Option<f64>,
     z: Option<f64>,
     timestamp: Option<f64>,
-    samples: Option<Vec<[f64; 4]>>,
+    samples: Option<SampleArrays>,
     seq: Option<u64>,
     message_id: Option<String>,
 }
@@ -107,20 +107,53 @@ fn parse_common(text: &str, now: f64) -> Option<Inbound> {
     };
     let samples = match (form.samples, form.x, form.y, form.z) {
         (None, Some(x), Some(y), Some(z)) => vec![sample(form.timestamp, x, y, z, now).ok()?],
-        (Some(items), None, None, None)
-            if form.timestamp.is_none()
-                && !items.is_empty()
-                && items.len() <= MAX_BATCH_SAMPLES =>
+        (Some(SampleArrays(samples)), None, None, None)
+            if form.timestamp.is_none() && !samples.is_empty() =>
         {
-            items
-                .iter()
-                .map(|&[t, x, y, z]| sample(Some(t), x, y, z, now))
-                .collect::<Result<_, _>>()
-                .ok()?
+            samples
         }
         _ => return None,
     };
     Some(Inbound::Samples(samples, id))
+}
+
+/// A batch's `[t, x, y, z]` arrays, read and checked straight into samples
+/// (no vector of arrays first, grown by doubling, then copied). A sample
+/// out of bounds, or more than [`MAX_BATCH_SAMPLES`], fails the common
+/// form, and [`parse_any`] then says what is wrong.
+struct SampleArrays(Vec<AccelSample>);
+
+impl<'de> serde::Deserialize<'de> for SampleArrays {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Arrays;
+        impl<'de> serde::de::Visitor<'de> for Arrays {
+            type Value = SampleArrays;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an array of [t, x, y, z] arrays")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<SampleArrays, A::Error> {
+                use serde::de::Error as _;
+                // The usual batch fits without growing.
+                let mut samples = Vec::with_capacity(64);
+                while let Some([t, x, y, z]) = items.next_element::<[f64; 4]>()? {
+                    if samples.len() == MAX_BATCH_SAMPLES {
+                        return Err(A::Error::custom("too many samples"));
+                    }
+                    // Every array has its timestamp: `now` is never read.
+                    let sample = sample(Some(t), x, y, z, f64::NAN)
+                        .map_err(|_| A::Error::custom("a sample out of bounds"))?;
+                    samples.push(sample);
+                }
+                Ok(SampleArrays(samples))
+            }
+        }
+        deserializer.deserialize_seq(Arrays)
+    }
 }
 
 /// Any accepted form, through a JSON tree: slower, and the one that says

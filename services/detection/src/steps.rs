@@ -241,12 +241,21 @@ impl Ring {
     }
 
     fn push(&mut self, v: f64) {
+        // `head < capacity` and `len <= capacity`: one subtraction wraps,
+        // where a `%` divides.
+        let wrap = |index: usize| {
+            if index >= self.capacity {
+                index - self.capacity
+            } else {
+                index
+            }
+        };
         let slot = if self.len < self.capacity {
             self.len += 1;
-            (self.head + self.len - 1) % self.capacity
+            wrap(self.head + self.len - 1)
         } else {
             let slot = self.head;
-            self.head = (self.head + 1) % self.capacity;
+            self.head = wrap(self.head + 1);
             slot
         };
         self.buf[slot] = v;
@@ -312,12 +321,22 @@ struct RunningStats {
     mean: f64,
     var: f64,
     n: u32,
+    /// Whether `1/n` fell to `alpha` (it only falls): from then on the
+    /// weight is `alpha`, and the division that found it is not repeated
+    /// (the threshold, read after every update, waited on its latency).
+    exponential: bool,
 }
 
 impl RunningStats {
     fn update(&mut self, x: f64, alpha: f64) {
         self.n = self.n.saturating_add(1);
-        let a = (1.0 / f64::from(self.n)).max(alpha);
+        let a = if self.exponential {
+            alpha
+        } else {
+            let cumulative = 1.0 / f64::from(self.n);
+            self.exponential = cumulative <= alpha;
+            cumulative.max(alpha)
+        };
         let d = x - self.mean;
         self.mean += a * d;
         self.var = (1.0 - a) * (self.var + a * d * d);

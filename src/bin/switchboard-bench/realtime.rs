@@ -328,41 +328,91 @@ impl Outcome {
 }
 
 /// A synthetic accelerometer: a walking-like signal at 50 Hz.
+///
+/// The signal (1.8 steps a second) repeats every [`PERIOD_SAMPLES`]
+/// samples, so its text is written once per session and a message only
+/// copies it and writes timestamps: at 50 samples a message, formatting 200
+/// numbers each time made the bench's own clients the limit on 2 cores.
 struct Sensor {
     next: u64,
-    phase: f64,
+    /// `x`, `y`, `z` of each sample of one period, as written in JSON.
+    period: Vec<[String; 3]>,
 }
 
+/// Samples after which the signal repeats: 10 s at 50 Hz holds 18 steps
+/// (and 9 periods of the sideways sway, at half the step rate).
+const PERIOD_SAMPLES: u64 = 500;
+
+/// First timestamp, in milliseconds.
+const FIRST_TIMESTAMP_MS: u64 = 1_700_000_000_000;
+
 impl Sensor {
-    fn sample(&mut self) -> [f64; 4] {
-        let t = 1_700_000_000.0 + self.next as f64 * SAMPLE_PERIOD;
+    fn new(phase: f64) -> Self {
+        let period = (0..PERIOD_SAMPLES)
+            .map(|index| {
+                motion(index, phase).map(|value| {
+                    let mut written = String::new();
+                    thousandths(&mut written, value);
+                    written
+                })
+            })
+            .collect();
+        Self { next: 0, period }
+    }
+
+    /// Appends the next sample's timestamp (seconds, three decimals) and
+    /// returns its `x`, `y`, `z`.
+    fn next_sample(&mut self, out: &mut String) -> &[String; 3] {
+        let index = self.next;
         self.next += 1;
-        let step = std::f64::consts::TAU * 1.8 * (self.next as f64 * SAMPLE_PERIOD) + self.phase;
-        [
-            t,
-            0.4 * (step / 2.0).sin(),
-            9.81 + 2.5 * step.sin(),
-            0.6 * step.cos(),
-        ]
+        let ms = FIRST_TIMESTAMP_MS + index * (SAMPLE_PERIOD * 1000.0) as u64;
+        let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+        &self.period[(index % PERIOD_SAMPLES) as usize]
     }
 
     fn message(&mut self, batch: usize) -> String {
-        if batch == 1 {
-            let [t, x, y, z] = self.sample();
-            return format!(r#"{{"x":{x:.3},"y":{y:.3},"z":{z:.3},"timestamp":{t:.3}}}"#);
-        }
         let mut message = String::with_capacity(16 + batch * 48);
+        if batch == 1 {
+            message.push_str(r#"{"timestamp":"#);
+            let motion = self.next_sample(&mut message);
+            for (key, value) in [r#","x":"#, r#","y":"#, r#","z":"#].iter().zip(motion) {
+                message.push_str(key);
+                message.push_str(value);
+            }
+            message.push('}');
+            return message;
+        }
         message.push_str(r#"{"samples":["#);
         for index in 0..batch {
-            if index > 0 {
+            message.push_str(if index > 0 { ",[" } else { "[" });
+            for value in self.next_sample(&mut message) {
                 message.push(',');
+                message.push_str(value);
             }
-            let [t, x, y, z] = self.sample();
-            let _ = write!(message, "[{t:.3},{x:.3},{y:.3},{z:.3}]");
+            message.push(']');
         }
         message.push_str("]}");
         message
     }
+}
+
+/// Sample `index`'s `x`, `y`, `z` (m/s²) for a walker at `phase`.
+fn motion(index: u64, phase: f64) -> [f64; 3] {
+    let step = std::f64::consts::TAU * 1.8 * ((index + 1) as f64 * SAMPLE_PERIOD) + phase;
+    [
+        0.4 * (step / 2.0).sin(),
+        9.81 + 2.5 * step.sin(),
+        0.6 * step.cos(),
+    ]
+}
+
+/// Writes `value` to the nearest thousandth, with three decimals (as
+/// `{value:.3}` would).
+fn thousandths(out: &mut String, value: f64) {
+    let scaled = (value * 1000.0).round() as i64;
+    let sign = if scaled < 0 { "-" } else { "" };
+    let magnitude = scaled.unsigned_abs();
+    let _ = write!(out, "{sign}{}.{:03}", magnitude / 1000, magnitude % 1000);
 }
 
 async fn session(
@@ -373,10 +423,7 @@ async fn session(
     index: usize,
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    let mut sensor = Sensor {
-        next: 0,
-        phase: index as f64 * 0.37,
-    };
+    let mut sensor = Sensor::new(index as f64 * 0.37);
     tokio::time::sleep_until(instant_at(window.start_us).into()).await;
     if load.rate == 0.0 {
         closed_loop(&mut socket, &mut sensor, load, window, &mut outcome).await;
@@ -490,5 +537,72 @@ async fn open_loop(
         .count() as u64;
     if let Some(ended) = ended {
         outcome.error(format!("session ended: {ended}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousandths_are_the_value_to_three_decimals() {
+        for value in [
+            0.0,
+            -0.0004,
+            -0.0006,
+            0.5,
+            -2.5,
+            9.81,
+            -12.3456,
+            1_700_000_000.02,
+        ] {
+            let mut written = String::new();
+            thousandths(&mut written, value);
+            let (_, decimals) = written.split_once('.').expect("a decimal point");
+            assert_eq!(decimals.len(), 3, "{written}");
+            let read: f64 = written.parse().expect("a number");
+            assert!(
+                (read - value).abs() <= 0.0005 + 1e-9,
+                "{value} written as {written}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_signal_repeats_after_its_period() {
+        let written = |values: [f64; 3]| {
+            values.map(|value| {
+                let mut text = String::new();
+                thousandths(&mut text, value);
+                text
+            })
+        };
+        for index in 0..PERIOD_SAMPLES {
+            assert_eq!(
+                written(motion(index, 0.37)),
+                written(motion(index + 7 * PERIOD_SAMPLES, 0.37)),
+                "sample {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_are_the_json_the_edge_reads() {
+        let mut sensor = Sensor::new(0.3);
+        let single: serde_json::Value =
+            serde_json::from_str(&sensor.message(1)).expect("single sample JSON");
+        for key in ["x", "y", "z", "timestamp"] {
+            assert!(single[key].is_f64(), "{key} in {single}");
+        }
+        let batch: serde_json::Value =
+            serde_json::from_str(&sensor.message(50)).expect("batch JSON");
+        let samples = batch["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 50);
+        let first = samples[0].as_array().expect("a sample");
+        assert_eq!(first.len(), 4);
+        // Timestamps advance by the sample period.
+        let t0 = first[0].as_f64().unwrap();
+        let t1 = samples[1][0].as_f64().unwrap();
+        assert!((t1 - t0 - SAMPLE_PERIOD).abs() < 1e-3, "{t0} then {t1}");
     }
 }
