@@ -98,6 +98,11 @@ pub struct ProcessSettings {
     /// its sockets (close 1012) and in-flight calls, services finish theirs.
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS", default_value_t = 25.0)]
     pub drain_timeout_secs: f64,
+    /// Threads that run the role's tasks [default: one per CPU the process
+    /// may use; a container's CPU limit counts]. Where several roles share
+    /// a few cores, 1 each saves the wake-ups of idle threads.
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl ProcessSettings {

@@ -484,6 +484,14 @@ async fn run_lane(
             {
                 return None;
             }
+            // The sessions woken with this one (by the same poll of their
+            // sockets) queue their requests before the batch goes out.
+            tokio::task::yield_now().await;
+            while requests.len() < MAX_REQUESTS_PER_BATCH
+                && let Ok(request) = queued.try_recv()
+            {
+                requests.push(request);
+            }
             Some((StepBatch { requests }, queued))
         });
         let opened = tokio::select! {

@@ -19,6 +19,12 @@
 # Options after DEPLOYMENT go to the bench (default: --sessions 50
 # --duration-secs 10). SWITCHBOARD_BIN picks another build's binaries
 # (default: target/release), to measure a "before" build the same way.
+#
+# The per-role deployments run each role with ROLE_WORKER_THREADS tokio
+# worker threads (default 1: five processes and the bench share this
+# machine's cores, as pods limited to 1 CPU would get by default);
+# ROLE_WORKER_THREADS=2 measures them with one thread per core instead.
+# `all` keeps its default (one per core).
 # Ports 18400-18409 and 14400 on 127.0.0.1 must be free.
 set -euo pipefail
 
@@ -85,15 +91,19 @@ case $deployment in
     ;;
   per-role | per-role-unbatched)
     nats
+    # Only the roles' (the bench's own bare server keeps its default);
+    # TOKIO_WORKER_THREADS as well, for builds before --worker-threads.
+    threads=${ROLE_WORKER_THREADS:-1}
+    role=(env SWITCHBOARD_WORKER_THREADS="$threads" TOKIO_WORKER_THREADS="$threads" "$bin/switchboard")
     streams=()
     [ "$deployment" = per-role-unbatched ] && streams=(--detection-streams 0)
-    start session "$bin/switchboard" session --grpc-addr $host:18402 --nats-url nats://$host:14400
-    start detection "$bin/switchboard" detection --grpc-addr $host:18403
+    start session "${role[@]}" session --grpc-addr $host:18402 --nats-url nats://$host:14400
+    start detection "${role[@]}" detection --grpc-addr $host:18403
     wait_port 18402
-    start statistics "$bin/switchboard" statistics --grpc-addr $host:18404 \
+    start statistics "${role[@]}" statistics --grpc-addr $host:18404 \
       --nats-url nats://$host:14400 --session-url http://$host:18402
     wait_port 18403; wait_port 18404
-    start edge "$bin/switchboard" edge --http-addr $host:18400 --nats-url nats://$host:14400 \
+    start edge "${role[@]}" edge --http-addr $host:18400 --nats-url nats://$host:14400 \
       --session-url http://$host:18402 --detection-url http://$host:18403 \
       --statistics-url http://$host:18404 "${streams[@]}"
     edges=(ws://$host:18400)
