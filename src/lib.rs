@@ -372,6 +372,11 @@ impl Shutdown {
 /// Serves `role` until shutdown, or until the drain deadline after a
 /// shutdown signal.
 pub async fn serve(role: Role) -> anyhow::Result<()> {
+    tracing::info!(
+        role = role.name(),
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "runtime started"
+    );
     let shutdown = Shutdown::start();
     let deadline = role.process().drain_timeout();
     let stopped = shutdown.signal();

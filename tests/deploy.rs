@@ -308,3 +308,66 @@ fn the_health_check_probes_exist() {
         );
     }
 }
+
+/// The tokio worker threads a role runs, as it logs them at start.
+fn logged_worker_threads(role: &support::Switchboard) -> u64 {
+    role.wait_logged("runtime started");
+    role.lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|log| log["message"] == "runtime started")
+        .and_then(|log| log["worker_threads"].as_u64())
+        .expect("a worker_threads figure")
+}
+
+/// Threads in `pid` that tokio named as its own (workers, and blocking
+/// threads when any run).
+fn tokio_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the role's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tokio-rt-worker"))
+        .count()
+}
+
+/// `--worker-threads` (and its variable) sizes a role's runtime; without
+/// it a role runs one worker per CPU it may use.
+#[test]
+fn a_role_runs_the_worker_threads_it_is_given() {
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    for (flag, variable, expected) in [
+        (Some("1"), None, 1),
+        (None, Some("3"), 3),
+        (None, None, cpus),
+    ] {
+        let mut args = vec!["detection", "--grpc-addr", "127.0.0.1:0"];
+        if let Some(threads) = flag {
+            args.extend(["--worker-threads", threads]);
+        }
+        let env: Vec<(&str, &str)> = variable
+            .map(|threads| ("SWITCHBOARD_WORKER_THREADS", threads))
+            .into_iter()
+            .collect();
+        let detection = support::Switchboard::start_with_env(&args, &env);
+        detection.addr("detection");
+        assert_eq!(
+            logged_worker_threads(&detection),
+            expected,
+            "flag {flag:?}, variable {variable:?}"
+        );
+        // The threads are really there (blocking threads share the name, so
+        // at least as many).
+        assert!(tokio_threads(detection.pid()) as u64 >= expected);
+    }
+    assert_eq!(
+        std::process::Command::new(SWITCHBOARD)
+            .args(["detection", "--worker-threads", "0"])
+            .env_clear()
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2),
+        "0 threads is refused as a usage error"
+    );
+}
