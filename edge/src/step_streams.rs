@@ -14,8 +14,10 @@
 //!   each process. The edge instead keeps a few *lanes* per detection
 //!   replica: each lane is one stream over its own connection, carrying any
 //!   number of sessions. Requests waiting when the connection is ready to
-//!   write go out as one batch (the first never waits for a batch to fill),
-//!   and the replica answers in batches the same way.
+//!   write go out as one batch (the first never waits for a batch to fill,
+//!   only for the tasks already woken with it: the sessions whose sockets
+//!   the same poll found readable queue theirs first, so they share the
+//!   write), and the replica answers in batches the same way.
 //!
 //! A session stays on one lane while that lane's stream lives, so its
 //! detectors' state stays on one replica. It picks its lane by rendezvous

@@ -337,6 +337,9 @@ struct Sensor {
     next: u64,
     /// `x`, `y`, `z` of each sample of one period, as written in JSON.
     period: Vec<[String; 3]>,
+    /// The whole seconds of the last timestamp, and their text (they
+    /// change every 50 samples).
+    seconds: (u64, String),
 }
 
 /// Samples after which the signal repeats: 10 s at 50 Hz holds 18 steps
@@ -357,7 +360,11 @@ impl Sensor {
                 })
             })
             .collect();
-        Self { next: 0, period }
+        Self {
+            next: 0,
+            period,
+            seconds: (0, "0".to_owned()),
+        }
     }
 
     /// Appends the next sample's timestamp (seconds, three decimals) and
@@ -366,7 +373,14 @@ impl Sensor {
         let index = self.next;
         self.next += 1;
         let ms = FIRST_TIMESTAMP_MS + index * (SAMPLE_PERIOD * 1000.0) as u64;
-        let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+        if self.seconds.0 != ms / 1000 {
+            self.seconds = (ms / 1000, (ms / 1000).to_string());
+        }
+        out.push_str(&self.seconds.1);
+        out.push('.');
+        for digit in [ms / 100 % 10, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + digit as u8));
+        }
         &self.period[(index % PERIOD_SAMPLES) as usize]
     }
 
@@ -600,6 +614,12 @@ mod tests {
         assert_eq!(samples.len(), 50);
         let first = samples[0].as_array().expect("a sample");
         assert_eq!(first.len(), 4);
+        assert_eq!(single["timestamp"].as_f64(), Some(1_700_000_000.0));
+        assert_eq!(
+            first[0].as_f64(),
+            Some(1_700_000_000.02),
+            "the second sample's time"
+        );
         // Timestamps advance by the sample period.
         let t0 = first[0].as_f64().unwrap();
         let t1 = samples[1][0].as_f64().unwrap();
