@@ -24,7 +24,8 @@
 # worker threads (default 1: five processes and the bench share this
 # machine's cores, as pods limited to 1 CPU would get by default);
 # ROLE_WORKER_THREADS=2 measures them with one thread per core instead.
-# `all` keeps its default (one per core).
+# `all` keeps its default (one per core). Their edge keeps
+# DETECTION_STREAMS lanes (default 1) to the one detection replica.
 # Ports 18400-18409 and 14400 on 127.0.0.1 must be free.
 set -euo pipefail
 
@@ -94,9 +95,14 @@ case $deployment in
     # Only the roles' (the bench's own bare server keeps its default);
     # TOKIO_WORKER_THREADS as well, for builds before --worker-threads.
     threads=${ROLE_WORKER_THREADS:-1}
-    role=(env SWITCHBOARD_WORKER_THREADS="$threads" TOKIO_WORKER_THREADS="$threads" "$bin/switchboard")
-    streams=()
-    [ "$deployment" = per-role-unbatched ] && streams=(--detection-streams 0)
+    # One detection replica here: one lane to it (DETECTION_STREAMS; the
+    # default of 2 is for spreading over replicas behind one URL, and to
+    # one replica it only halves the batches). As variables, which builds
+    # without the options ignore.
+    lanes=${DETECTION_STREAMS:-1}
+    [ "$deployment" = per-role-unbatched ] && lanes=0
+    role=(env SWITCHBOARD_WORKER_THREADS="$threads" TOKIO_WORKER_THREADS="$threads"
+      SWITCHBOARD_DETECTION_STREAMS="$lanes" "$bin/switchboard")
     start session "${role[@]}" session --grpc-addr $host:18402 --nats-url nats://$host:14400
     start detection "${role[@]}" detection --grpc-addr $host:18403
     wait_port 18402
@@ -105,7 +111,7 @@ case $deployment in
     wait_port 18403; wait_port 18404
     start edge "${role[@]}" edge --http-addr $host:18400 --nats-url nats://$host:14400 \
       --session-url http://$host:18402 --detection-url http://$host:18403 \
-      --statistics-url http://$host:18404 "${streams[@]}"
+      --statistics-url http://$host:18404
     edges=(ws://$host:18400)
     ;;
   *)
