@@ -75,6 +75,13 @@ pub struct RealtimeArgs {
     /// --tiny].
     #[arg(long)]
     pub warmup_secs: Option<f64>,
+    /// Times the deployment and the bare server are measured, one after
+    /// the other; each figure is the median of its rounds (errors are
+    /// added up). The bare server's cost drifts by up to a quarter from
+    /// one minute to the next on a shared machine: alternating rounds keep
+    /// a ratio from resting on one lucky or unlucky minute.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,21 +147,28 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
                 .clamp(0.1, 3600.0),
         ),
     };
+    let rounds = args.rounds.clamp(1, 20);
     let deployment = Target::deployment(&args.common)?;
-    let measured = measure(&deployment, load).await?;
-    let baseline = if args.common.no_baseline {
+    let bare = if args.common.no_baseline {
         None
     } else {
-        let process = BaselineProcess::start()?;
-        Some(measure(&Target::baseline(&process), load).await?)
+        Some(BaselineProcess::start()?)
     };
+    let mut measured = Vec::with_capacity(rounds);
+    let mut baseline = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        measured.push(measure(&deployment, load).await?);
+        if let Some(bare) = &bare {
+            baseline.push(measure(&Target::baseline(bare), load).await?);
+        }
+    }
     let closed_loop = load.rate == 0.0;
     let figure = |name: &str, unit: &'static str, value: fn(&Measured) -> Option<f64>| {
         Figure::new(
             name,
             unit,
-            value(&measured),
-            baseline.as_ref().and_then(value),
+            median_of(&measured, value),
+            median_of(&baseline, value),
         )
     };
     let mut messages = figure("messages/s", "msg/s", |m| m.messages_per_second);
@@ -169,7 +183,13 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         figure("reply latency p50", "ms", |m| m.latency.p50_ms),
         p99,
         figure("reply latency p99.9", "ms", |m| m.latency.p999_ms),
-        figure("errors", "messages", |m| Some(m.error_count() as f64)).goal(Goal::AtMost(0.0)),
+        Figure::new(
+            "errors",
+            "messages",
+            total_errors(&measured),
+            total_errors(&baseline),
+        )
+        .goal(Goal::AtMost(0.0)),
         figure("CPU of the target", "cores", |m| m.cpu.target_cores),
         figure("server CPU per message", "µs", cpu_per_message_us),
         figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
@@ -183,13 +203,45 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
             "batch": load.batch,
             "warmup_secs": load.warmup.as_secs_f64(),
             "duration_secs": load.duration.as_secs_f64(),
+            "rounds": rounds,
             "edges": deployment.edges,
         }),
-        deployment: serde_json::to_value(&measured)?,
-        baseline: baseline.map(|b| serde_json::to_value(&b)).transpose()?,
+        deployment: rounds_json(&measured)?,
+        baseline: (!baseline.is_empty())
+            .then(|| rounds_json(&baseline))
+            .transpose()?,
         before: None,
         figures,
     })
+}
+
+/// The median of `value` over the rounds that have it (the mean of the
+/// middle two for an even count); `None` when none has.
+fn median_of(rounds: &[Measured], value: fn(&Measured) -> Option<f64>) -> Option<f64> {
+    let mut values: Vec<f64> = rounds.iter().filter_map(value).collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
+}
+
+/// Every round's errors added up (one failed round is not outvoted).
+fn total_errors(rounds: &[Measured]) -> Option<f64> {
+    (!rounds.is_empty()).then(|| rounds.iter().map(|m| m.error_count() as f64).sum())
+}
+
+/// One round's measurements as they are; several as a list.
+fn rounds_json(rounds: &[Measured]) -> serde_json::Result<serde_json::Value> {
+    match rounds {
+        [round] => serde_json::to_value(round),
+        rounds => serde_json::to_value(rounds),
+    }
 }
 
 /// The target's CPU time (every `--edge-pid` process: give them all, e.g.
@@ -580,6 +632,39 @@ mod tests {
                 "{value} written as {written}"
             );
         }
+    }
+
+    #[test]
+    fn figures_are_the_median_of_their_rounds() {
+        let round = |per_second: Option<f64>, unanswered: u64| Measured {
+            messages_per_second: per_second,
+            unanswered,
+            ..Measured::default()
+        };
+        let rate = |m: &Measured| m.messages_per_second;
+        let rounds = [
+            round(Some(9.0), 0),
+            round(Some(1.0), 2),
+            round(Some(5.0), 0),
+        ];
+        assert_eq!(median_of(&rounds, rate), Some(5.0));
+        assert_eq!(
+            median_of(&rounds[..2], rate),
+            Some(5.0),
+            "the middle two's mean"
+        );
+        assert_eq!(
+            median_of(&[round(None, 0), round(Some(3.0), 0)], rate),
+            Some(3.0)
+        );
+        assert_eq!(median_of(&[], rate), None);
+        assert_eq!(total_errors(&rounds), Some(2.0), "errors add up");
+        assert_eq!(total_errors(&[]), None);
+        assert!(rounds_json(&rounds[..1]).unwrap().is_object());
+        assert_eq!(
+            rounds_json(&rounds).unwrap().as_array().map(Vec::len),
+            Some(3)
+        );
     }
 
     #[test]
