@@ -288,15 +288,15 @@ impl Backends {
                 Ok(((*url).to_owned(), channel))
             })
             .collect::<Result<Vec<_>, InvalidUrl>>()?;
-        let detection_calls = match replicas.len() {
-            1 => timed(&detection),
-            _ => TimedLayer(Side::Client).layer(in_process::failover(
-                replicas
+        let detection_calls = TimedLayer(Side::Client).layer(match replicas.as_slice() {
+            [_] => in_process::over_network(detection.clone()),
+            several => in_process::failover(
+                several
                     .iter()
                     .map(|(_, channel)| in_process::over_network(channel.clone()))
                     .collect(),
-            )),
-        };
+            ),
+        });
         Ok(Self {
             session: SessionServiceClient::new(timed(&session)),
             detection: DetectionServiceClient::new(detection_calls),

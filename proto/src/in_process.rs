@@ -109,7 +109,8 @@ impl tower::Service<http::Request<Body>> for Failover {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         use std::sync::atomic::Ordering;
         let count = self.replicas.len();
-        let index = self.in_use.load(Ordering::Relaxed) % count;
+        // Always below `count`: only ever stored as `(index + 1) % count`.
+        let index = self.in_use.load(Ordering::Relaxed);
         let replica = self.replicas[index].clone();
         let in_use = Arc::clone(&self.in_use);
         Box::pin(async move {
