@@ -314,6 +314,52 @@ async fn the_sixth_connection_of_a_user_is_refused_across_instances() {
     .await;
 }
 
+/// Twenty connections of one user opened at the same moment, ten on each
+/// edge, for each of eight users in turn: the limit (5) holds while they
+/// race. (A session used to join its user's index before its record
+/// existed, so a racing open took it for closed and dropped it, and one
+/// race in five let more than five in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_racing_across_instances_stay_within_the_limit() {
+    const RACING: usize = 20;
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    for user in (0..8).map(|n| format!("racer-{n}")) {
+        let url =
+            |node: &Switchboard| node.ws(&format!("/api/ws/statistics?token={}", token(&user)));
+        let mut racing = tokio::task::JoinSet::new();
+        for url in [url(&a), url(&b)].into_iter().cycle().take(RACING) {
+            racing.spawn(async move {
+                let mut client = Client::connect(&url).await;
+                // Admitted: its welcome. Refused: the close (1008).
+                match client.next_json().await {
+                    Some(welcome) if welcome["type"] == "connection_status" => Some(client),
+                    Some(other) => panic!("neither a welcome nor a close: {other}"),
+                    None => None,
+                }
+            });
+        }
+        let mut admitted = Vec::new();
+        while let Some(outcome) = racing.join_next().await {
+            admitted.extend(outcome.unwrap());
+        }
+        assert_eq!(admitted.len(), 5, "{user}: admitted of {RACING} racing");
+        // The refused left no session behind.
+        let (status, counts) = get_json(&format!(
+            "{}/api/ws/statistics/connections?token={}",
+            a.http(),
+            admin()
+        ))
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(counts["connections_by_user"][&user], 5, "{counts}");
+        // The admitted are the user's five: one more is refused.
+        let mut one_more = Client::connect(&url(&b)).await;
+        assert_eq!(one_more.expect_close().await.code, 1008, "{user}");
+    }
+}
+
 #[tokio::test]
 async fn subscriptions_filter_broadcasts_and_targeted_sends_reach_their_recipients() {
     let nats = Nats::start();

@@ -280,13 +280,26 @@ impl Registry {
             },
             ..Default::default()
         };
-        let replaced = match request.max_per_user {
-            0 => Vec::new(),
-            limit => self.claim_user_slot(&session, limit, on_limit).await?,
-        };
+        // The record comes first: a racing open for the same user checks
+        // each session in the user's index against its record, and must
+        // not take one being opened for one already closed.
         self.sessions
             .create(&session.session_id, encode(&session))
             .await?;
+        let replaced = match request.max_per_user {
+            0 => Vec::new(),
+            limit => match self.claim_user_slot(&session, limit, on_limit).await {
+                Ok(replaced) => replaced,
+                Err(refused) => {
+                    // Not admitted; should this delete fail, the sweeper
+                    // removes the record after its inactivity timeout.
+                    if let Err(error) = self.remove(&session.session_id, &Usage::none()).await {
+                        tracing::warn!(session_id = %session.session_id, %error, "refused session left for the sweeper");
+                    }
+                    return Err(refused);
+                }
+            },
+        };
         tracing::info!(session_id = %session.session_id, kind = %session.kind, "session opened");
         self.announce("session_opened", &session).await;
         for session_id in replaced {
