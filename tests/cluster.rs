@@ -418,3 +418,70 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
         "the edge saw the replica go"
     );
 }
+
+/// With one `StreamSteps` stream per session (`--detection-streams 0`)
+/// and two replicas named, a session whose replica is killed gets an
+/// error, then replies from the other replica; new sessions go there at
+/// once. (These streams used to open on the first URL only.)
+#[tokio::test]
+async fn with_a_stream_per_session_a_killed_replica_hands_its_sessions_to_the_next() {
+    let nats = Nats::start();
+    let local = "127.0.0.1:0";
+    let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
+    let mut doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
+    let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
+    let statistics = statistics_role(&nats, &session);
+    let replicas = format!(
+        "{},{}",
+        doomed.grpc("detection"),
+        survivor.grpc("detection")
+    );
+    let edge = Switchboard::start(&[
+        "edge",
+        "--http-addr",
+        local,
+        "--nats-url",
+        &nats.url,
+        "--session-url",
+        &session.grpc("session"),
+        "--detection-url",
+        &replicas,
+        "--statistics-url",
+        &statistics.grpc("statistics"),
+        "--detection-streams",
+        "0",
+    ]);
+    let (mut client, _) = realtime_session(&edge).await;
+    for n in 1..=3 {
+        client
+            .call(sample(f64::from(n) * 0.02, 0.0, 9.8, 0.0), "step_detection")
+            .await;
+    }
+    doomed.kill();
+
+    // Errors while the stream and then the first replica fail, then replies.
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let mut t = 1.0;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never reached the other replica"
+        );
+        t += 0.02;
+        let reply = client.call_any(sample(t, 0.0, 9.8, 0.0)).await;
+        if reply["type"] == "step_detection" {
+            break;
+        }
+        assert_eq!(reply["code"], "service_unavailable", "{reply}");
+    }
+    for _ in 0..5 {
+        t += 0.02;
+        client
+            .call(sample(t, 0.0, 9.8, 0.0), "step_detection")
+            .await;
+    }
+    let (mut newcomer, _) = realtime_session(&edge).await;
+    newcomer
+        .call(sample(0.02, 0.0, 9.8, 0.0), "step_detection")
+        .await;
+}

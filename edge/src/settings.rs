@@ -259,24 +259,9 @@ impl Backends {
         let timed = |channel: &Channel| {
             TimedLayer(Side::Client).layer(in_process::over_network(channel.clone()))
         };
-        let steps = if settings.detection_streams == 0 {
-            StepDetection::PerSession(DetectionServiceClient::new(timed(&detection)))
-        } else {
-            // Each lane on a connection of its own, so that behind a
-            // Service each may reach another replica.
-            let mut lanes = Vec::new();
-            for url in &detection_urls {
-                for _ in 0..settings.detection_streams {
-                    lanes.push(LaneTarget {
-                        name: (*url).to_owned(),
-                        client: DetectionServiceClient::new(timed(&channel(url, None)?)),
-                    });
-                }
-            }
-            StepDetection::Multiplexed(StepStreams::start(lanes))
-        };
-        // Calls other than the realtime lanes (frames, alerts) go to one
-        // replica at a time, and to the next when it fails.
+        // Calls other than the realtime lanes (frames, alerts, and the
+        // streams of `--detection-streams 0`) go to one replica at a time,
+        // and to the next when one fails.
         let replicas = detection_urls
             .iter()
             .enumerate()
@@ -297,6 +282,22 @@ impl Backends {
                     .collect(),
             ),
         });
+        let steps = if settings.detection_streams == 0 {
+            StepDetection::PerSession(DetectionServiceClient::new(detection_calls.clone()))
+        } else {
+            // Each lane on a connection of its own, so that behind a
+            // Service each may reach another replica.
+            let mut lanes = Vec::new();
+            for url in &detection_urls {
+                for _ in 0..settings.detection_streams {
+                    lanes.push(LaneTarget {
+                        name: (*url).to_owned(),
+                        client: DetectionServiceClient::new(timed(&channel(url, None)?)),
+                    });
+                }
+            }
+            StepDetection::Multiplexed(StepStreams::start(lanes))
+        };
         Ok(Self {
             session: SessionServiceClient::new(timed(&session)),
             detection: DetectionServiceClient::new(detection_calls),
