@@ -269,6 +269,57 @@ async fn an_edge_whose_session_service_is_down_refuses_with_a_reason() {
     assert_eq!(closed.code, 1013, "{closed:?}");
 }
 
+/// The roles as separate processes with two detection replicas, both
+/// named to the edge (`--detection-url doomed,survivor`).
+struct TwoReplicas {
+    _session: Switchboard,
+    doomed: Switchboard,
+    survivor: Switchboard,
+    _statistics: Switchboard,
+    edge: Switchboard,
+}
+
+impl TwoReplicas {
+    /// The roles, with `edge_extra` on the edge's command line.
+    fn start(nats: &Nats, edge_extra: &[&str]) -> Self {
+        let local = "127.0.0.1:0";
+        let session =
+            Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
+        let doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
+        let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
+        let statistics = statistics_role(nats, &session);
+        let replicas = format!(
+            "{},{}",
+            doomed.grpc("detection"),
+            survivor.grpc("detection")
+        );
+        let (session_url, statistics_url) =
+            (session.grpc("session"), statistics.grpc("statistics"));
+        let mut args = vec![
+            "edge",
+            "--http-addr",
+            local,
+            "--nats-url",
+            &nats.url,
+            "--session-url",
+            &session_url,
+            "--detection-url",
+            &replicas,
+            "--statistics-url",
+            &statistics_url,
+        ];
+        args.extend(edge_extra);
+        let edge = Switchboard::start(&args);
+        Self {
+            _session: session,
+            doomed,
+            survivor,
+            _statistics: statistics,
+            edge,
+        }
+    }
+}
+
 /// Messages the clients send, on average, before the kill; each sends this
 /// many after it.
 const BEFORE_KILL: u64 = 30;
@@ -280,29 +331,14 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let nats = Nats::start();
-    let local = "127.0.0.1:0";
-    let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
-    let mut doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
-    let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
-    let statistics = statistics_role(&nats, &session);
-    let replicas = format!(
-        "{},{}",
-        doomed.grpc("detection"),
-        survivor.grpc("detection")
-    );
-    let edge = Switchboard::start(&[
-        "edge",
-        "--http-addr",
-        local,
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &session.grpc("session"),
-        "--detection-url",
-        &replicas,
-        "--statistics-url",
-        &statistics.grpc("statistics"),
-    ]);
+    // (Every field bound: one left to `..` would stop at once.)
+    let TwoReplicas {
+        _session,
+        mut doomed,
+        survivor,
+        _statistics,
+        edge,
+    } = TwoReplicas::start(&nats, &[]);
 
     // Sixteen sessions stream without pause; the chance that the doomed
     // replica holds none of them is 2^-16.
@@ -426,31 +462,13 @@ async fn a_detection_replica_killed_mid_stream_loses_no_session() {
 #[tokio::test]
 async fn with_a_stream_per_session_a_killed_replica_hands_its_sessions_to_the_next() {
     let nats = Nats::start();
-    let local = "127.0.0.1:0";
-    let session = Switchboard::start(&["session", "--grpc-addr", local, "--nats-url", &nats.url]);
-    let mut doomed = Switchboard::start(&["detection", "--grpc-addr", local]);
-    let survivor = Switchboard::start(&["detection", "--grpc-addr", local]);
-    let statistics = statistics_role(&nats, &session);
-    let replicas = format!(
-        "{},{}",
-        doomed.grpc("detection"),
-        survivor.grpc("detection")
-    );
-    let edge = Switchboard::start(&[
-        "edge",
-        "--http-addr",
-        local,
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &session.grpc("session"),
-        "--detection-url",
-        &replicas,
-        "--statistics-url",
-        &statistics.grpc("statistics"),
-        "--detection-streams",
-        "0",
-    ]);
+    let TwoReplicas {
+        _session,
+        mut doomed,
+        survivor: _survivor,
+        _statistics,
+        edge,
+    } = TwoReplicas::start(&nats, &["--detection-streams", "0"]);
     let (mut client, _) = realtime_session(&edge).await;
     for n in 1..=3 {
         client
