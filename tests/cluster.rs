@@ -5,7 +5,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{
     Client, Nats, Switchboard, delete_json, eventually, get_json, listed_sessions,
     realtime_session, sample,
@@ -198,22 +198,27 @@ async fn detection_restart_is_an_error_message_then_recovery(edge_extra: &[&str]
 
     Roles::restart(&mut roles.detection, "detection", &[]);
     // Until the edge's channel reconnects, samples get errors; then replies.
-    let deadline = std::time::Instant::now() + support::WAIT;
     let mut t = 1.04;
-    let reply = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "detection never answered again"
-        );
-        t += 0.02;
-        let reply = client.call_any(sample(t, 0.0, 9.8, 0.0)).await;
+    let reply = errors_until_replies(&mut client, &mut t, "detection never answered again").await;
+    assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
+}
+
+/// Sends samples from `t` on (advancing it) while they are answered with
+/// `service_unavailable`, until one gets its `step_detection`, which is
+/// returned; fails with `what` after [`support::WAIT`].
+async fn errors_until_replies(client: &mut Client, t: &mut f64, what: &str) -> Value {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        *t += 0.02;
+        let reply = client.call_any(sample(*t, 0.0, 9.8, 0.0)).await;
         if reply["type"] == "step_detection" {
-            break reply;
+            return reply;
         }
         assert_eq!(reply["code"], "service_unavailable", "{reply}");
+        // Paced: each failed message may be a reconnection attempt.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
+    }
 }
 
 #[tokio::test]
@@ -478,20 +483,13 @@ async fn with_a_stream_per_session_a_killed_replica_hands_its_sessions_to_the_ne
     doomed.kill();
 
     // Errors while the stream and then the first replica fail, then replies.
-    let deadline = std::time::Instant::now() + support::WAIT;
     let mut t = 1.0;
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the session never reached the other replica"
-        );
-        t += 0.02;
-        let reply = client.call_any(sample(t, 0.0, 9.8, 0.0)).await;
-        if reply["type"] == "step_detection" {
-            break;
-        }
-        assert_eq!(reply["code"], "service_unavailable", "{reply}");
-    }
+    errors_until_replies(
+        &mut client,
+        &mut t,
+        "the session never reached the other replica",
+    )
+    .await;
     for _ in 0..5 {
         t += 0.02;
         client
