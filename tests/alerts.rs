@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use support::tokens::sign_hs256;
 use support::{Client, Nats, Switchboard, eventually, get_json};
 
 const SECRET: &str = "switchboard-test-secret-0123456789abcdef";
@@ -33,15 +34,6 @@ fn admin_token() -> String {
         json!({"sub": "ops", "exp": now() + 60, "roles": ["admin"]}),
         SECRET.as_bytes(),
     )
-}
-
-fn sign_hs256(claims: Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
 }
 
 fn sign_rs256(claims: Value, private_key: &str) -> String {

@@ -37,21 +37,7 @@ const SECRET: &str = "browser-test-secret-0123456789abcdef0123";
 /// A JWT for `sub` (an admin's with `admin`), valid for ten minutes,
 /// minted as a developer would: `switchboard token`, signed with [`SECRET`].
 fn token(sub: &str, admin: bool) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command
-        .args(["token", "--sub", sub, "--ttl", "10m"])
-        .env_clear()
-        .env("SWITCHBOARD_JWT_SECRET", SECRET);
-    if admin {
-        command.arg("--admin");
-    }
-    let output = command.output().expect("switchboard token");
-    assert!(
-        output.status.success(),
-        "switchboard token failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    support::tokens::minted(SECRET, sub, admin)
 }
 
 /// Which CORS answer a page's origin should get from the edge.

@@ -30,13 +30,7 @@ const LIMIT: usize = 1024;
 const RATE: u32 = 5;
 
 fn token(sub: &str) -> String {
-    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    support::tokens::user_token(SECRET, sub)
 }
 
 /// One endpoint, as a client meets it.

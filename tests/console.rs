@@ -37,24 +37,10 @@ use support::{Client, Nats, Switchboard, WAIT, delete_json, get_json, realtime_s
 
 const SECRET: &str = "console-test-secret-0123456789abcdef01234";
 
-/// A JWT for `sub` (an admin's with `admin`) signed with `secret`, minted
-/// with `switchboard token` as an operator would.
-fn token_signed(sub: &str, admin: bool, secret: &str) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command
-        .args(["token", "--sub", sub, "--ttl", "10m"])
-        .env_clear()
-        .env("SWITCHBOARD_JWT_SECRET", secret);
-    if admin {
-        command.arg("--admin");
-    }
-    let output = command.output().expect("switchboard token");
-    assert!(output.status.success(), "switchboard token failed");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
+/// A JWT for `sub` (an admin's with `admin`), minted with `switchboard
+/// token` as an operator would.
 fn token(sub: &str, admin: bool) -> String {
-    token_signed(sub, admin, SECRET)
+    support::tokens::minted(SECRET, sub, admin)
 }
 
 /// Two edges (each `switchboard all`) of one cluster.
@@ -529,7 +515,7 @@ async fn the_admin_routes_refuse_anyone_but_an_admin() {
     let nats = Nats::start();
     let (a, b) = cluster(&nats);
     let (id_a, id_b) = (edge_id(&a).await, edge_id(&b).await);
-    let foreign = token_signed("ops", true, "another-cluster-secret-0123456789abcdef");
+    let foreign = support::tokens::minted("another-cluster-secret-0123456789abcdef", "ops", true);
     let user = token("mallory", false);
 
     let cluster_url = format!("{}/api/admin/cluster", a.http());

@@ -4,33 +4,23 @@
 
 mod support;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use support::tokens::{admin_token, expiring_in, sign_hs256};
 use support::{Client, Nats, Switchboard, WAIT, eventually, get_json};
 use switchboard_proto::v1::broadcast_service_client::BroadcastServiceClient;
 use switchboard_proto::v1::{StreamMessage, TargetedMessage, UiMessage};
 
 const SECRET: &str = "switchboard-hub-test-secret-0123456789";
 
-fn sign(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn token(user: &str) -> String {
-    sign(
-        json!({"sub": user, "username": format!("{user}-name"), "exp": jsonwebtoken::get_current_timestamp() + 300}),
+    sign_hs256(
+        json!({"sub": user, "username": format!("{user}-name"), "exp": expiring_in(300)}),
+        SECRET.as_bytes(),
     )
 }
 
 fn admin() -> String {
-    sign(
-        json!({"sub": "ops", "roles": ["admin"], "exp": jsonwebtoken::get_current_timestamp() + 300}),
-    )
+    admin_token(SECRET)
 }
 
 fn node(nats: &Nats, extra: &[&str]) -> Switchboard {

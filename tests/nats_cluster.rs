@@ -166,16 +166,11 @@ impl Cluster {
 }
 
 fn token(sub: &str, admin: bool) -> String {
-    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    let mut claims = json!({"sub": sub, "exp": support::tokens::expiring_in(600)});
     if admin {
         claims["roles"] = json!(["admin"]);
     }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    support::tokens::sign_hs256(claims, SECRET.as_bytes())
 }
 
 /// A realtime session opens (the registry's bucket takes a write) and

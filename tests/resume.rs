@@ -12,29 +12,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{Client, Nats, Switchboard, WAIT, eventually};
 
 const SECRET: &str = "switchboard-resume-test-secret-0123456789";
 
-fn sign(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn token(user: &str) -> String {
-    sign(json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 600}))
+    support::tokens::user_token(SECRET, user)
 }
 
 fn admin() -> String {
-    sign(
-        json!({"sub": "ops", "roles": ["admin"], "exp": jsonwebtoken::get_current_timestamp() + 600}),
-    )
+    support::tokens::admin_token(SECRET)
 }
 
 fn node(nats: &Nats, extra: &[&str]) -> Switchboard {

@@ -12,23 +12,12 @@ use support::{Client, Switchboard, WAIT, realtime_session};
 
 const SECRET: &str = "session-routes-secret-0123456789abcdef";
 
-fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn user(sub: &str) -> String {
-    token(json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600}))
+    support::tokens::user_token(SECRET, sub)
 }
 
 fn admin() -> String {
-    token(
-        json!({"sub": "ops", "roles": ["admin"], "exp": jsonwebtoken::get_current_timestamp() + 600}),
-    )
+    support::tokens::admin_token(SECRET)
 }
 
 async fn call(method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, Value) {

@@ -85,13 +85,7 @@ fn traced(nats: &Nats, endpoint: &str, name: &str, args: &[&str]) -> Switchboard
 }
 
 fn token(user: &str) -> String {
-    let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 60});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    support::tokens::user_token(SECRET, user)
 }
 
 /// Waits until one trace holds every (service, span) of `expected`; returns

@@ -10,6 +10,8 @@
 //! - [`driver`]: a real browser behind a Node driver script, one JSON
 //!   command per line.
 //! - [`venv`]: tools from PyPI, pinned, in virtualenvs under `target/`.
+//! - [`tokens`]: users' and admins' JWTs, signed here or minted by
+//!   `switchboard token`.
 //!
 //! Set `TEST_LOG=1` to see every process's output.
 
@@ -19,6 +21,7 @@
 )]
 
 pub mod driver;
+pub mod tokens;
 pub mod venv;
 
 use std::collections::HashMap;
