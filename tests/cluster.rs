@@ -77,19 +77,7 @@ async fn the_inactivity_timeout_is_enforced_by_the_cluster() {
     // The registry lives in `services`; the socket is held by an edge-only
     // process that has no timer of its own. The timeout reaches it over NATS.
     let services = Switchboard::all(Some(&nats), &["--inactivity-timeout-secs", "1"]);
-    let edge = Switchboard::start(&[
-        "edge",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--nats-url",
-        &nats.url,
-        "--session-url",
-        &services.grpc("session"),
-        "--detection-url",
-        &services.grpc("detection"),
-        "--statistics-url",
-        &services.grpc("statistics"),
-    ]);
+    let edge = Switchboard::edge(&nats, &services, &services, &services, &[]);
     let (mut client, session_id) = realtime_session(&edge).await;
     let timeout = client.expect("timeout_response").await;
     assert_eq!(timeout["status"], "timeout");
@@ -298,23 +286,15 @@ impl TwoReplicas {
             doomed.grpc("detection"),
             survivor.grpc("detection")
         );
-        let (session_url, statistics_url) =
-            (session.grpc("session"), statistics.grpc("statistics"));
-        let mut args = vec![
-            "edge",
-            "--http-addr",
-            local,
-            "--nats-url",
-            &nats.url,
-            "--session-url",
-            &session_url,
-            "--detection-url",
-            &replicas,
-            "--statistics-url",
-            &statistics_url,
-        ];
-        args.extend(edge_extra);
-        let edge = Switchboard::start(&args);
+        let edge = Switchboard::edge_calling(
+            nats,
+            [
+                &session.grpc("session"),
+                &replicas,
+                &statistics.grpc("statistics"),
+            ],
+            edge_extra,
+        );
         Self {
             _session: session,
             doomed,

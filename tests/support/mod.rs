@@ -205,19 +205,9 @@ impl Switchboard {
             "--nats-url",
             &nats.url,
         ]);
-        let edge = Switchboard::start(&[
-            "edge",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--nats-url",
-            &nats.url,
-            "--session-url",
-            &session.grpc("session"),
-            "--detection-url",
-            "http://127.0.0.1:1",
-            "--statistics-url",
-            "http://127.0.0.1:1",
-        ]);
+        let nowhere = "http://127.0.0.1:1";
+        let edge =
+            Switchboard::edge_calling(nats, [&session.grpc("session"), nowhere, nowhere], &[]);
         (session, edge)
     }
 
@@ -230,11 +220,19 @@ impl Switchboard {
         statistics: &Switchboard,
         extra: &[&str],
     ) -> Self {
-        let (session, detection, statistics) = (
+        let urls = [
             session.grpc("session"),
             detection.grpc("detection"),
             statistics.grpc("statistics"),
-        );
+        ];
+        Self::edge_calling(nats, urls.each_ref().map(String::as_str), extra)
+    }
+
+    /// `switchboard edge` on a free port, joined to `nats`, calling the
+    /// session, detection and statistics services at `urls` (in that
+    /// order; detection's may list several replicas).
+    pub fn edge_calling(nats: &Nats, urls: [&str; 3], extra: &[&str]) -> Self {
+        let [session, detection, statistics] = urls;
         let mut args = vec![
             "edge",
             "--http-addr",
@@ -242,11 +240,11 @@ impl Switchboard {
             "--nats-url",
             &nats.url,
             "--session-url",
-            &session,
+            session,
             "--detection-url",
-            &detection,
+            detection,
             "--statistics-url",
-            &statistics,
+            statistics,
         ];
         args.extend(extra);
         Self::start(&args)
