@@ -1,8 +1,11 @@
 //! An edge says the truth while NATS is gone: `/ready` fails within
 //! seconds (so a load balancer moves clients elsewhere), `/health` says
 //! which dependency is down, and a broadcast is refused with `503` instead
-//! of being accepted and lost. When NATS is back (same port, same store),
-//! all of it recovers by itself and broadcasts are delivered again.
+//! of being accepted and lost; a client resuming from its position is told
+//! the history cannot be read now, not replayed nothing as if it missed
+//! nothing. When NATS is back (same port, same store), all of it recovers
+//! by itself: broadcasts are delivered again, and a resume replays what
+//! was kept from before, through and after the outage.
 
 mod support;
 
@@ -33,7 +36,13 @@ async fn readiness_and_broadcasts_follow_nats_and_recover() {
     let node = Switchboard::all(Some(&nats), &[]);
     assert_eq!(ready(&node).await.0, 200);
     let mut ui = Client::connect(&node.ws("/ws/ui")).await;
-    ui.expect("connection").await;
+    let welcome = ui.expect("connection").await;
+    let position = format!(
+        "/ws/ui?epoch={}&offset={}",
+        welcome["epoch"].as_str().unwrap(),
+        welcome["offset"].as_u64().unwrap()
+    );
+    assert_eq!(broadcast(&node, "before_outage").await, 202);
 
     nats.stop();
     let not_ready = eventually("/ready to fail without NATS", || async {
@@ -61,6 +70,17 @@ async fn readiness_and_broadcasts_follow_nats_and_recover() {
         503,
         "refused, not lost"
     );
+    let mut resuming = Client::connect(&node.ws(&position)).await;
+    resuming.expect("connection").await;
+    let resumed = resuming.expect("resumed").await;
+    assert_eq!(
+        (&resumed["recovered"], &resumed["reason"]),
+        (
+            &json!(false),
+            &json!("the history cannot be read now; refetch state")
+        ),
+        "{resumed}"
+    );
 
     nats.restart();
     eventually("/ready to recover", || async {
@@ -85,4 +105,28 @@ async fn readiness_and_broadcasts_follow_nats_and_recover() {
     }
     let (_, health) = get_json(&format!("{}/health", node.http())).await;
     assert_eq!(health["services"]["nats"], "connected", "{health}");
+
+    // The history outlived the outage: a resume from before it replays
+    // what was accepted on both sides of it, and only that.
+    let mut resuming = Client::connect(&node.ws(&position)).await;
+    resuming.expect("connection").await;
+    let mut replayed = Vec::new();
+    let resumed = loop {
+        let message = resuming.recv_json().await;
+        if message["type"] == "resumed" {
+            break message;
+        }
+        replayed.push(
+            message["event_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    };
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(replayed.first().map(String::as_str), Some("before_outage"));
+    assert!(
+        replayed[1..].iter().all(|event| event == "after_outage") && replayed.len() > 1,
+        "{replayed:?}"
+    );
 }
