@@ -482,3 +482,51 @@ async fn the_dedup_window_is_a_setting_and_an_existing_stream_takes_it() {
     .await;
     assert_eq!(renewed["sequence"], 3, "{renewed}");
 }
+
+/// Frames appended to a workout's log by writers that failed before
+/// counting them leave its count behind the log; that happened when a NATS
+/// server was lost (the log took appends while the count's bucket elected a
+/// leader), and past 16 such frames the workout took no frame again. Here
+/// forty are appended straight into the JetStream log, as such writers
+/// left them: the next frame is stored at the log's end and counted there.
+#[tokio::test]
+async fn a_workout_whose_count_fell_behind_its_log_takes_frames_again() {
+    use prost::Message as _;
+    use switchboard_proto::v1::PressureFrame;
+
+    let nats = Nats::start();
+    let node = Switchboard::all(Some(&nats), &[]);
+    let workout = "fell-behind";
+    let (status, first) = post_frame(&node, workout, json!({"matrix": [[1, 1], [1, 1]]})).await;
+    assert_eq!((status, &first["sequence"]), (201, &json!(1)), "{first}");
+
+    let client = tokio::time::timeout(support::WAIT, async_nats::connect(&nats.url))
+        .await
+        .expect("connects in time")
+        .expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    let token: String = workout.bytes().map(|byte| format!("{byte:02x}")).collect();
+    const UNCOUNTED: u64 = 40;
+    for number in 2..=1 + UNCOUNTED {
+        let orphan = PressureFrame {
+            workout_id: workout.to_owned(),
+            sequence: number,
+            timestamp: number as f64,
+            ..Default::default()
+        };
+        let subject = format!("switchboard.log.frames.{token}.{number}");
+        let acked = jetstream
+            .publish(subject, orphan.encode_to_vec().into())
+            .await
+            .expect("published");
+        tokio::time::timeout(support::WAIT, acked)
+            .await
+            .expect("acknowledged in time")
+            .expect("stored");
+    }
+
+    let (status, next) = post_frame(&node, workout, json!({"matrix": [[2, 2], [2, 2]]})).await;
+    assert_eq!(status, 201, "{next}");
+    assert_eq!(next["sequence"], 2 + UNCOUNTED, "{next}");
+    assert_eq!(next["frame_count"], 2 + UNCOUNTED, "{next}");
+}

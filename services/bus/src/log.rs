@@ -201,6 +201,53 @@ impl Log {
         }
     }
 
+    /// The first number from `from` on that `key` has no entry under. As a
+    /// log has no gaps, that is one read per doubling of the distance, then
+    /// a binary search: a writer whose count of a log fell behind (entries
+    /// appended by writers that failed before they counted them) finds the
+    /// end in a handful of reads, however far behind it is. A replica may
+    /// answer a moment late, so the number may be taken by the time it is
+    /// appended at: the append's own check ([`BusError::Conflict`]) decides.
+    pub async fn next_free(&self, key: &str, from: u64) -> Result<u64, BusError> {
+        if !self.has(key, from).await? {
+            return Ok(from);
+        }
+        let (mut taken, mut distance) = (from, 1u64);
+        let mut free = loop {
+            let probe = from.saturating_add(distance);
+            if !self.has(key, probe).await? {
+                break probe;
+            }
+            taken = probe;
+            distance = distance.saturating_mul(2);
+        };
+        while free - taken > 1 {
+            let middle = taken + (free - taken) / 2;
+            if self.has(key, middle).await? {
+                taken = middle;
+            } else {
+                free = middle;
+            }
+        }
+        Ok(free)
+    }
+
+    /// Whether `key` has entry `number`.
+    async fn has(&self, key: &str, number: u64) -> Result<bool, BusError> {
+        match self {
+            Log::Nats(nats) => {
+                let nats = &nats.stream;
+                let subject = entry_subject(nats, key, number);
+                match nats.stream.direct_get_last_for_subject(subject).await {
+                    Ok(_) => Ok(true),
+                    Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(false),
+                    Err(error) => Err(nats_error(error)),
+                }
+            }
+            Log::Local(local) => Ok(local.has(key, number)),
+        }
+    }
+
     /// The log's epoch, as it is now (with NATS, asked of the stream).
     pub async fn epoch(&self) -> Result<String, BusError> {
         match self {
@@ -327,6 +374,13 @@ impl LocalLog {
         Ok(Appended::Stored)
     }
 
+    fn has(&self, key: &str, number: u64) -> bool {
+        self.lock()
+            .by_key
+            .get(key)
+            .is_some_and(|log| log.contains_key(&number))
+    }
+
     fn read(&self, key: &str, after: u64, limit: usize) -> Vec<Entry> {
         let entries = self.lock();
         let Some(log) = entries.by_key.get(key) else {
@@ -377,6 +431,28 @@ mod tests {
             [3, 4, 5]
         );
         assert!(log.read("nothing", 0, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_next_free_number_is_found_however_far_the_log_is_ahead() {
+        let log = Log::Local(LocalLog::new(Duration::from_secs(600)));
+        assert_eq!(log.next_free("w1", 1).await.unwrap(), 1);
+        for end in [1u64, 2, 3, 37, 100] {
+            let key = format!("w{end}");
+            for number in 1..=end {
+                log.append_at(&key, number, Bytes::from_static(b"f"), None)
+                    .await
+                    .unwrap();
+            }
+            for from in [1, end / 2 + 1, end] {
+                assert_eq!(
+                    log.next_free(&key, from).await.unwrap(),
+                    end + 1,
+                    "{key} from {from}"
+                );
+            }
+            assert_eq!(log.next_free(&key, end + 5).await.unwrap(), end + 5);
+        }
     }
 
     #[tokio::test]

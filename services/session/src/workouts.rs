@@ -213,7 +213,8 @@ impl Workouts {
     /// or the frame stored before with the same `message_id`.
     async fn store(&self, frame: &mut PressureFrame, first: u64) -> Result<Stored, WorkoutError> {
         let message_id = (!frame.message_id.is_empty()).then(|| frame.message_id.clone());
-        for number in (first..).take(CAS_ATTEMPTS) {
+        let mut number = first;
+        for _ in 0..CAS_ATTEMPTS {
             frame.sequence = number;
             let payload = Bytes::from(frame.encode_to_vec());
             match self
@@ -228,7 +229,14 @@ impl Workouts {
                     original.sequence = entry.number;
                     return Ok(Stored::Duplicate(Box::new(original)));
                 }
-                Err(BusError::Conflict(_)) => {}
+                // Taken: by a racing writer, or by frames whose writers
+                // failed after appending and before counting them (a NATS
+                // outage): the count is behind the log. Go on from the
+                // log's end, not one number at a time (past CAS_ATTEMPTS
+                // uncounted frames, that never got there).
+                Err(BusError::Conflict(_)) => {
+                    number = self.frames.next_free(&frame.workout_id, number + 1).await?;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -309,6 +317,42 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// Frames appended by writers that failed before counting them (as a
+    /// NATS outage can make them) leave the count behind the log: a frame
+    /// after them is still stored, at the log's end, and counted there.
+    #[tokio::test]
+    async fn a_count_far_behind_its_log_catches_up() {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        let workouts = Workouts::open(&bus, Duration::from_secs(600))
+            .await
+            .unwrap();
+        let first = workouts
+            .record_frame(frame("w1", 1.0, 10.0, 5.0))
+            .await
+            .unwrap();
+        assert_eq!(first.sequence, 1);
+        let uncounted = 2 * CAS_ATTEMPTS as u64;
+        for number in 2..=1 + uncounted {
+            let mut orphan = frame("w1", number as f64, 10.0, 5.0);
+            orphan.sequence = number;
+            workouts
+                .frames
+                .append_at("w1", number, Bytes::from(orphan.encode_to_vec()), None)
+                .await
+                .unwrap();
+        }
+        let next = workouts
+            .record_frame(frame("w1", 100.0, 10.0, 5.0))
+            .await
+            .unwrap();
+        assert_eq!(next.sequence, 2 + uncounted);
+        assert_eq!(next.frame_count, 2 + uncounted);
+        assert_eq!(
+            workouts.workout("w1").await.unwrap().frame_count,
+            2 + uncounted
+        );
     }
 
     #[tokio::test]
