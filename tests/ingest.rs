@@ -530,3 +530,44 @@ async fn a_workout_whose_count_fell_behind_its_log_takes_frames_again() {
     assert_eq!(next["sequence"], 2 + UNCOUNTED, "{next}");
     assert_eq!(next["frame_count"], 2 + UNCOUNTED, "{next}");
 }
+
+/// Forty frames of one workout posted at the same moment, half through
+/// each of two edges: each is stored once and counted, numbered 1 to 40.
+/// (A writer used to step one number per number taken, at most 16: the
+/// last ones got 503 "took new frames concurrently too often".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_one_workout_posted_at_once_over_two_edges_are_all_stored() {
+    let nats = Nats::start();
+    let a = Switchboard::all(Some(&nats), &[]);
+    let b = Switchboard::all(Some(&nats), &[]);
+    let workout = "all-at-once";
+    let mut posting = tokio::task::JoinSet::new();
+    for n in 0..40u64 {
+        let url = format!(
+            "{}/api/workouts/{workout}/frames",
+            [&a, &b][n as usize % 2].http()
+        );
+        posting.spawn(async move {
+            let request = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"matrix": [[n, 1], [1, 1]], "timestamp": n}))
+                .send();
+            let response = tokio::time::timeout(support::WAIT, request)
+                .await
+                .expect("answered in time")
+                .expect("http request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON body"))
+        });
+    }
+    let mut sequences = Vec::new();
+    while let Some(posted) = posting.join_next().await {
+        let (status, body) = posted.unwrap();
+        assert_eq!(status, 201, "{body}");
+        sequences.push(body["sequence"].as_u64().unwrap());
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=40).collect::<Vec<_>>());
+    let (_, record) = get_json(&format!("{}/api/workouts/{workout}", a.http())).await;
+    assert_eq!(record["frame_count"], 40, "{record}");
+}
