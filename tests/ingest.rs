@@ -571,3 +571,40 @@ async fn frames_of_one_workout_posted_at_once_over_two_edges_are_all_stored() {
     let (_, record) = get_json(&format!("{}/api/workouts/{workout}", a.http())).await;
     assert_eq!(record["frame_count"], 40, "{record}");
 }
+
+/// One frame sent ten times at the same moment with one `message_id`, half
+/// through each of two edges: stored once (one 201), the others answered
+/// with its result (200), counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frame_sent_ten_times_at_once_over_two_edges_is_stored_once() {
+    let nats = Nats::start();
+    let a = Switchboard::all(Some(&nats), &[]);
+    let b = Switchboard::all(Some(&nats), &[]);
+    let workout = "same-frame";
+    let mut posting = tokio::task::JoinSet::new();
+    for n in 0..10 {
+        let url = format!("{}/api/workouts/{workout}/frames", [&a, &b][n % 2].http());
+        posting.spawn(async move {
+            let request = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"matrix": [[7, 1], [1, 1]], "timestamp": 1.5, "message_id": "once"}))
+                .send();
+            let response = tokio::time::timeout(support::WAIT, request)
+                .await
+                .expect("answered in time")
+                .expect("http request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON body"))
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(posted) = posting.join_next().await {
+        let (status, body) = posted.unwrap();
+        assert_eq!(body["sequence"], 1, "{body}");
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 200, 200, 201]);
+    let (_, record) = get_json(&format!("{}/api/workouts/{workout}", b.http())).await;
+    assert_eq!(record["frame_count"], 1, "{record}");
+}
