@@ -531,6 +531,33 @@ async fn a_workout_whose_count_fell_behind_its_log_takes_frames_again() {
     assert_eq!(next["frame_count"], 2 + UNCOUNTED, "{next}");
 }
 
+/// Posts every one of `bodies` to `workout` at the same moment, in turn
+/// through each of `nodes`; each one's status and body.
+async fn post_at_once(
+    nodes: [&Switchboard; 2],
+    workout: &str,
+    bodies: impl Iterator<Item = Value>,
+) -> Vec<(u16, Value)> {
+    let mut posting = tokio::task::JoinSet::new();
+    for (n, body) in bodies.enumerate() {
+        let url = format!("{}/api/workouts/{workout}/frames", nodes[n % 2].http());
+        posting.spawn(async move {
+            let request = reqwest::Client::new().post(url).json(&body).send();
+            let response = tokio::time::timeout(support::WAIT, request)
+                .await
+                .expect("answered in time")
+                .expect("http request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON body"))
+        });
+    }
+    let mut posted = Vec::new();
+    while let Some(outcome) = posting.join_next().await {
+        posted.push(outcome.unwrap());
+    }
+    posted
+}
+
 /// Forty frames of one workout posted at the same moment, half through
 /// each of two edges: each is stored once and counted, numbered 1 to 40.
 /// (A writer used to step one number per number taken, at most 16: the
@@ -541,28 +568,10 @@ async fn frames_of_one_workout_posted_at_once_over_two_edges_are_all_stored() {
     let a = Switchboard::all(Some(&nats), &[]);
     let b = Switchboard::all(Some(&nats), &[]);
     let workout = "all-at-once";
-    let mut posting = tokio::task::JoinSet::new();
-    for n in 0..40u64 {
-        let url = format!(
-            "{}/api/workouts/{workout}/frames",
-            [&a, &b][n as usize % 2].http()
-        );
-        posting.spawn(async move {
-            let request = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"matrix": [[n, 1], [1, 1]], "timestamp": n}))
-                .send();
-            let response = tokio::time::timeout(support::WAIT, request)
-                .await
-                .expect("answered in time")
-                .expect("http request");
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.expect("JSON body"))
-        });
-    }
+    let bodies = (0..40u64).map(|n| json!({"matrix": [[n, 1], [1, 1]], "timestamp": n}));
+    let posted = post_at_once([&a, &b], workout, bodies).await;
     let mut sequences = Vec::new();
-    while let Some(posted) = posting.join_next().await {
-        let (status, body) = posted.unwrap();
+    for (status, body) in posted {
         assert_eq!(status, 201, "{body}");
         sequences.push(body["sequence"].as_u64().unwrap());
     }
@@ -581,25 +590,10 @@ async fn one_frame_sent_ten_times_at_once_over_two_edges_is_stored_once() {
     let a = Switchboard::all(Some(&nats), &[]);
     let b = Switchboard::all(Some(&nats), &[]);
     let workout = "same-frame";
-    let mut posting = tokio::task::JoinSet::new();
-    for n in 0..10 {
-        let url = format!("{}/api/workouts/{workout}/frames", [&a, &b][n % 2].http());
-        posting.spawn(async move {
-            let request = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"matrix": [[7, 1], [1, 1]], "timestamp": 1.5, "message_id": "once"}))
-                .send();
-            let response = tokio::time::timeout(support::WAIT, request)
-                .await
-                .expect("answered in time")
-                .expect("http request");
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.expect("JSON body"))
-        });
-    }
+    let body = json!({"matrix": [[7, 1], [1, 1]], "timestamp": 1.5, "message_id": "once"});
+    let posted = post_at_once([&a, &b], workout, std::iter::repeat_n(body, 10)).await;
     let mut statuses = Vec::new();
-    while let Some(posted) = posting.join_next().await {
-        let (status, body) = posted.unwrap();
+    for (status, body) in posted {
         assert_eq!(body["sequence"], 1, "{body}");
         statuses.push(status);
     }
