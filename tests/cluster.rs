@@ -481,3 +481,51 @@ async fn with_a_stream_per_session_a_killed_replica_hands_its_sessions_to_the_ne
         .call(sample(0.02, 0.0, 9.8, 0.0), "step_detection")
         .await;
 }
+
+/// Ten sessions streaming at once, half on each of two edges: the
+/// cluster's request count is exactly what they sent, once every edge has
+/// reported (statistics replicas add to one record by compare-and-swap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_counts_every_request_of_sessions_on_two_edges() {
+    const SESSIONS: usize = 10;
+    const MESSAGES: u64 = 20;
+    let nats = Nats::start();
+    let a = Switchboard::all(Some(&nats), &[]);
+    let b = Switchboard::all(Some(&nats), &[]);
+    let mut streaming = tokio::task::JoinSet::new();
+    for n in 0..SESSIONS {
+        let (mut client, _) = realtime_session([&a, &b][n % 2]).await;
+        streaming.spawn(async move {
+            for i in 1..=MESSAGES {
+                client
+                    .call(sample(i as f64 * 0.02, 0.0, 9.81, 0.0), "step_detection")
+                    .await;
+            }
+            client
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(client) = streaming.join_next().await {
+        clients.push(client.unwrap());
+    }
+    // Predictions: sensor messages only (a `stats` request is a request,
+    // not a prediction).
+    let expected = SESSIONS as u64 * MESSAGES;
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let stats = clients[0]
+            .call(json!({"action": "stats"}), "stats_response")
+            .await;
+        let counted = stats["server_stats"]["total_predictions"].as_u64().unwrap();
+        assert!(counted <= expected, "counted twice: {stats}");
+        if counted == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counted} of {expected} predictions counted: {stats}"
+        );
+        // Edges report every few seconds; no need to ask more often.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
