@@ -585,3 +585,70 @@ async fn an_abnormal_pressure_peak_becomes_an_alert_for_its_user() {
     );
     assert!(result["baseline"].as_f64().unwrap() < 4.0, "{result}");
 }
+
+/// Twenty-five alerts for one user raised at the same moment, half through
+/// each edge, while the user is connected to one of them: each arrives
+/// once, each ack is confirmed, and a reconnect finds none pending. Acking
+/// them all at once is not a flood (more messages than the rate limit's
+/// burst of 20 used to close the socket with 1008); acks of alerts never
+/// delivered still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_raised_at_once_over_two_edges_arrive_once_each() {
+    const ALERTS: usize = 25;
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let (mut ivy, _) = alerts(&a, "ivy").await;
+    let mut raising = tokio::task::JoinSet::new();
+    for n in 0..ALERTS {
+        let url = format!("{}/api/alerts", [&a, &b][n % 2].http());
+        raising.spawn(async move {
+            let request = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(admin_token())
+                .json(&json!({"user_id": "ivy", "anomaly_type": format!("burst-{n}"), "severity": "warning"}))
+                .send();
+            let response = tokio::time::timeout(support::WAIT, request)
+                .await
+                .expect("answered in time")
+                .expect("http request");
+            assert_eq!(response.status().as_u16(), 201);
+            let raised: Value = response.json().await.unwrap();
+            raised["alert_id"].as_str().unwrap().to_owned()
+        });
+    }
+    let mut raised = std::collections::BTreeSet::new();
+    while let Some(id) = raising.join_next().await {
+        raised.insert(id.unwrap());
+    }
+    assert_eq!(raised.len(), ALERTS, "distinct ids");
+    let mut arrived = std::collections::BTreeSet::new();
+    while arrived.len() < ALERTS {
+        let alert = ivy.expect("anomaly_detected").await;
+        let id = alert["alert_id"].as_str().unwrap().to_owned();
+        assert!(raised.contains(&id), "{alert}");
+        assert!(arrived.insert(id), "arrived twice: {alert}");
+    }
+    for id in &arrived {
+        let acked = ivy
+            .call(json!({"type": "ack", "alert_id": id}), "ack_confirmed")
+            .await;
+        assert_eq!(acked["alert_id"], id.as_str());
+    }
+    nothing_pending(&mut ivy).await;
+    drop(ivy);
+    let (mut again, connected) = alerts(&b, "ivy").await;
+    assert_eq!(connected["pending_alerts"], 0, "{connected}");
+    nothing_pending(&mut again).await;
+    // The same acks again: no longer awaited here, so they count.
+    for id in &arrived {
+        again
+            .send_json(json!({"type": "ack", "alert_id": id}))
+            .await;
+    }
+    let closed = again.expect_close().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (1008, "rate limit exceeded: at most 10 messages per second")
+    );
+}

@@ -21,6 +21,7 @@
 
 pub mod rest;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -119,6 +120,7 @@ async fn upgrade(
             user_id,
             connection_id: String::new(),
             alerts: None,
+            awaiting_ack: HashSet::new(),
             last_reported: Instant::now(),
             heartbeat_unreported: false,
         };
@@ -208,9 +210,17 @@ struct AlertsConnection {
     connection_id: String,
     /// The user's mailbox, once open.
     alerts: Option<MailboxReader>,
+    /// Alerts sent to the client and not acked on it yet (at most
+    /// [`MAX_AWAITING_ACK`]): their acks are not held to the rate limit, so
+    /// a client acking a backlog as it arrives is not taken for a flood.
+    awaiting_ack: HashSet<String>,
     last_reported: Instant,
     heartbeat_unreported: bool,
 }
+
+/// Most alerts one connection remembers as awaiting their ack; acks of
+/// alerts past it count toward the rate limit like any message.
+pub const MAX_AWAITING_ACK: usize = 10_000;
 
 impl Handler for AlertsConnection {
     /// The next alert in the user's mailbox (or why the mailbox failed).
@@ -231,6 +241,13 @@ impl Handler for AlertsConnection {
 
     fn received(&mut self) {
         self.heartbeat_unreported = true;
+    }
+
+    fn counts_toward_rate(&self, message: &Inbound<'_>) -> bool {
+        let Inbound::Text(text) = message else {
+            return true;
+        };
+        !matches!(parse(text), Ok(ClientMessage::Ack { alert_id }) if self.awaiting_ack.contains(&alert_id))
     }
 
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
@@ -407,6 +424,9 @@ impl AlertsConnection {
         };
         let detection_result = serde_json::from_str(&alert.detection_result_json)
             .unwrap_or(Value::Object(Default::default()));
+        if self.awaiting_ack.len() < MAX_AWAITING_ACK {
+            self.awaiting_ack.insert(alert.alert_id.clone());
+        }
         let message = Outbound::AnomalyDetected {
             alert_id: &alert.alert_id,
             user_id: &alert.user_id,
@@ -426,6 +446,8 @@ impl AlertsConnection {
         alert_id: &str,
         conn: &mut Conn<'_, T>,
     ) -> Result<Flow, ClientError> {
+        // One exempt ack per delivery, whatever the outcome.
+        self.awaiting_ack.remove(alert_id);
         self.state
             .detection
             .clone()

@@ -132,6 +132,13 @@ pub trait Handler: Send + 'static {
     /// Every message the client sends, text or binary, before it is read.
     fn received(&mut self) {}
 
+    /// Whether `message` counts toward the connection's rate limit: every
+    /// one by default. An endpoint exempts answers the server asked for
+    /// itself, whose number it bounds (an ack of an alert it delivered).
+    fn counts_toward_rate(&self, _message: &Inbound<'_>) -> bool {
+        true
+    }
+
     /// Once the connection (and its registry session) is open: a welcome.
     fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> impl Future<Output = Flow> + Send;
 
@@ -620,7 +627,9 @@ async fn on_client_message<H: Handler, T: Transport>(
 ) -> Flow {
     conn.meter.received();
     handler.received();
-    if let Some(close) = over_rate(limiter) {
+    if handler.counts_toward_rate(&message)
+        && let Some(close) = over_rate(limiter)
+    {
         return Flow::Close(close);
     }
     match handler.on_message(message, conn).await {
