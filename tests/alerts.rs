@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::tokens::sign_hs256;
+use support::tokens::{self, sign_hs256};
 use support::{Client, Nats, Switchboard, eventually, get_json};
 
 const SECRET: &str = "switchboard-test-secret-0123456789abcdef";
@@ -24,16 +24,13 @@ fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
-/// An HS256 token for `user`, valid for a minute.
+/// An HS256 token for `user`.
 fn token(user: &str) -> String {
-    sign_hs256(json!({"sub": user, "exp": now() + 60}), SECRET.as_bytes())
+    tokens::user_token(SECRET, user)
 }
 
 fn admin_token() -> String {
-    sign_hs256(
-        json!({"sub": "ops", "exp": now() + 60, "roles": ["admin"]}),
-        SECRET.as_bytes(),
-    )
+    tokens::admin_token(SECRET)
 }
 
 fn sign_rs256(claims: Value, private_key: &str) -> String {

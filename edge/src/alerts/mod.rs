@@ -244,9 +244,14 @@ impl Handler for AlertsConnection {
     }
 
     fn counts_toward_rate(&self, message: &Inbound<'_>) -> bool {
+        // The message is parsed again to be handled: only read it here
+        // while some alert awaits its ack.
         let Inbound::Text(text) = message else {
             return true;
         };
+        if self.awaiting_ack.is_empty() {
+            return true;
+        }
         !matches!(parse(text), Ok(ClientMessage::Ack { alert_id }) if self.awaiting_ack.contains(&alert_id))
     }
 
