@@ -191,6 +191,58 @@ async fn detection_restart_is_an_error_message_then_recovery(edge_extra: &[&str]
     assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
 }
 
+#[tokio::test]
+async fn a_hung_detection_replica_is_an_error_at_the_deadline_then_recovery() {
+    hung_detection_is_an_error_at_the_deadline_then_recovery(&[]).await;
+}
+
+#[tokio::test]
+async fn with_a_stream_per_session_a_hung_detection_replica_is_an_error_at_the_deadline() {
+    hung_detection_is_an_error_at_the_deadline_then_recovery(&["--detection-streams", "0"]).await;
+}
+
+/// A replica that stops answering (stopped with SIGSTOP: its connections
+/// stay up, nothing is reset) costs a message its deadline (the edge's
+/// `--grpc-timeout-ms`, 2 s here), not the session; once it answers again,
+/// so does the session.
+async fn hung_detection_is_an_error_at_the_deadline_then_recovery(edge_extra: &[&str]) {
+    let nats = Nats::start();
+    let roles = Roles::start_with_edge(&nats, edge_extra);
+    let (mut client, _) = realtime_session(&roles.edge).await;
+    client
+        .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
+        .await;
+
+    let detection = roles.detection.pid().to_string();
+    signal("-STOP", &detection);
+    let sent = std::time::Instant::now();
+    client.send_json(sample(1.02, 0.0, 9.8, 0.0)).await;
+    let error = client.expect("error").await;
+    let waited = sent.elapsed();
+    signal("-CONT", &detection);
+    assert_eq!(error["code"], "service_unavailable", "{error}");
+    assert_eq!(
+        error["message"], "detection service unavailable: no reply within the deadline",
+        "{error}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1900),
+        "the error came before the deadline: {waited:?}"
+    );
+
+    let mut t = 1.04;
+    let reply = errors_until_replies(&mut client, &mut t, "detection never answered again").await;
+    assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
 /// Sends samples from `t` on (advancing it) while they are answered with
 /// `service_unavailable`, until one gets its `step_detection`, which is
 /// returned; fails with `what` after [`support::WAIT`].
