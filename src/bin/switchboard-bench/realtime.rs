@@ -34,7 +34,7 @@ use super::Common;
 use super::baseline::BaselineProcess;
 use super::client::{self, Ended, Socket};
 use super::measure::{CpuMeter, CpuUse, Summary, instant_at, now_us, per_second};
-use super::report::{Figure, Goal, Report};
+use super::report::{Figure, Goal, Report, median};
 use super::target::Target;
 
 /// At most this many sessions, whatever is asked.
@@ -77,10 +77,16 @@ pub struct RealtimeArgs {
     pub warmup_secs: Option<f64>,
     /// Times the deployment and the bare server are measured, one after
     /// the other; each figure is the median of its rounds (errors are
-    /// added up). The bare server's cost drifts by up to a quarter from
+    /// added up), and server CPU per message is also given as each round's
+    /// own ratio and their median. The bare server's cost drifts by up to a quarter from
     /// one minute to the next on a shared machine: alternating rounds keep
     /// a ratio from resting on one lucky or unlucky minute.
-    #[arg(long, default_value_t = 1)]
+    /// 1 to 20.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20)
+    )]
     pub rounds: usize,
 }
 
@@ -147,7 +153,7 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
                 .clamp(0.1, 3600.0),
         ),
     };
-    let rounds = args.rounds.clamp(1, 20);
+    let rounds = args.rounds;
     let deployment = Target::deployment(&args.common)?;
     let bare = if args.common.no_baseline {
         None
@@ -191,7 +197,11 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
         )
         .goal(Goal::AtMost(0.0)),
         figure("CPU of the target", "cores", |m| m.cpu.target_cores),
-        figure("server CPU per message", "µs", cpu_per_message_us),
+        figure("server CPU per message", "µs", cpu_per_message_us).round_ratios(round_ratios(
+            &measured,
+            &baseline,
+            cpu_per_message_us,
+        )),
         figure("CPU of the bench", "cores", |m| m.cpu.bench_cores),
     ];
     Ok(Report {
@@ -218,17 +228,25 @@ pub async fn run(args: &RealtimeArgs) -> anyhow::Result<Report> {
 /// The median of `value` over the rounds that have it (the mean of the
 /// middle two for an even count); `None` when none has.
 fn median_of(rounds: &[Measured], value: fn(&Measured) -> Option<f64>) -> Option<f64> {
-    let mut values: Vec<f64> = rounds.iter().filter_map(value).collect();
-    if values.is_empty() {
-        return None;
+    let values: Vec<f64> = rounds.iter().filter_map(value).collect();
+    median(&values)
+}
+
+/// Each round's ratio of `value`, the deployment's against the bare
+/// server's of the same round; none with a single round.
+fn round_ratios(
+    measured: &[Measured],
+    baseline: &[Measured],
+    value: fn(&Measured) -> Option<f64>,
+) -> Vec<f64> {
+    if measured.len() < 2 {
+        return Vec::new();
     }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    })
+    measured
+        .iter()
+        .zip(baseline)
+        .filter_map(|(round, bare)| Some(value(round)? / value(bare).filter(|bare| *bare > 0.0)?))
+        .collect()
 }
 
 /// Every round's errors added up (one failed round is not outvoted).
@@ -658,6 +676,17 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(median_of(&[], rate), None);
+        let bare = [
+            round(Some(3.0), 0),
+            round(Some(2.0), 0),
+            round(Some(0.0), 0),
+        ];
+        assert_eq!(
+            round_ratios(&rounds, &bare, rate),
+            vec![3.0, 0.5],
+            "each round against its own bare round; none against zero"
+        );
+        assert!(round_ratios(&rounds[..1], &bare, rate).is_empty());
         assert_eq!(total_errors(&rounds), Some(2.0), "errors add up");
         assert_eq!(total_errors(&[]), None);
         assert!(rounds_json(&rounds[..1]).unwrap().is_object());

@@ -39,6 +39,9 @@ pub struct Figure {
     pub deployment: Option<f64>,
     pub baseline: Option<f64>,
     pub goal: Option<Goal>,
+    /// With several rounds: each round's own ratio (the deployment's
+    /// round against the bare round measured right after it).
+    pub round_ratios: Vec<f64>,
 }
 
 impl Figure {
@@ -54,12 +57,25 @@ impl Figure {
             deployment,
             baseline,
             goal: None,
+            round_ratios: Vec::new(),
         }
     }
 
     pub fn goal(mut self, goal: Goal) -> Self {
         self.goal = Some(goal);
         self
+    }
+
+    pub fn round_ratios(mut self, ratios: Vec<f64>) -> Self {
+        self.round_ratios = ratios;
+        self
+    }
+
+    /// The median of the rounds' own ratios: steadier than the ratio of
+    /// the medians when the machine drifts between rounds, since each
+    /// pair was measured back to back.
+    pub fn median_round_ratio(&self) -> Option<f64> {
+        median(&self.round_ratios)
     }
 
     pub fn ratio(&self) -> Option<f64> {
@@ -102,6 +118,8 @@ impl Report {
                     "switchboard": figure.deployment,
                     "baseline": figure.baseline,
                     "ratio": figure.ratio(),
+                    "round_ratios": (!figure.round_ratios.is_empty()).then_some(&figure.round_ratios),
+                    "median_round_ratio": figure.median_round_ratio(),
                     "target": figure.goal.map(Goal::json),
                     "met": figure.met(),
                 })
@@ -184,8 +202,38 @@ impl Report {
                 out.push('\n');
             }
         }
+        for figure in &self.figures {
+            if let Some(median) = figure.median_round_ratio() {
+                let ratios: Vec<String> = figure
+                    .round_ratios
+                    .iter()
+                    .map(|ratio| format!("{ratio:.2}×"))
+                    .collect();
+                out.push_str(&format!(
+                    "{}, each round against the bare round after it: {} (median {median:.2}×)\n",
+                    figure.name,
+                    ratios.join(", ")
+                ));
+            }
+        }
         out
     }
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` for none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
 }
 
 /// A number as people read it: milliseconds with two decimals below 10,
@@ -236,5 +284,30 @@ mod tests {
         let missing = Figure::new("p99", "ms", None, Some(1.0)).goal(Goal::AtMost(5.0));
         assert_eq!(missing.ratio(), None);
         assert_eq!(missing.met(), None);
+    }
+
+    #[test]
+    fn round_ratios_have_their_own_median() {
+        let figure =
+            Figure::new("cpu", "µs", Some(10.0), Some(6.0)).round_ratios(vec![1.9, 1.6, 1.7]);
+        assert_eq!(figure.median_round_ratio(), Some(1.7));
+        assert!(figure.ratio().unwrap() > 1.66 && figure.ratio().unwrap() < 1.67);
+        let table = Report {
+            scenario: "realtime",
+            config: Value::Null,
+            deployment: Value::Null,
+            baseline: None,
+            before: None,
+            figures: vec![figure],
+        }
+        .table();
+        assert!(
+            table.contains("cpu, each round against the bare round after it: 1.90×, 1.60×, 1.70× (median 1.70×)"),
+            "{table}"
+        );
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let single = Figure::new("cpu", "µs", Some(1.0), Some(1.0));
+        assert_eq!(single.median_round_ratio(), None);
     }
 }
