@@ -30,7 +30,8 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use switchboard_bus::history::Follower;
+use switchboard_bus::History;
+use switchboard_bus::history::{Follower, Kept};
 use switchboard_bus::hub::{self, HubMessageError, StreamAudience};
 use switchboard_bus::{Bus, Channel};
 use switchboard_proto::trace::received;
@@ -39,7 +40,7 @@ use switchboard_proto::v1::statistics_service_client::StatisticsServiceClient;
 use tokio::sync::mpsc;
 
 use crate::caller::Identities;
-use crate::connection::Driver;
+use crate::connection::{Close, Conn, Driver, Flow, Transport};
 use crate::error::ClientError;
 use crate::settings::TimedChannel;
 
@@ -436,34 +437,109 @@ pub async fn relay(mut follower: Follower, hub: Arc<Hub>, channel: Channel, epoc
     }
 }
 
-/// What a hub connection reads: its place in the hub, if it has one yet.
-/// The next message; pending without a place; `None` once the client was
-/// dropped for being slow.
-async fn next_message(
-    membership: &mut Option<(Member, mpsc::Receiver<Delivery>)>,
-) -> Option<Delivery> {
-    match membership {
-        Some((_, messages)) => messages.recv().await,
-        None => std::future::pending().await,
-    }
+/// What a hub connection holds of its hub: its place and queue once it
+/// joined, what it was handed, and the position its URL asked to resume
+/// from. `/ws/ui` and `/api/ws/statistics` differ in their hub, their
+/// welcome and what a client may replay; the rest is this.
+pub(crate) struct HubPlace {
+    history: History,
+    membership: Option<(Member, mpsc::Receiver<Delivery>)>,
+    seen: resume::Seen,
+    resume_from: Option<Result<resume::Position, ClientError>>,
 }
 
-/// Sends a hub message to its client unless it was replayed already, or
-/// closes a client that was dropped for not reading (1008).
-async fn forward<T: crate::connection::Transport>(
-    message: Option<Delivery>,
-    seen: &mut resume::Seen,
-    conn: &mut crate::connection::Conn<'_, T>,
-) -> crate::connection::Flow {
-    use crate::connection::{Close, Flow};
-    match message {
-        Some(delivery) if seen.take_live(delivery.offset) => {
-            conn.send_shared(delivery.payload).await.into()
+impl HubPlace {
+    /// A connection to the hub whose history is `history`, not joined yet.
+    pub fn new(
+        history: History,
+        resume_from: Option<Result<resume::Position, ClientError>>,
+    ) -> Self {
+        Self {
+            history,
+            membership: None,
+            seen: resume::Seen::default(),
+            resume_from,
         }
-        Some(_) => Flow::Continue,
-        None => Flow::Close(Close::TooSlow {
-            queued: CLIENT_QUEUE,
-        }),
+    }
+
+    /// Joins `hub`, so that live messages queue up from now on; the
+    /// offset after which they reach the client (the welcome's `offset`).
+    pub fn join(&mut self, hub: &Arc<Hub>, user_id: &str, connection_id: &str) -> u64 {
+        self.membership = Some(hub.join(user_id, connection_id));
+        self.seen.last = hub.last_offset();
+        self.seen.last
+    }
+
+    /// The history's epoch (the welcome's `epoch`).
+    pub fn epoch(&self) -> &str {
+        self.history.epoch()
+    }
+
+    /// Its place in the hub, once joined.
+    pub fn member(&self) -> Option<&Member> {
+        self.membership.as_ref().map(|(member, _)| member)
+    }
+
+    /// Leaves the hub: no more messages queue up for the client.
+    pub fn leave(&mut self) {
+        self.membership = None;
+    }
+
+    /// Sends `hello`, then replays from the position the URL asked for, if
+    /// it asked ([`resume::welcome`]).
+    pub async fn welcome<T: Transport>(
+        &mut self,
+        hello: &serde_json::Value,
+        admits: impl Fn(&Kept) -> bool,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
+        let requested = self.resume_from.take();
+        resume::welcome(
+            hello,
+            requested,
+            &self.history,
+            &mut self.seen,
+            admits,
+            conn,
+        )
+        .await
+    }
+
+    /// Replays what the client may read after `from` ([`resume::resume`]).
+    pub async fn resume<T: Transport>(
+        &mut self,
+        from: &resume::Position,
+        admits: impl Fn(&Kept) -> bool,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
+        resume::resume(&self.history, from, &mut self.seen, admits, conn).await
+    }
+
+    /// The next hub message; pending until joined; `None` once the client
+    /// was dropped for being slow.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match &mut self.membership {
+            Some((_, messages)) => messages.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends a hub message to the client unless it was replayed already,
+    /// or closes a client that was dropped for not reading (1008).
+    pub async fn forward<T: Transport>(
+        &mut self,
+        message: Option<Delivery>,
+        conn: &mut Conn<'_, T>,
+    ) -> Flow {
+        match message {
+            Some(delivery) if self.seen.take_live(delivery.offset) => {
+                conn.send_shared(delivery.payload).await.into()
+            }
+            Some(_) => Flow::Continue,
+            None => Flow::Close(Close::TooSlow {
+                queued: CLIENT_QUEUE,
+            }),
+        }
     }
 }
 

@@ -38,10 +38,9 @@ use switchboard_proto::v1::{
     GetStatisticsRequest, LimitPolicy, ListSessionsRequest, OpenSessionRequest,
     RecordActivityRequest, SessionControl,
 };
-use tokio::sync::mpsc;
 
-use super::resume::{Position, Seen, resume, welcome};
-use super::{Delivery, Filter, HubsState, Member, error_message};
+use super::resume::Position;
+use super::{Delivery, Filter, HubPlace, HubsState, Member, error_message};
 use crate::auth::Identity;
 use crate::caller::{Admin, Credentials, User};
 use crate::connection::websocket::accept;
@@ -82,13 +81,12 @@ pub async fn upgrade(
                 }),
                 ..Options::new(Endpoint::Statistics)
             };
+            let place = HubPlace::new(state.bus.history(Channel::Stream), resume_from);
             let handler = StatisticsConnection {
                 state,
                 identity,
                 connection_id: String::new(),
-                membership: None,
-                seen: Seen::default(),
-                resume_from,
+                place,
             };
             (options, handler)
         },
@@ -149,23 +147,17 @@ struct StatisticsConnection {
     identity: Identity,
     /// Its registry session's id.
     connection_id: String,
-    membership: Option<(Member, mpsc::Receiver<Delivery>)>,
-    /// What it was handed.
-    seen: Seen,
-    /// Where its URL asked to resume from.
-    resume_from: Option<Result<Position, ClientError>>,
+    /// A client may read the broadcasts its filter admits and what was
+    /// sent to its user or to it ([`replayable`]).
+    place: HubPlace,
 }
 
 impl StatisticsConnection {
     async fn resume<T: Transport>(&mut self, from: &Position, conn: &mut Conn<'_, T>) -> Flow {
-        let history = self.state.bus.history(Channel::Stream);
-        let filter = match &self.membership {
-            Some((member, _)) => member.filter(),
-            None => Filter::default(),
-        };
-        let user_id = self.identity.user_id.clone();
-        let admits = |kept: &Kept| replayable(kept, &user_id, &filter);
-        resume(&history, from, &mut self.seen, admits, conn).await
+        let filter = self.place.member().map(Member::filter).unwrap_or_default();
+        let user_id = &self.identity.user_id;
+        let admits = |kept: &Kept| replayable(kept, user_id, &filter);
+        self.place.resume(from, admits, conn).await
     }
 }
 
@@ -183,14 +175,12 @@ impl Handler for StatisticsConnection {
 
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
         self.connection_id = conn.registration().session().session_id.clone();
-        self.membership = Some(
-            self.state
-                .stream_hub
-                .join(&self.identity.user_id, &self.connection_id),
-        );
         // Every message after this offset reaches the client live.
-        self.seen.last = self.state.stream_hub.last_offset();
-        let history = self.state.bus.history(Channel::Stream);
+        let offset = self.place.join(
+            &self.state.stream_hub,
+            &self.identity.user_id,
+            &self.connection_id,
+        );
         let hello = json!({
             "type": "connection_status",
             "status": "connected",
@@ -198,14 +188,13 @@ impl Handler for StatisticsConnection {
             "user": {"id": self.identity.subject, "username": self.identity.username},
             "message": "WebSocket connection established successfully",
             "timestamp": rfc3339_millis(),
-            "epoch": history.epoch(),
-            "offset": self.seen.last,
+            "epoch": self.place.epoch(),
+            "offset": offset,
         });
-        let requested = self.resume_from.take();
-        let user_id = self.identity.user_id.clone();
+        let user_id = &self.identity.user_id;
         // A new connection's filter admits every type.
-        let admits = |kept: &Kept| replayable(kept, &user_id, &Filter::default());
-        welcome(&hello, requested, &history, &mut self.seen, admits, conn).await
+        let admits = |kept: &Kept| replayable(kept, user_id, &Filter::default());
+        self.place.welcome(&hello, admits, conn).await
     }
 
     async fn on_message<T: Transport>(
@@ -216,7 +205,7 @@ impl Handler for StatisticsConnection {
         let Inbound::Text(text) = message else {
             return Ok(Flow::Continue);
         };
-        let Some((member, _)) = &self.membership else {
+        let Some(member) = self.place.member() else {
             return Ok(Flow::Continue);
         };
         let reply = match parse(text)? {
@@ -235,7 +224,7 @@ impl Handler for StatisticsConnection {
     }
 
     async fn next_event(&mut self) -> Option<Delivery> {
-        super::next_message(&mut self.membership).await
+        self.place.next().await
     }
 
     async fn on_event<T: Transport>(
@@ -243,7 +232,7 @@ impl Handler for StatisticsConnection {
         message: Option<Delivery>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        super::forward(message, &mut self.seen, conn).await
+        self.place.forward(message, conn).await
     }
 
     async fn on_tick<T: Transport>(&mut self, _conn: &mut Conn<'_, T>) -> Flow {
@@ -267,7 +256,7 @@ impl Handler for StatisticsConnection {
 
     async fn finish(&mut self) -> crate::connection::Unreported {
         // Leave the hub before the registry forgets the connection.
-        self.membership = None;
+        self.place.leave();
         crate::connection::Unreported::default()
     }
 }

@@ -24,10 +24,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use switchboard_bus::Channel;
 use switchboard_bus::hub::{UiMessageKind, ui_message};
-use tokio::sync::mpsc;
 
-use super::resume::{Position, Seen, resume, welcome};
-use super::{Delivery, HubsState, Member, error_message};
+use super::resume::Position;
+use super::{Delivery, HubPlace, HubsState, error_message};
 use crate::caller::AdminWhenConfigured;
 use crate::connection::websocket::accept;
 use crate::connection::{Conn, Flow, Handler, Inbound, Options, Transport};
@@ -49,12 +48,11 @@ pub async fn upgrade(
             control_id: Some(connection_id.clone()),
             ..Options::new(Endpoint::Ui)
         };
+        let place = HubPlace::new(state.bus.history(Channel::Ui), resume_from);
         let handler = UiConnection {
             state,
             connection_id,
-            membership: None,
-            seen: Seen::default(),
-            resume_from,
+            place,
         };
         (options, handler)
     })
@@ -64,19 +62,8 @@ pub async fn upgrade(
 struct UiConnection {
     state: HubsState,
     connection_id: String,
-    /// Its place in the hub and its queue, once open.
-    membership: Option<(Member, mpsc::Receiver<Delivery>)>,
-    /// What it was handed.
-    seen: Seen,
-    /// Where its URL asked to resume from.
-    resume_from: Option<Result<Position, ClientError>>,
-}
-
-impl UiConnection {
-    async fn resume<T: Transport>(&mut self, from: &Position, conn: &mut Conn<'_, T>) -> Flow {
-        let history = self.state.bus.history(Channel::Ui);
-        resume(&history, from, &mut self.seen, |_| true, conn).await
-    }
+    /// Every `/ws/ui` client may read every hub message.
+    place: HubPlace,
 }
 
 impl Handler for UiConnection {
@@ -88,23 +75,19 @@ impl Handler for UiConnection {
     }
 
     async fn open<T: Transport>(&mut self, conn: &mut Conn<'_, T>) -> Flow {
-        let connection_id = self.connection_id.clone();
-        self.membership = Some(self.state.ui_hub.join("", &connection_id));
         // Every message after this offset reaches the client live.
-        self.seen.last = self.state.ui_hub.last_offset();
-        let history = self.state.bus.history(Channel::Ui);
+        let offset = self.place.join(&self.state.ui_hub, "", &self.connection_id);
         let hello = json!({
             "type": "connection",
             "data": {
                 "status": "connected",
-                "connection_id": connection_id,
+                "connection_id": self.connection_id,
                 "timestamp": rfc3339_millis(),
             },
-            "epoch": history.epoch(),
-            "offset": self.seen.last,
+            "epoch": self.place.epoch(),
+            "offset": offset,
         });
-        let requested = self.resume_from.take();
-        welcome(&hello, requested, &history, &mut self.seen, |_| true, conn).await
+        self.place.welcome(&hello, |_| true, conn).await
     }
 
     async fn on_message<T: Transport>(
@@ -124,7 +107,7 @@ impl Handler for UiConnection {
             }
             Some("resume") => {
                 let from = Position::from_message(&message)?;
-                Ok(self.resume(&from, conn).await)
+                Ok(self.place.resume(&from, |_| true, conn).await)
             }
             Some(other) => Err(ClientError::UnknownAction {
                 field: "type",
@@ -140,7 +123,7 @@ impl Handler for UiConnection {
     }
 
     async fn next_event(&mut self) -> Option<Delivery> {
-        super::next_message(&mut self.membership).await
+        self.place.next().await
     }
 
     async fn on_event<T: Transport>(
@@ -148,7 +131,7 @@ impl Handler for UiConnection {
         message: Option<Delivery>,
         conn: &mut Conn<'_, T>,
     ) -> Flow {
-        super::forward(message, &mut self.seen, conn).await
+        self.place.forward(message, conn).await
     }
 }
 
