@@ -442,6 +442,12 @@ impl StepStreams {
             match self.call_on(index, request.clone(), deadline).await {
                 Outcome::Reply(reply) => return reply_of(reply),
                 Outcome::Lost => {
+                    // Past its deadline a call fails here rather than be
+                    // sent again: a replica would run it for a client
+                    // that is told it failed.
+                    if Instant::now() >= deadline {
+                        return Err(unavailable("no reply within the deadline"));
+                    }
                     tracing::debug!(lane = %self.lanes[index].name, "detection lane lost a call: sending it again");
                     lost_on.push(index);
                 }
