@@ -75,13 +75,13 @@ pub struct RealtimeArgs {
     /// --tiny].
     #[arg(long)]
     pub warmup_secs: Option<f64>,
-    /// Times the deployment and the bare server are measured, one after
-    /// the other; each figure is the median of its rounds (errors are
-    /// added up), and server CPU per message is also given as each round's
-    /// own ratio and their median. The bare server's cost drifts by up to a quarter from
-    /// one minute to the next on a shared machine: alternating rounds keep
-    /// a ratio from resting on one lucky or unlucky minute.
-    /// 1 to 20.
+    /// Times (1 to 20) the deployment and the bare server are measured,
+    /// one after the other; each figure is the median of its rounds
+    /// (errors are added up), and server CPU per message is also given as
+    /// each round's own ratio and their median. The bare server's cost
+    /// drifts by up to a quarter from one minute to the next on a shared
+    /// machine: alternating rounds keep a ratio from resting on one lucky
+    /// or unlucky minute.
     #[arg(
         long,
         default_value_t = 1,
