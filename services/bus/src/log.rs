@@ -232,20 +232,12 @@ impl Log {
         Ok(free)
     }
 
-    /// Whether `key` has entry `number`.
+    /// Whether `key` has entry `number` (numbers start at 1).
     async fn has(&self, key: &str, number: u64) -> Result<bool, BusError> {
-        match self {
-            Log::Nats(nats) => {
-                let nats = &nats.stream;
-                let subject = entry_subject(nats, key, number);
-                match nats.stream.direct_get_last_for_subject(subject).await {
-                    Ok(_) => Ok(true),
-                    Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(false),
-                    Err(error) => Err(nats_error(error)),
-                }
-            }
-            Log::Local(local) => Ok(local.has(key, number)),
-        }
+        let Some(before) = number.checked_sub(1) else {
+            return Ok(false);
+        };
+        Ok(!self.read(key, before, 1).await?.is_empty())
     }
 
     /// The log's epoch, as it is now (with NATS, asked of the stream).
@@ -372,13 +364,6 @@ impl LocalLog {
             entries.recent_order.push_back((now, id));
         }
         Ok(Appended::Stored)
-    }
-
-    fn has(&self, key: &str, number: u64) -> bool {
-        self.lock()
-            .by_key
-            .get(key)
-            .is_some_and(|log| log.contains_key(&number))
     }
 
     fn read(&self, key: &str, after: u64, limit: usize) -> Vec<Entry> {
