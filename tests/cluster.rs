@@ -213,18 +213,12 @@ async fn hung_detection_is_an_error_at_the_deadline_then_recovery(edge_extra: &[
         .call(sample(1.0, 0.0, 9.8, 0.0), "step_detection")
         .await;
 
-    let detection = roles.detection.pid().to_string();
-    signal("-STOP", &detection);
-    eventually("every thread of detection to stop", || {
-        let stopped = every_thread_stopped(&detection);
-        async move { stopped.then_some(()) }
-    })
-    .await;
+    roles.detection.freeze().await;
     let sent = std::time::Instant::now();
     client.send_json(sample(1.02, 0.0, 9.8, 0.0)).await;
     let error = client.expect("error").await;
     let waited = sent.elapsed();
-    signal("-CONT", &detection);
+    roles.detection.thaw();
     assert_eq!(error["code"], "service_unavailable", "{error}");
     assert_eq!(
         error["message"], "detection service unavailable: no reply within the deadline",
@@ -238,29 +232,6 @@ async fn hung_detection_is_an_error_at_the_deadline_then_recovery(edge_extra: &[
     let mut t = 1.04;
     let reply = errors_until_replies(&mut client, &mut t, "detection never answered again").await;
     assert!(reply["total_predictions"].as_u64().unwrap() >= 2, "{reply}");
-}
-
-/// Whether every thread of process `pid` is stopped (state `T`): a stop
-/// signal reaches each thread in its own time.
-fn every_thread_stopped(pid: &str) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    threads.flatten().all(|thread| {
-        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the command name, which is in parentheses.
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('T'))
-        })
-    })
-}
-
-fn signal(signal: &str, pid: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid} failed");
 }
 
 /// Sends samples from `t` on (advancing it) while they are answered with

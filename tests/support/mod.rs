@@ -360,14 +360,45 @@ impl Switchboard {
         self.child.lock().unwrap().id()
     }
 
-    /// Asks the process to shut down (SIGTERM), as Kubernetes does.
-    pub fn terminate(&self) {
-        let pid = self.child.lock().unwrap().id();
+    /// Sends the process `signal`, as `kill` names it (`-TERM`, `-STOP`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .expect("kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Asks the process to shut down (SIGTERM), as Kubernetes does.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Stops the process (SIGSTOP) as a hung one: its sockets stay open
+    /// and nothing answers. Returns once every thread of it is stopped (a
+    /// stop reaches each thread in its own time).
+    pub async fn freeze(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        eventually("every thread of the process to stop", || {
+            let stopped = std::fs::read_dir(&tasks).is_ok_and(|threads| {
+                threads.flatten().all(|thread| {
+                    // The state follows the command name, in parentheses.
+                    std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, state)| state.starts_with('T'))
+                    })
+                })
+            });
+            async move { stopped.then_some(()) }
+        })
+        .await;
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
     }
 
     /// Waits, at most `limit`, for the process to exit.
