@@ -319,15 +319,20 @@ mod tests {
         }
     }
 
+    /// Workouts on the in-memory bus.
+    async fn in_memory() -> Workouts {
+        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
+        Workouts::open(&bus, Duration::from_secs(600))
+            .await
+            .unwrap()
+    }
+
     /// Frames appended by writers that failed before counting them (as a
     /// NATS outage can make them) leave the count behind the log: a frame
     /// after them is still stored, at the log's end, and counted there.
     #[tokio::test]
     async fn a_count_far_behind_its_log_catches_up() {
-        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let workouts = Workouts::open(&bus, Duration::from_secs(600))
-            .await
-            .unwrap();
+        let workouts = in_memory().await;
         let first = workouts
             .record_frame(frame("w1", 1.0, 10.0, 5.0))
             .await
@@ -357,10 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_stored_counted_and_paged_in_order() {
-        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let workouts = Workouts::open(&bus, Duration::from_secs(600))
-            .await
-            .unwrap();
+        let workouts = in_memory().await;
         for i in 1..=5u32 {
             let recorded = workouts
                 .record_frame(frame("w1", f64::from(i), 10.0 * f64::from(i), f64::from(i)))
@@ -419,10 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_sent_again_with_its_message_id_is_stored_and_counted_once() {
-        let bus = Bus::connect(&BusSettings::default()).await.unwrap();
-        let workouts = Workouts::open(&bus, Duration::from_secs(600))
-            .await
-            .unwrap();
+        let workouts = in_memory().await;
         let with_id = |timestamp: f64, total: f64, id: &str| PressureFrame {
             message_id: id.into(),
             ..frame("w1", timestamp, total, 1.0)
